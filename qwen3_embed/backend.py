@@ -1,0 +1,74 @@
+"""The contract between the Embedder and a model family's backend.
+
+A backend does the family-specific halves of the work:
+- `prepare_items` (CPU): validate, format prompts, tokenise, load media -> `PreparedInput`s;
+- `forward` (device): one padded batch through the backbone -> hidden states + mask.
+Pooling, Matryoshka truncation and normalisation live in `pooling.py`, shared by all families.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .model_info import ModelInfo
+
+
+@dataclass
+class PreparedInput:
+    """One input, ready for the device: token ids plus, for multimodal items, processed media.
+
+    Everything is plain Python / numpy so it can cross process boundaries (Ray Data blocks,
+    Serve replicas) cheaply. `num_tokens` counts every token the model will see, special and
+    vision tokens included.
+    """
+
+    input_ids: list[int]
+    media: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat dict for Arrow/Ray Data (media arrays kept as numpy)."""
+        row: dict[str, Any] = {"input_ids": np.asarray(self.input_ids, dtype=np.int32)}
+        row.update({f"media_{key}": value for key, value in self.media.items()})
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> PreparedInput:
+        media = {
+            key[len("media_") :]: np.asarray(value)
+            for key, value in row.items()
+            if key.startswith("media_") and value is not None
+        }
+        return cls(input_ids=[int(token) for token in row["input_ids"]], media=media)
+
+
+PrepareResult = PreparedInput | InputError
+
+
+class Backend(ABC):
+    """A loaded model of one family."""
+
+    info: ModelInfo
+    device: torch.device
+    dtype: torch.dtype
+
+    @abstractmethod
+    def prepare_items(
+        self, items: Sequence[Any], instruction: str | None, truncate: bool, max_length: int
+    ) -> list[PrepareResult]:
+        """One result per item, in order: a PreparedInput, or the InputError (without index) that
+        makes the item invalid. Must not raise for a bad item."""
+
+    @abstractmethod
+    def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden (B, T, H), attention_mask (B, T)) for a batch, on the backend's device."""

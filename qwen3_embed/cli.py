@@ -1,0 +1,84 @@
+"""The `qwen3-embed` command.
+
+Core commands live here; `embed` (the Ray Data job) and `serve` (the Ray Serve app) are added by
+`pipelines.cli` and `deployments.cli`, imported only when the command line names them so that
+`qwen3-embed models` never starts Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from .registry import SEED_MODELS
+
+# command name -> module that provides add_parser(subparsers) and run(args) -> int
+LAYER_COMMANDS = {"embed": "pipelines.cli", "serve": "deployments.cli"}
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    rows = [
+        {
+            "model": spec.model_id,
+            "family": spec.family,
+            "hidden_size": spec.hidden_size,
+            "dims": f"{spec.min_dim}-{spec.hidden_size}",
+            "max_length": spec.max_length,
+        }
+        for spec in SEED_MODELS.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'model':32} {'family':6} {'hidden':>6} {'dims':>9} {'max_len':>7}")
+        for row in rows:
+            print(f"{row['model']:32} {row['family']:6} {row['hidden_size']:>6} {row['dims']:>9} {row['max_length']:>7}")
+    return 0
+
+
+def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from .testing import make_tiny_model
+
+    kwargs = {} if args.family == "vl" else {"append_eos": not args.no_eos_postprocessor}
+    directory = make_tiny_model(args.directory, family=args.family, **kwargs)
+    print(f"wrote a tiny RANDOM-WEIGHT {args.family} model to {directory} (for smoke tests; its vectors mean nothing)")
+    return 0
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwen3-embed", description="Qwen3 embeddings: batch jobs, serving, tools.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list the known seed models")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(handler=_cmd_models)
+
+    tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight checkpoint for offline smoke tests")
+    tiny.add_argument("directory")
+    tiny.add_argument("--family", choices=("text", "vl"), default="text")
+    tiny.add_argument(
+        "--no-eos-postprocessor",
+        action="store_true",
+        help="text only: a tokenizer without the <|endoftext|> post-processor (older hub revisions)",
+    )
+    tiny.set_defaults(handler=_cmd_make_tiny_model)
+
+    # Only import the Ray layers the command line asks for (or all of them for --help).
+    wanted = [name for name in LAYER_COMMANDS if name in argv] or (list(LAYER_COMMANDS) if not argv or "-h" in argv or "--help" in argv else [])
+    for name in wanted:
+        module = importlib.import_module(LAYER_COMMANDS[name])
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

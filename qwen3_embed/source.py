@@ -1,0 +1,74 @@
+"""Turn a model `source` (hub id, local directory, fsspec URL) into a local directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+HUB_OFFLINE_HINT = (
+    "The Hugging Face hub could not be reached for {source!r}. Pass a local directory "
+    "(--model DIR), set HF_HUB_OFFLINE=1 with the model already in the hub cache, or generate a "
+    "tiny random-weight model for smoke tests with `qwen3-embed make-tiny-model DIR` "
+    "(random weights: its vectors mean nothing)."
+)
+
+
+def cache_root() -> Path:
+    """Where fsspec-hosted checkpoints are copied; override with QWEN3_EMBED_CACHE."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-embed"
+    return Path(os.environ.get("QWEN3_EMBED_CACHE", default))
+
+
+def is_url(source: str) -> bool:
+    return "://" in source
+
+
+def resolve_model_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local directory holding `config.json` for `source`.
+
+    - an existing local directory is used as it is;
+    - a URL (`s3://`, `gs://`, `memory://`, ...) is copied once into the cache, keyed by URL;
+    - anything else is a hub id, resolved through `huggingface_hub` (which honours
+      `HF_HUB_OFFLINE` and its own cache).
+    """
+    text = os.fspath(source)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"model directory {local} has no config.json")
+        return local
+    if is_url(text):
+        return _copy_from_fsspec(text)
+    if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1):
+        raise FileNotFoundError(f"model directory {text!r} does not exist")
+    return _download_from_hub(text, revision)
+
+
+def _copy_from_fsspec(url: str) -> Path:
+    import fsspec
+
+    target = cache_root() / "fsspec" / hashlib.sha256(url.encode()).hexdigest()[:24]
+    done_marker = target / ".complete"
+    if done_marker.exists():
+        return target
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(f"{root.rstrip('/')}/config.json"):
+        raise FileNotFoundError(f"{url} has no config.json")
+    target.mkdir(parents=True, exist_ok=True)
+    for remote in fs.find(root):
+        relative = remote[len(root.rstrip("/")) :].lstrip("/")
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(remote, str(destination))
+    done_marker.touch()  # written last, so an interrupted copy is redone, not trusted
+    return target
+
+
+def _download_from_hub(model_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, revision=revision))
+    except Exception as error:  # the hub raises many types for "unreachable" / "not cached"
+        raise OSError(HUB_OFFLINE_HINT.format(source=model_id) + f" ({type(error).__name__}: {error})") from error

