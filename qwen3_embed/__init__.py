@@ -7,6 +7,7 @@ This package never imports Ray.
 
 from .backend import PreparedInput
 from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, EmbeddingOutput
+from .preparer import Preparer
 from .errors import DimensionError, InputError, InputTooLongError, MissingExtraError, UnsupportedModelError
 from .registry import SEED_MODELS, ModelSpec
 
@@ -21,6 +22,7 @@ __all__ = [
     "MissingExtraError",
     "ModelSpec",
     "PreparedInput",
+    "Preparer",
     "UnsupportedModelError",
 ]
 __version__ = "0.1.0"

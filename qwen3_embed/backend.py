@@ -55,12 +55,11 @@ class PreparedInput:
 PrepareResult = PreparedInput | InputError
 
 
-class Backend(ABC):
-    """A loaded model of one family."""
+class InputPreparer(ABC):
+    """The CPU half of a family: tokenizer / processor only, no weights. Cheap to build in every
+    CPU worker of a batch job."""
 
     info: ModelInfo
-    device: torch.device
-    dtype: torch.dtype
 
     @abstractmethod
     def prepare_items(
@@ -68,6 +67,14 @@ class Backend(ABC):
     ) -> list[PrepareResult]:
         """One result per item, in order: a PreparedInput, or the InputError (without index) that
         makes the item invalid. Must not raise for a bad item."""
+
+
+class Backend(ABC):
+    """The device half of a family: the loaded backbone."""
+
+    info: ModelInfo
+    device: torch.device
+    dtype: torch.dtype
 
     @abstractmethod
     def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:

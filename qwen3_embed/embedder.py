@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .backend import Backend, PreparedInput, PrepareResult
+from .backend import Backend, InputPreparer, PreparedInput, PrepareResult
 from .batching import plan_batches
 from .device import resolve_attention, resolve_device, resolve_dtype
-from .errors import DimensionError, InputError
+from .errors import DimensionError
 from .model_info import ModelInfo, read_model_info
 from .pooling import pool, truncate_and_normalize
-from .prompts import check_instruction
+from .preparer import Preparer
 from .registry import lookup
 from .source import resolve_model_dir
 
@@ -33,11 +32,11 @@ class EmbeddingOutput:
 class Embedder:
     """A loaded embedding model: prepare (CPU) -> forward (device) -> postprocess (pool, MRL, norm)."""
 
-    def __init__(self, backend: Backend, source: str, model_dir: Path, max_length: int, max_batch_tokens: int):
+    def __init__(self, preparer: Preparer, backend: Backend, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        self.preparer = preparer
         self.backend = backend
-        self.source = source
-        self.model_dir = model_dir
-        self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
 
     # ----------------------------------------------------------------- loading
@@ -56,20 +55,21 @@ class Embedder:
         source_text = os.fspath(source)
         model_dir = resolve_model_dir(source_text, revision)
         info = read_model_info(model_dir, lookup(source_text))
-        if max_length is not None and not 1 <= max_length:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        preparer = Preparer.from_model_dir(source_text, model_dir, info, max_length)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         attn = resolve_attention(attn_implementation)
-        backend = _load_backend(model_dir, info, torch_device, torch_dtype, attn)
-        return cls(backend, source_text, model_dir, max_length or info.max_length, max_batch_tokens)
+        backend = _load_backend(model_dir, preparer.impl, torch_device, torch_dtype, attn)
+        return cls(preparer, backend, max_batch_tokens)
 
     # -------------------------------------------------------------- properties
     @property
     def info(self) -> ModelInfo:
-        return self.backend.info
+        return self.preparer.info
+
+    @property
+    def source(self) -> str:
+        return self.preparer.source
 
     @property
     def family(self) -> str:
@@ -82,6 +82,10 @@ class Embedder:
     @property
     def min_dim(self) -> int:
         return self.info.min_dim
+
+    @property
+    def max_length(self) -> int:
+        return self.preparer.max_length
 
     @property
     def device(self) -> torch.device:
@@ -106,23 +110,12 @@ class Embedder:
     def prepare_each(
         self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
     ) -> list[PrepareResult]:
-        """CPU stage, per item: a PreparedInput or the InputError (with its index) for each input.
-
-        Never raises for a bad item, so batch jobs can embed the good ones and report the rest.
-        """
-        instruction = check_instruction(instruction)
-        results = self.backend.prepare_items(list(inputs), instruction, truncate, self.max_length)
-        return [result.at(index) if isinstance(result, InputError) else result for index, result in enumerate(results)]
+        """CPU stage, per item (see `Preparer.prepare_each`)."""
+        return self.preparer.prepare_each(inputs, instruction, truncate)
 
     def prepare(self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True) -> list[PreparedInput]:
-        """CPU stage: validate and tokenise every input; raises the first InputError (with its index)."""
-        if isinstance(inputs, (str, dict)):
-            raise InputError("inputs must be a list of items, not a single item; wrap it in a list")
-        results = self.prepare_each(inputs, instruction, truncate)
-        for result in results:
-            if isinstance(result, InputError):
-                raise result
-        return results  # type: ignore[return-value]
+        """CPU stage: raises the first InputError (see `Preparer.prepare`)."""
+        return self.preparer.prepare(inputs, instruction, truncate)
 
     def forward_pooled(self, batch: Sequence[PreparedInput]) -> torch.Tensor:
         """Device stage for one batch: (B, H) pooled, not yet truncated or normalised."""
@@ -154,11 +147,13 @@ class Embedder:
         return f"Embedder({self.source!r}, family={self.family!r}, hidden_size={self.hidden_size}, device={self.device})"
 
 
-def _load_backend(model_dir: Path, info: ModelInfo, device: torch.device, dtype: torch.dtype, attn: str) -> Backend:
-    if info.family == "vl":
-        from .vl.backend import load_vl_backend  # imported lazily: needs the [vl] extra
+def _load_backend(
+    model_dir: os.PathLike, preparer: InputPreparer, device: torch.device, dtype: torch.dtype, attn: str
+) -> Backend:
+    if preparer.info.family == "vl":
+        from .vl.backend import VLBackend  # imported lazily: needs the [vl] extra
 
-        return load_vl_backend(model_dir, info, device, dtype, attn)
+        return VLBackend(model_dir, preparer, device, dtype, attn)
     from .text_backend import TextBackend
 
-    return TextBackend(model_dir, info, device, dtype, attn)
+    return TextBackend(model_dir, preparer, device, dtype, attn)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .backend import Backend, PreparedInput, PrepareResult
+from .backend import Backend, InputPreparer, PreparedInput, PrepareResult
 from .errors import InputError, InputTooLongError
 from .model_info import ModelInfo
 from .prompts import check_instruction, check_text, format_text_query
@@ -24,22 +24,22 @@ def split_text_item(item: Any, instruction: str | None) -> tuple[str, str | None
             raise InputError(
                 f"unknown key(s) {sorted(unknown)} for a text model; valid keys are: text, instruction"
             )
-        if "instruction" in item:
+        if item.get("instruction") is not None:
             instruction = check_instruction(item["instruction"])
         return check_text(item.get("text")), instruction
     return check_text(item), instruction
 
 
-class TextBackend(Backend):
-    def __init__(self, model_dir: Path, info: ModelInfo, device: torch.device, dtype: torch.dtype, attn: str):
-        from transformers import AutoModel, AutoTokenizer
+class TextPreparer(InputPreparer):
+    """Formats prompts and tokenises; Qwen sequences always end in exactly one <|endoftext|>."""
 
-        self.info, self.device, self.dtype = info, device, dtype
+    def __init__(self, model_dir: Path, info: ModelInfo):
+        from transformers import AutoTokenizer
+
+        self.info = info
         # Qwen3-Embedding is left-padded in the official code; pooling works for either side.
-        padding_side = "left" if info.is_qwen else "right"
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side=padding_side)
-        self.model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
-        self.model.to(device).eval()
+        self.padding_side = "left" if info.is_qwen else "right"
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side=self.padding_side)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.eos_id: int | None = None
         self.tokenizer_appends_eos = True
@@ -74,7 +74,6 @@ class TextBackend(Backend):
         return results
 
     def _tokenize(self, prompts: list[str], truncate: bool, max_length: int) -> list[list[int]]:
-        """Token ids per prompt; Qwen sequences always end in exactly one <|endoftext|>."""
         if not prompts:
             return []
         append_eos = self.info.is_qwen and not self.tokenizer_appends_eos
@@ -87,14 +86,24 @@ class TextBackend(Backend):
             encoded = [ids + [self.eos_id] for ids in encoded]
         return encoded
 
+
+class TextBackend(Backend):
+    def __init__(self, model_dir: Path, preparer: TextPreparer, device: torch.device, dtype: torch.dtype, attn: str):
+        from transformers import AutoModel
+
+        self.info, self.device, self.dtype = preparer.info, device, dtype
+        self.pad_id = preparer.pad_id
+        self.left_padding = preparer.padding_side == "left"
+        self.model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        self.model.to(device).eval()
+
     @torch.inference_mode()
     def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
         longest = max(item.num_tokens for item in batch)
         input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
         for row, item in enumerate(batch):
-            span = slice(longest - item.num_tokens, longest) if left else slice(0, item.num_tokens)
+            span = slice(longest - item.num_tokens, longest) if self.left_padding else slice(0, item.num_tokens)
             input_ids[row, span] = torch.as_tensor(item.input_ids, dtype=torch.long)
             attention_mask[row, span] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)

@@ -65,3 +65,19 @@ def ray_cluster():
     except Exception:
         pass
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_model_dir(tmp_path_factory) -> Path:
+    """Qwen3-VL architecture (text + vision towers, deepstack) with a Qwen3-VL-style processor."""
+    pytest.importorskip("torchvision")
+    from qwen3_embed.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-vl"), family="vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_embedder(tiny_vl_model_dir):
+    from qwen3_embed import Embedder
+
+    return Embedder.from_pretrained(tiny_vl_model_dir, device="cpu")

@@ -1,0 +1,75 @@
+"""`Preparer`: the CPU stage alone (tokenizer / processor, no weights).
+
+Batch jobs build one in each CPU worker to validate, format and tokenise rows before they reach
+the GPU actors; `Embedder` holds one too, so both paths run the very same code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .backend import InputPreparer, PreparedInput, PrepareResult
+from .errors import InputError
+from .model_info import ModelInfo, read_model_info
+from .prompts import check_instruction
+from .registry import lookup
+from .source import resolve_model_dir
+
+
+class Preparer:
+    def __init__(self, impl: InputPreparer, source: str, model_dir: Path, max_length: int):
+        self.impl = impl
+        self.source = source
+        self.model_dir = model_dir
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | os.PathLike, max_length: int | None = None, revision: str | None = None
+    ) -> Preparer:
+        source_text = os.fspath(source)
+        model_dir = resolve_model_dir(source_text, revision)
+        info = read_model_info(model_dir, lookup(source_text))
+        return cls.from_model_dir(source_text, model_dir, info, max_length)
+
+    @classmethod
+    def from_model_dir(cls, source: str, model_dir: Path, info: ModelInfo, max_length: int | None) -> Preparer:
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        return cls(_load_input_preparer(model_dir, info), source, model_dir, max_length or info.max_length)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.impl.info
+
+    def prepare_each(
+        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+    ) -> list[PrepareResult]:
+        """Per item: a PreparedInput, or the InputError (with its index). Never raises for a bad
+        item, so batch jobs can embed the good ones and report the rest."""
+        instruction = check_instruction(instruction)
+        results = self.impl.prepare_items(list(inputs), instruction, truncate, self.max_length)
+        return [result.at(index) if isinstance(result, InputError) else result for index, result in enumerate(results)]
+
+    def prepare(self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True) -> list[PreparedInput]:
+        """Validate and tokenise every input; raises the first InputError (naming its index)."""
+        if isinstance(inputs, (str, bytes, dict)):
+            raise InputError("inputs must be a list of items, not a single item; wrap it in a list")
+        results = self.prepare_each(inputs, instruction, truncate)
+        for result in results:
+            if isinstance(result, InputError):
+                raise result
+        return results  # type: ignore[return-value]
+
+
+def _load_input_preparer(model_dir: Path, info: ModelInfo) -> InputPreparer:
+    if info.family == "vl":
+        from .vl.preparer import VLPreparer  # imported lazily: needs the [vl] extra
+
+        return VLPreparer(model_dir, info)
+    from .text_backend import TextPreparer
+
+    return TextPreparer(model_dir, info)
