@@ -7,8 +7,14 @@ This package never imports Ray.
 
 from .backend import PreparedInput
 from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, EmbeddingOutput
+from .errors import (
+    DimensionError,
+    InputError,
+    InputTooLongError,
+    MissingExtraError,
+    UnsupportedModelError,
+)
 from .preparer import Preparer
-from .errors import DimensionError, InputError, InputTooLongError, MissingExtraError, UnsupportedModelError
 from .registry import SEED_MODELS, ModelSpec
 
 __all__ = [

@@ -1,17 +1,24 @@
 """Plan batches under a padded-token budget.
 
-Inputs are sorted by length so that each batch holds sequences of similar length (little
-padding); a batch grows while `longest_in_batch * batch_size <= max_batch_tokens`. An input
-longer than the whole budget is a batch of its own rather than an error.
+Inputs are sorted by length so that each batch holds sequences of similar length. A batch grows
+while `longest_in_batch * batch_size <= max_batch_tokens`, and also stops growing once it is
+reasonably full (a quarter of the budget) and the next, shorter input would push its padding
+above `max_padding_ratio` — so long-tail corpora do not pay for padding. An input longer than
+the whole budget is a batch of its own rather than an error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+DEFAULT_MAX_PADDING_RATIO = 1.05
+
 
 def plan_batches(
-    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int | None = None
+    lengths: Sequence[int],
+    max_batch_tokens: int,
+    max_batch_size: int | None = None,
+    max_padding_ratio: float = DEFAULT_MAX_PADDING_RATIO,
 ) -> list[list[int]]:
     """Indices into `lengths`, grouped into batches, longest first."""
     if max_batch_tokens < 1:
@@ -19,16 +26,23 @@ def plan_batches(
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real_tokens = 0
     for index in order:
-        # Sorted descending, so the batch's longest is its first member.
-        longest = longest if current else lengths[index]
-        full_by_tokens = (len(current) + 1) * longest > max_batch_tokens
-        full_by_count = max_batch_size is not None and len(current) >= max_batch_size
-        if current and (full_by_tokens or full_by_count):
-            batches.append(current)
-            current, longest = [], lengths[index]
+        length = lengths[index]
+        if current:
+            padded_after = (len(current) + 1) * longest  # sorted descending: the first is longest
+            full_by_tokens = padded_after > max_batch_tokens
+            full_by_count = max_batch_size is not None and len(current) >= max_batch_size
+            wasteful = real_tokens * 4 >= max_batch_tokens and padded_after > max_padding_ratio * (
+                real_tokens + length
+            )
+            if full_by_tokens or full_by_count or wasteful:
+                batches.append(current)
+                current, real_tokens = [], 0
+        if not current:
+            longest = length
         current.append(index)
+        real_tokens += length
     if current:
         batches.append(current)
     return batches

@@ -35,7 +35,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
     else:
         print(f"{'model':32} {'family':6} {'hidden':>6} {'dims':>9} {'max_len':>7}")
         for row in rows:
-            print(f"{row['model']:32} {row['family']:6} {row['hidden_size']:>6} {row['dims']:>9} {row['max_length']:>7}")
+            print(
+                f"{row['model']:32} {row['family']:6} {row['hidden_size']:>6} {row['dims']:>9} {row['max_length']:>7}"
+            )
     return 0
 
 
@@ -44,19 +46,25 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
     kwargs = {} if args.family == "vl" else {"append_eos": not args.no_eos_postprocessor}
     directory = make_tiny_model(args.directory, family=args.family, **kwargs)
-    print(f"wrote a tiny RANDOM-WEIGHT {args.family} model to {directory} (for smoke tests; its vectors mean nothing)")
+    print(
+        f"wrote a tiny RANDOM-WEIGHT {args.family} model to {directory} (for smoke tests; its vectors mean nothing)"
+    )
     return 0
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qwen3-embed", description="Qwen3 embeddings: batch jobs, serving, tools.")
+    parser = argparse.ArgumentParser(
+        prog="qwen3-embed", description="Qwen3 embeddings: batch jobs, serving, tools."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     models = sub.add_parser("models", help="list the known seed models")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(handler=_cmd_models)
 
-    tiny = sub.add_parser("make-tiny-model", help="write a tiny random-weight checkpoint for offline smoke tests")
+    tiny = sub.add_parser(
+        "make-tiny-model", help="write a tiny random-weight checkpoint for offline smoke tests"
+    )
     tiny.add_argument("directory")
     tiny.add_argument("--family", choices=("text", "vl"), default="text")
     tiny.add_argument(
@@ -67,7 +75,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     tiny.set_defaults(handler=_cmd_make_tiny_model)
 
     # Only import the Ray layers the command line asks for (or all of them for --help).
-    wanted = [name for name in LAYER_COMMANDS if name in argv] or (list(LAYER_COMMANDS) if not argv or "-h" in argv or "--help" in argv else [])
+    wanted = [name for name in LAYER_COMMANDS if name in argv] or (
+        list(LAYER_COMMANDS) if not argv or "-h" in argv or "--help" in argv else []
+    )
     for name in wanted:
         module = importlib.import_module(LAYER_COMMANDS[name])
         module.add_parser(sub)

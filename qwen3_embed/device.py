@@ -31,7 +31,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; valid values are: auto, {', '.join(_DTYPES)}") from None
+        raise ValueError(
+            f"unknown dtype {dtype!r}; valid values are: auto, {', '.join(_DTYPES)}"
+        ) from None
 
 
 def resolve_attention(attn_implementation: str | None) -> str:
@@ -42,7 +44,9 @@ def resolve_attention(attn_implementation: str | None) -> str:
         try:
             import flash_attn  # noqa: F401
         except ImportError:
-            raise ImportError("attn_implementation='flash_attention_2' needs `pip install flash-attn`") from None
+            raise ImportError(
+                "attn_implementation='flash_attention_2' needs `pip install flash-attn`"
+            ) from None
         return attn_implementation
     if attn_implementation == "eager":
         return attn_implementation

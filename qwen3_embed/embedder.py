@@ -24,15 +24,21 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 
 @dataclass
 class EmbeddingOutput:
-    embeddings: torch.Tensor  # (N, dim) float32 on CPU, rows L2-normalised when the model normalises
+    embeddings: (
+        torch.Tensor
+    )  # (N, dim) float32 on CPU, rows L2-normalised when the model normalises
     batch_size: int
-    sequence_lengths: list[int]  # tokens per input after truncation, special (and vision) tokens included
+    sequence_lengths: list[
+        int
+    ]  # tokens per input after truncation, special (and vision) tokens included
 
 
 class Embedder:
     """A loaded embedding model: prepare (CPU) -> forward (device) -> postprocess (pool, MRL, norm)."""
 
-    def __init__(self, preparer: Preparer, backend: Backend, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS):
+    def __init__(
+        self, preparer: Preparer, backend: Backend, max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    ):
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.preparer = preparer
@@ -99,7 +105,11 @@ class Embedder:
         """The output dimension for `dim` (None = full size); a ValueError names the valid range."""
         if dim is None:
             return self.hidden_size
-        if isinstance(dim, bool) or not isinstance(dim, int) or not self.min_dim <= dim <= self.hidden_size:
+        if (
+            isinstance(dim, bool)
+            or not isinstance(dim, int)
+            or not self.min_dim <= dim <= self.hidden_size
+        ):
             raise DimensionError(
                 f"dim={dim!r} is invalid for this model; valid values are integers in "
                 f"[{self.min_dim}, {self.hidden_size}]"
@@ -113,7 +123,9 @@ class Embedder:
         """CPU stage, per item (see `Preparer.prepare_each`)."""
         return self.preparer.prepare_each(inputs, instruction, truncate)
 
-    def prepare(self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True) -> list[PreparedInput]:
+    def prepare(
+        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+    ) -> list[PreparedInput]:
         """CPU stage: raises the first InputError (see `Preparer.prepare`)."""
         return self.preparer.prepare(inputs, instruction, truncate)
 
@@ -126,7 +138,9 @@ class Embedder:
         """(B, H) -> (B, dim) float32 CPU: Matryoshka slice, then L2-normalise."""
         return truncate_and_normalize(pooled, dim, self.info.normalize).cpu()
 
-    def embed_prepared(self, prepared: Sequence[PreparedInput], dim: int | None = None) -> EmbeddingOutput:
+    def embed_prepared(
+        self, prepared: Sequence[PreparedInput], dim: int | None = None
+    ) -> EmbeddingOutput:
         """Batch by padded-token budget over length-sorted inputs; results in input order."""
         out_dim = self.validate_dim(dim)
         lengths = [item.num_tokens for item in prepared]
@@ -137,7 +151,11 @@ class Embedder:
         return EmbeddingOutput(embeddings, len(prepared), lengths)
 
     def embed(
-        self, inputs: Sequence[Any], instruction: str | None = None, dim: int | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        dim: int | None = None,
+        truncate: bool = True,
     ) -> EmbeddingOutput:
         """Embed `inputs` (queries when `instruction` is given, documents otherwise)."""
         self.validate_dim(dim)  # fail before any work
@@ -148,7 +166,11 @@ class Embedder:
 
 
 def _load_backend(
-    model_dir: os.PathLike, preparer: InputPreparer, device: torch.device, dtype: torch.dtype, attn: str
+    model_dir: os.PathLike,
+    preparer: InputPreparer,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn: str,
 ) -> Backend:
     if preparer.info.family == "vl":
         from .vl.backend import VLBackend  # imported lazily: needs the [vl] extra

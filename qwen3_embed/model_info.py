@@ -69,7 +69,11 @@ def read_sentence_transformers_layout(model_dir: Path) -> SentenceTransformersLa
         ]
         unsupported = [
             key
-            for key in ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
+            for key in (
+                "pooling_mode_max_tokens",
+                "pooling_mode_mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens",
+            )
             if pooling.get(key)
         ]
         if len(chosen) != 1 or unsupported:
@@ -106,7 +110,9 @@ def read_model_info(model_dir: Path, spec: ModelSpec | None = None) -> ModelInfo
             f"{', '.join(QWEN_TEXT_TYPES + QWEN_VL_TYPES)} (or any model in sentence-transformers format)"
         )
     if spec is not None and spec.family != family:
-        raise UnsupportedModelError(f"{spec.model_id} is a {spec.family} model but its config says {model_type!r}")
+        raise UnsupportedModelError(
+            f"{spec.model_id} is a {spec.family} model but its config says {model_type!r}"
+        )
     max_length = min(DEFAULT_MAX_LENGTH, position_limit)
     if layout is not None and layout.max_seq_length:
         max_length = min(max_length, layout.max_seq_length)
@@ -118,6 +124,8 @@ def read_model_info(model_dir: Path, spec: ModelSpec | None = None) -> ModelInfo
         max_length=spec.max_length if spec else max_length,
         pooling_mode=layout.pooling_mode if layout else "lasttoken",
         normalize=layout.normalize if layout else True,
-        default_query_instruction=(spec.default_query_instruction if spec else WEB_SEARCH_INSTRUCTION if is_qwen else None),
+        default_query_instruction=(
+            spec.default_query_instruction if spec else WEB_SEARCH_INSTRUCTION if is_qwen else None
+        ),
         is_qwen=is_qwen,
     )

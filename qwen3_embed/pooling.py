@@ -43,7 +43,9 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     raise ValueError(f"unknown pooling mode {mode!r}; valid values are: {', '.join(POOLING_MODES)}")
 
 
-def truncate_and_normalize(pooled: torch.Tensor, dim: int | None, normalize: bool = True) -> torch.Tensor:
+def truncate_and_normalize(
+    pooled: torch.Tensor, dim: int | None, normalize: bool = True
+) -> torch.Tensor:
     """(B, H) -> (B, dim) float32: Matryoshka slice first, then L2-normalise."""
     vectors = pooled.to(torch.float32)
     if dim is not None:

@@ -36,10 +36,14 @@ class Preparer:
         return cls.from_model_dir(source_text, model_dir, info, max_length)
 
     @classmethod
-    def from_model_dir(cls, source: str, model_dir: Path, info: ModelInfo, max_length: int | None) -> Preparer:
+    def from_model_dir(
+        cls, source: str, model_dir: Path, info: ModelInfo, max_length: int | None
+    ) -> Preparer:
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        return cls(_load_input_preparer(model_dir, info), source, model_dir, max_length or info.max_length)
+        return cls(
+            _load_input_preparer(model_dir, info), source, model_dir, max_length or info.max_length
+        )
 
     @property
     def info(self) -> ModelInfo:
@@ -52,9 +56,14 @@ class Preparer:
         item, so batch jobs can embed the good ones and report the rest."""
         instruction = check_instruction(instruction)
         results = self.impl.prepare_items(list(inputs), instruction, truncate, self.max_length)
-        return [result.at(index) if isinstance(result, InputError) else result for index, result in enumerate(results)]
+        return [
+            result.at(index) if isinstance(result, InputError) else result
+            for index, result in enumerate(results)
+        ]
 
-    def prepare(self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True) -> list[PreparedInput]:
+    def prepare(
+        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+    ) -> list[PreparedInput]:
         """Validate and tokenise every input; raises the first InputError (naming its index)."""
         if isinstance(inputs, (str, bytes, dict)):
             raise InputError("inputs must be a list of items, not a single item; wrap it in a list")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WEB_SEARCH_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+WEB_SEARCH_INSTRUCTION = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
 VL_DEFAULT_SYSTEM_PROMPT = "Represent the user's input."
 
 

@@ -71,4 +71,6 @@ def _download_from_hub(model_id: str, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(model_id, revision=revision))
     except Exception as error:  # the hub raises many types for "unreachable" / "not cached"
-        raise OSError(HUB_OFFLINE_HINT.format(source=model_id) + f" ({type(error).__name__}: {error})") from error
+        raise OSError(
+            HUB_OFFLINE_HINT.format(source=model_id) + f" ({type(error).__name__}: {error})"
+        ) from error

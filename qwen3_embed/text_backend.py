@@ -64,7 +64,9 @@ class TextPreparer(InputPreparer):
                 continue
             prompts.append(format_text_query(text, item_instruction))
             positions.append(position)
-        for position, ids in zip(positions, self._tokenize(prompts, truncate, max_length)):
+        for position, ids in zip(
+            positions, self._tokenize(prompts, truncate, max_length), strict=True
+        ):
             if len(ids) > max_length:
                 results[position] = InputTooLongError(
                     f"input has {len(ids)} tokens, more than max_length={max_length}; enable truncation or shorten it"
@@ -80,7 +82,10 @@ class TextPreparer(InputPreparer):
         # Leave room for the EOS we append ourselves; a post-processor's EOS is kept by truncation.
         budget = max_length - 1 if append_eos else max_length
         encoded = self.tokenizer(
-            prompts, add_special_tokens=True, truncation=truncate, max_length=budget if truncate else None
+            prompts,
+            add_special_tokens=True,
+            truncation=truncate,
+            max_length=budget if truncate else None,
         )["input_ids"]
         if append_eos:
             encoded = [ids + [self.eos_id] for ids in encoded]
@@ -88,7 +93,14 @@ class TextPreparer(InputPreparer):
 
 
 class TextBackend(Backend):
-    def __init__(self, model_dir: Path, preparer: TextPreparer, device: torch.device, dtype: torch.dtype, attn: str):
+    def __init__(
+        self,
+        model_dir: Path,
+        preparer: TextPreparer,
+        device: torch.device,
+        dtype: torch.dtype,
+        attn: str,
+    ):
         from transformers import AutoModel
 
         self.info, self.device, self.dtype = preparer.info, device, dtype
@@ -103,7 +115,11 @@ class TextBackend(Backend):
         input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
         for row, item in enumerate(batch):
-            span = slice(longest - item.num_tokens, longest) if self.left_padding else slice(0, item.num_tokens)
+            span = (
+                slice(longest - item.num_tokens, longest)
+                if self.left_padding
+                else slice(0, item.num_tokens)
+            )
             input_ids[row, span] = torch.as_tensor(item.input_ids, dtype=torch.long)
             attention_mask[row, span] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
