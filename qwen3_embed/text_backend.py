@@ -93,39 +93,40 @@ class TextPreparer(InputPreparer):
 
 
 class TextBackend(Backend):
-    def __init__(
-        self,
-        model_dir: Path,
-        preparer: TextPreparer,
-        device: torch.device,
-        dtype: torch.dtype,
-        attn: str,
-    ):
+    def __init__(self, model_dir: Path, preparer: TextPreparer, device: torch.device, dtype: torch.dtype, attn: str):
         from transformers import AutoModel
 
         self.info, self.device, self.dtype = preparer.info, device, dtype
         self.pad_id = preparer.pad_id
-        self.left_padding = preparer.padding_side == "left"
+        # Right padding by default. For Qwen (causal) this is exact without any attention mask:
+        # a real token only attends to earlier positions, which are all real, so the pads after it
+        # are never seen. Skipping the mask lets SDPA use its fused causal kernel instead of
+        # materialising a (B, heads, T, T) mask. Left padding (the official layout) stays
+        # available and gives the same vectors; tests compare the two.
+        self.left_padding = False
         self.model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
         self.model.to(device).eval()
 
-    @torch.inference_mode()
-    def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pad(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) input ids and attention mask, padded on the configured side."""
         longest = max(item.num_tokens for item in batch)
         input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
         for row, item in enumerate(batch):
-            span = (
-                slice(longest - item.num_tokens, longest)
-                if self.left_padding
-                else slice(0, item.num_tokens)
-            )
+            span = slice(longest - item.num_tokens, longest) if self.left_padding else slice(0, item.num_tokens)
             input_ids[row, span] = torch.as_tensor(item.input_ids, dtype=torch.long)
             attention_mask[row, span] = 1
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        kwargs = {}
-        if self.info.is_qwen:
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, attention_mask = self._pad(batch)
+        if not self.info.is_qwen:
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        elif self.left_padding:
             # Positions count real tokens only, so a vector does not depend on its batch's padding.
-            kwargs["position_ids"] = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        else:
+            output = self.model(input_ids=input_ids)  # right padding + causal attention: no mask needed
         return output.last_hidden_state, attention_mask

@@ -172,12 +172,13 @@ def test_batch_budget_does_not_change_vectors(tiny_text_model_dir, tiny_text_emb
 def test_left_and_right_padding_agree(tiny_text_embedder):
     prepared = tiny_text_embedder.prepare(DOCUMENTS)
     backend = tiny_text_embedder.backend
-    left = tiny_text_embedder.forward_pooled(prepared)
-    backend.left_padding = False
+    assert not backend.left_padding  # the default: right padding, causal attention, no mask
+    right = tiny_text_embedder.forward_pooled(prepared)
+    backend.left_padding = True  # the official layout: left padding with an attention mask
     try:
-        right = tiny_text_embedder.forward_pooled(prepared)
+        left = tiny_text_embedder.forward_pooled(prepared)
     finally:
-        backend.left_padding = True
+        backend.left_padding = False
     assert (left - right).abs().max().item() <= ATOL
 
 
