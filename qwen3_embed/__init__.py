@@ -16,6 +16,7 @@ from .errors import (
 )
 from .preparer import Preparer
 from .registry import SEED_MODELS, ModelSpec
+from .vl.media import MediaOptions
 
 __all__ = [
     "DEFAULT_MAX_BATCH_TOKENS",
@@ -25,6 +26,7 @@ __all__ = [
     "EmbeddingOutput",
     "InputError",
     "InputTooLongError",
+    "MediaOptions",
     "MissingExtraError",
     "ModelSpec",
     "PreparedInput",

@@ -2,7 +2,7 @@
 
 Inputs are sorted by length so that each batch holds sequences of similar length. A batch grows
 while `longest_in_batch * batch_size <= max_batch_tokens`, and also stops growing once it is
-reasonably full (a quarter of the budget) and the next, shorter input would push its padding
+reasonably full (1/16 of the budget: big enough to keep matrix units busy) and the next, shorter input would push its padding
 above `max_padding_ratio` — so long-tail corpora do not pay for padding. An input longer than
 the whole budget is a batch of its own rather than an error.
 """
@@ -33,7 +33,7 @@ def plan_batches(
             padded_after = (len(current) + 1) * longest  # sorted descending: the first is longest
             full_by_tokens = padded_after > max_batch_tokens
             full_by_count = max_batch_size is not None and len(current) >= max_batch_size
-            wasteful = real_tokens * 4 >= max_batch_tokens and padded_after > max_padding_ratio * (
+            wasteful = real_tokens * 16 >= max_batch_tokens and padded_after > max_padding_ratio * (
                 real_tokens + length
             )
             if full_by_tokens or full_by_count or wasteful:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from .pooling import pool, truncate_and_normalize
 from .preparer import Preparer
 from .registry import lookup
 from .source import resolve_model_dir
+
+if TYPE_CHECKING:
+    from .vl.media import MediaOptions
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 
@@ -56,12 +59,17 @@ class Embedder:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         attn_implementation: str | None = None,
         revision: str | None = None,
+        media_options: MediaOptions | None = None,
     ) -> Embedder:
-        """Load from a hub id, a local directory or an fsspec URL (copied once into a local cache)."""
+        """Load from a hub id, a local directory or an fsspec URL (copied once into a local cache).
+
+        `media_options` (VL only, `qwen3_embed.vl.media.MediaOptions`) says where images and videos
+        may come from (local paths, URLs) and how large they may be; the default is permissive.
+        """
         source_text = os.fspath(source)
         model_dir = resolve_model_dir(source_text, revision)
         info = read_model_info(model_dir, lookup(source_text))
-        preparer = Preparer.from_model_dir(source_text, model_dir, info, max_length)
+        preparer = Preparer.from_model_dir(source_text, model_dir, info, max_length, media_options)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         attn = resolve_attention(attn_implementation)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backend import InputPreparer, PreparedInput, PrepareResult
 from .errors import InputError
@@ -17,6 +17,9 @@ from .model_info import ModelInfo, read_model_info
 from .prompts import check_instruction
 from .registry import lookup
 from .source import resolve_model_dir
+
+if TYPE_CHECKING:
+    from .vl.media import MediaOptions
 
 
 class Preparer:
@@ -28,22 +31,31 @@ class Preparer:
 
     @classmethod
     def from_pretrained(
-        cls, source: str | os.PathLike, max_length: int | None = None, revision: str | None = None
+        cls,
+        source: str | os.PathLike,
+        max_length: int | None = None,
+        revision: str | None = None,
+        media_options: MediaOptions | None = None,
     ) -> Preparer:
+        """`media_options` (VL only) says where images/videos may come from and how big they may be."""
         source_text = os.fspath(source)
         model_dir = resolve_model_dir(source_text, revision)
         info = read_model_info(model_dir, lookup(source_text))
-        return cls.from_model_dir(source_text, model_dir, info, max_length)
+        return cls.from_model_dir(source_text, model_dir, info, max_length, media_options)
 
     @classmethod
     def from_model_dir(
-        cls, source: str, model_dir: Path, info: ModelInfo, max_length: int | None
+        cls,
+        source: str,
+        model_dir: Path,
+        info: ModelInfo,
+        max_length: int | None,
+        media_options: MediaOptions | None = None,
     ) -> Preparer:
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
-        return cls(
-            _load_input_preparer(model_dir, info), source, model_dir, max_length or info.max_length
-        )
+        impl = _load_input_preparer(model_dir, info, media_options)
+        return cls(impl, source, model_dir, max_length or info.max_length)
 
     @property
     def info(self) -> ModelInfo:
@@ -74,11 +86,13 @@ class Preparer:
         return results  # type: ignore[return-value]
 
 
-def _load_input_preparer(model_dir: Path, info: ModelInfo) -> InputPreparer:
+def _load_input_preparer(
+    model_dir: Path, info: ModelInfo, media_options: MediaOptions | None
+) -> InputPreparer:
     if info.family == "vl":
         from .vl.preparer import VLPreparer  # imported lazily: needs the [vl] extra
 
-        return VLPreparer(model_dir, info)
+        return VLPreparer(model_dir, info, media_options)
     from .text_backend import TextPreparer
 
     return TextPreparer(model_dir, info)

@@ -78,7 +78,7 @@ def test_parity_with_sentence_transformers(tiny_text_model_dir, tiny_text_embedd
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    transformer = Transformer(str(tiny_text_model_dir), tokenizer_args={"padding_side": "left"})
+    transformer = Transformer(str(tiny_text_model_dir), processor_kwargs={"padding_side": "left"})
     pooling = Pooling(tiny_text_embedder.hidden_size, pooling_mode="lasttoken")
     st_model = SentenceTransformer(modules=[transformer, pooling], device="cpu")
     query_prompt = f"Instruct: {TASK}\nQuery:"

@@ -42,13 +42,19 @@ _MEAN_STD = [0.5, 0.5, 0.5]
 
 def make_tiny_vl_model(
     directory: str | Path,
-    text_hidden_size: int = 64,
+    text_hidden_size: int = 128,
     text_layers: int = 2,
     vision_hidden_size: int = 32,
     vision_depth: int = 2,
     seed: int = 0,
 ) -> Path:
-    """Write a random Qwen3-VL checkpoint + processor to `directory` and return it."""
+    """Write a random Qwen3-VL checkpoint + processor to `directory` and return it.
+
+    The text hidden size (128) leaves room for Matryoshka dims between the family minimum (64)
+    and the full size."""
+    from ..vl.extra import require_vl_extra
+
+    require_vl_extra()  # the processor's image and video processors need torchvision
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
@@ -80,7 +86,11 @@ def make_tiny_vl_model(
                 "rope_type": "default",
                 "rope_theta": 5_000_000.0,
                 "mrope_interleaved": True,
-                "mrope_section": [head_dim // 2 - 2 * (head_dim // 8), head_dim // 8, head_dim // 8],
+                "mrope_section": [
+                    head_dim // 2 - 2 * (head_dim // 8),
+                    head_dim // 8,
+                    head_dim // 8,
+                ],
             },
             "pad_token_id": token_id("<|endoftext|>"),
         },

@@ -1,0 +1,72 @@
+"""`VLBackend`: the device stage of Qwen3-VL-Embedding.
+
+The backbone is transformers' `Qwen3VLModel` (text + vision towers, no LM head) loaded straight
+from the published `Qwen3VLForConditionalGeneration` checkpoint; its `last_hidden_state` is taken
+after the final norm, as the official embedder does. A batch is collated like the processor's own
+right-padded batch: ids padded right, media arrays concatenated in item order (the model scatters
+image and video features into the pad tokens row by row, in that order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backend import Backend, PreparedInput
+from .preparer import MEDIA_KEYS, VLPreparer
+
+# Processor convention for `mm_token_type_ids`, which drives the 3-D (M-RoPE) positions.
+TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
+
+
+class VLBackend(Backend):
+    def __init__(
+        self,
+        model_dir: Path,
+        preparer: VLPreparer,
+        device: torch.device,
+        dtype: torch.dtype,
+        attn: str,
+    ):
+        from transformers import Qwen3VLModel
+
+        self.info, self.device, self.dtype = preparer.info, device, dtype
+        self.pad_id = preparer.pad_id
+        self.image_token_id = preparer.image_token_id
+        self.video_token_id = preparer.video_token_id
+        self.model = Qwen3VLModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        # An embedder never decodes: no KV cache to allocate for every batch.
+        self.model.language_model.config.use_cache = False
+        self.model.to(device).eval()
+
+    def collate(self, batch: Sequence[PreparedInput]) -> dict[str, torch.Tensor]:
+        """Right-padded ids + mask + token types, and each media array concatenated in item order."""
+        longest = max(item.num_tokens for item in batch)
+        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, item in enumerate(batch):
+            input_ids[row, : item.num_tokens] = torch.as_tensor(item.input_ids, dtype=torch.long)
+            attention_mask[row, : item.num_tokens] = 1
+        token_types = torch.full_like(input_ids, TEXT_TYPE)
+        token_types[input_ids == self.image_token_id] = IMAGE_TYPE
+        token_types[input_ids == self.video_token_id] = VIDEO_TYPE
+        token_types[attention_mask == 0] = TEXT_TYPE
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "mm_token_type_ids": token_types,
+        }
+        for key in MEDIA_KEYS:
+            arrays = [item.media[key] for item in batch if key in item.media]
+            if arrays:
+                inputs[key] = torch.from_numpy(np.concatenate(arrays, axis=0))
+        return inputs
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = {key: value.to(self.device) for key, value in self.collate(batch).items()}
+        output = self.model(**inputs)
+        return output.last_hidden_state, inputs["attention_mask"]  # (B, T, H), (B, T)

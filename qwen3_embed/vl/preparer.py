@@ -1,0 +1,160 @@
+"""`VLPreparer`: the CPU stage of Qwen3-VL-Embedding (processor only, no weights).
+
+Per item, as the official `Qwen3VLEmbedder` does for a batch: build the conversation, render it
+with the processor's chat template (`add_generation_prompt=True`), load and resize the media like
+`qwen_vl_utils` (images: `smart_resize` to multiples of 32 within [MIN_PIXELS, MAX_PIXELS]), then
+call `Qwen3VLProcessor` with `do_resize=False`. Processing items one at a time gives the same ids
+and pixel values as the official batched call (the processor treats each image, video and text on
+its own), and lets one bad item fail alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend import InputPreparer, PreparedInput, PrepareResult
+from ..errors import InputError, InputTooLongError
+from ..model_info import ModelInfo
+from .extra import require_vl_extra
+from .items import VLItem, conversation, parse_item
+from .media import MediaOptions
+
+# Processor outputs kept per item; names are simple so they survive PreparedInput.to_row.
+MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+class VLPreparer(InputPreparer):
+    """Items -> `PreparedInput`s (ids + processed media arrays). `media_options` (public, may be
+    replaced) decides which media sources are allowed and how large they may be; the default is
+    permissive, for direct library use."""
+
+    def __init__(self, model_dir: Path, info: ModelInfo, media_options: MediaOptions | None = None):
+        require_vl_extra()
+        from transformers import Qwen3VLProcessor
+
+        self.info = info
+        self.media_options = media_options or MediaOptions()
+        self.processor = Qwen3VLProcessor.from_pretrained(model_dir, padding_side="right")
+        if getattr(self.processor.video_processor, "cap_pixels_per_frame", False) is None:
+            # Frames arrive resized (do_resize=False), so the processor's optional per-frame pixel
+            # cap never applies; saying so silences its warning that it is not applied.
+            self.processor.video_processor.cap_pixels_per_frame = False
+        tokenizer = self.processor.tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.image_token_id = self.processor.image_token_id
+        self.video_token_id = self.processor.video_token_id
+        # Tokens the tokenizer adds itself (none for Qwen3-VL); truncation keeps them.
+        self.added_tokens = tokenizer.num_special_tokens_to_add()
+
+    def prepare_items(
+        self, items: Sequence[Any], instruction: str | None, truncate: bool, max_length: int
+    ) -> list[PrepareResult]:
+        results: list[PrepareResult] = []
+        for item in items:
+            try:
+                results.append(self.prepare_one(item, instruction, truncate, max_length))
+            except InputError as error:
+                results.append(error)
+        return results
+
+    def prepare_one(
+        self, item: Any, instruction: str | None, truncate: bool, max_length: int
+    ) -> PreparedInput:
+        parsed = parse_item(item, instruction)
+        prompt = self.processor.apply_chat_template(
+            conversation(parsed), add_generation_prompt=True, tokenize=False
+        )
+        self._check_no_reserved_tokens(prompt, parsed)
+        media = self._load_media(parsed)
+        encoded = self._process(prompt, media, truncation=False, max_length=None)
+        input_ids = encoded["input_ids"][0].tolist()
+        if len(input_ids) > max_length:
+            if not truncate:
+                raise InputTooLongError(
+                    f"input has {len(input_ids)} tokens (media included), more than max_length={max_length}; "
+                    "enable truncation or shorten it"
+                )
+            self._check_media_survives(input_ids, max_length)
+            encoded = self._process(prompt, media, truncation=True, max_length=max_length)
+            input_ids = encoded["input_ids"][0].tolist()
+        arrays = {
+            key: np.ascontiguousarray(encoded[key].numpy()) for key in MEDIA_KEYS if key in encoded
+        }
+        return PreparedInput(input_ids=input_ids, media=arrays)
+
+    def _load_media(self, item: VLItem) -> dict[str, Any]:
+        from qwen_vl_utils.vision_process import fetch_image
+
+        from .constants import IMAGE_PATCH_SIZE, MAX_PIXELS, MIN_PIXELS
+        from .media import load_image
+        from .video import load_video
+
+        media: dict[str, Any] = {}
+        if item.video is not None:
+            try:
+                media["video"] = load_video(item.video, self.media_options)
+            except InputError as error:
+                raise InputError(f"video: {error.reason}") from None
+        if item.image is not None:
+            try:
+                image = load_image(item.image, self.media_options)
+                element = {
+                    "type": "image",
+                    "image": image,
+                    "min_pixels": MIN_PIXELS,
+                    "max_pixels": MAX_PIXELS,
+                }
+                media["image"] = fetch_image(element, image_patch_size=IMAGE_PATCH_SIZE)
+            except InputError as error:
+                raise InputError(f"image: {error.reason}") from None
+            except (ValueError, OSError) as error:  # aspect ratio over 200; lazy PIL data failing
+                raise InputError(f"image: cannot be used ({error})") from None
+        return media
+
+    def _process(
+        self, prompt: str, media: dict[str, Any], truncation: bool, max_length: int | None
+    ) -> Any:
+        video = media.get("video")
+        return self.processor(
+            text=[prompt],
+            images=[media["image"]] if "image" in media else None,
+            videos=[video.frames] if video is not None else None,
+            video_metadata=[video.metadata] if video is not None else None,
+            truncation=truncation,
+            max_length=max_length,
+            do_resize=False,  # media were resized above, as qwen_vl_utils does
+            do_sample_frames=False,  # frames were sampled above
+            return_tensors="pt",
+        )
+
+    def _check_no_reserved_tokens(self, prompt: str, item: VLItem) -> None:
+        """A literal <|image_pad|> or <|video_pad|> in a text or instruction would become a vision
+        placeholder with no features behind it, and break every batch the item joins."""
+        for token, media in (
+            (self.processor.image_token, item.image),
+            (self.processor.video_token, item.video),
+        ):
+            if prompt.count(token) != (0 if media is None else 1):
+                raise InputError(
+                    f"text and instruction must not contain the reserved token {token}"
+                )
+
+    def _check_media_survives(self, input_ids: list[int], max_length: int) -> None:
+        """Truncation may drop text but never vision tokens (the official processor call would
+        raise for the whole batch; here the one item is refused)."""
+        keep = max_length - self.added_tokens
+        media_positions = [
+            position
+            for position, token in enumerate(input_ids)
+            if token in (self.image_token_id, self.video_token_id)
+        ]
+        if media_positions and media_positions[-1] >= keep:
+            raise InputTooLongError(
+                f"its media end at token {media_positions[-1] + 1 + self.added_tokens}, beyond "
+                f"max_length={max_length}, and truncation may only drop text; use a smaller image, "
+                "a shorter video or a larger max_length"
+            )

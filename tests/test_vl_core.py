@@ -1,0 +1,677 @@
+"""The multimodal core (Qwen3-VL-Embedding) against the official algorithm and its invariants.
+
+CPU, fp32, offline: a tiny random Qwen3-VL checkpoint. The reference below is written from the
+official `Qwen3VLEmbedder` (QwenLM/Qwen3-VL-Embedding `src/models/qwen3_vl_embedding.py`):
+`format_model_input`, `process_vision_info`, one right-padded processor call with truncation,
+`Qwen3VLModel.last_hidden_state`, last-token pooling, L2 normalisation. It shares no code with
+`qwen3_embed.vl`.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import unicodedata
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+pytest.importorskip("torchvision")
+pytest.importorskip("qwen_vl_utils")
+av = pytest.importorskip("av")
+
+from qwen3_embed import (  # noqa: E402
+    DimensionError,
+    Embedder,
+    InputError,
+    InputTooLongError,
+    MissingExtraError,
+    PreparedInput,
+    Preparer,
+)
+from qwen3_embed.vl.media import MediaOptions  # noqa: E402
+
+ATOL = 1e-5
+
+# The official constants, restated from the official file (not imported from qwen3_embed).
+OFFICIAL_MIN_PIXELS = 4 * 32 * 32
+OFFICIAL_MAX_PIXELS = 1800 * 32 * 32
+OFFICIAL_FPS = 1
+OFFICIAL_MAX_FRAMES = 64
+OFFICIAL_TOTAL_PIXELS = 10 * 768 * 32 * 32
+OFFICIAL_DEFAULT_INSTRUCTION = "Represent the user's input."
+
+
+# --------------------------------------------------------------------------- reference code
+def official_sample_frames(frames: list, num_segments: int, max_segments: int) -> list:
+    """The official `sample_frames`."""
+    frame_ids = np.linspace(0, len(frames) - 1, num_segments, dtype=int).tolist()
+    sampled = [frames[i] for i in frame_ids]
+    while len(sampled) < num_segments:
+        sampled.append(frames[frame_ids[-1]])
+    return sampled[:max_segments]
+
+
+def official_format_model_input(text=None, image=None, video=None, instruction=None) -> list[dict]:
+    """The official `format_model_input` (minus its "NULL" substitute for empty items)."""
+    if instruction:
+        instruction = instruction.strip()
+        if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
+            instruction = instruction + "."
+    content: list[dict] = []
+    conversation = [
+        {
+            "role": "system",
+            "content": [{"type": "text", "text": instruction or OFFICIAL_DEFAULT_INSTRUCTION}],
+        },
+        {"role": "user", "content": content},
+    ]
+    if video:
+        if isinstance(video, list):
+            frames = official_sample_frames(video, OFFICIAL_MAX_FRAMES, OFFICIAL_MAX_FRAMES)
+            frames = ["file://" + frame if isinstance(frame, str) else frame for frame in frames]
+            content.append(
+                {"type": "video", "video": frames, "total_pixels": OFFICIAL_TOTAL_PIXELS}
+            )
+        else:
+            content.append(
+                {
+                    "type": "video",
+                    "video": "file://" + video,
+                    "fps": OFFICIAL_FPS,
+                    "max_frames": OFFICIAL_MAX_FRAMES,
+                }
+            )
+    if image:
+        image_content = image if isinstance(image, Image.Image) else "file://" + image
+        content.append(
+            {
+                "type": "image",
+                "image": image_content,
+                "min_pixels": OFFICIAL_MIN_PIXELS,
+                "max_pixels": OFFICIAL_MAX_PIXELS,
+            }
+        )
+    if text:
+        content.append({"type": "text", "text": text})
+    return conversation
+
+
+def decord_like_reader(element: dict):
+    """qwen-vl-utils' decord/torchcodec reader, decoding with PyAV (this machine has neither)."""
+    from qwen_vl_utils.vision_process import smart_nframes
+
+    path = element["video"].removeprefix("file://")
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        video_fps = float(stream.average_rate)
+        frames = [
+            torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)
+        ]
+    total_frames = len(frames)
+    nframes = smart_nframes(element, total_frames=total_frames, video_fps=video_fps)
+    idx = torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
+    video = torch.stack(frames).permute(0, 3, 1, 2)[idx]  # (T, C, H, W)
+    metadata = dict(
+        fps=video_fps, frames_indices=idx, total_num_frames=total_frames, video_backend="decord"
+    )
+    return video, metadata, nframes / max(total_frames, 1e-6) * video_fps
+
+
+def official_embed(
+    reference, conversations: list[list[dict]], max_length: int = 8192
+) -> torch.Tensor:
+    """The official `_preprocess_inputs` + forward + `_pooling_last` + normalize, for one batch."""
+    from qwen_vl_utils import vision_process
+    from qwen_vl_utils.vision_process import process_vision_info
+
+    processor, model = reference
+    text = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vision_process, "get_video_reader_backend", lambda: "test_av")
+        patch.setitem(vision_process.VIDEO_READER_BACKENDS, "test_av", decord_like_reader)
+        images, video_inputs, video_kwargs = process_vision_info(
+            conversations, image_patch_size=16, return_video_metadata=True, return_video_kwargs=True
+        )
+    videos = video_metadata = None
+    if video_inputs is not None:
+        videos, video_metadata = (list(part) for part in zip(*video_inputs, strict=True))
+    inputs = processor(
+        text=text, images=images, videos=videos, video_metadata=video_metadata, truncation=True,
+        max_length=max_length, padding=True, do_resize=False, return_tensors="pt", **video_kwargs,
+    )  # fmt: skip
+    with torch.no_grad():
+        hidden = model(**inputs).last_hidden_state
+    attention_mask = inputs["attention_mask"]
+    col = attention_mask.shape[1] - attention_mask.flip(dims=[1]).argmax(dim=1) - 1
+    pooled = hidden[torch.arange(hidden.shape[0]), col]
+    return F.normalize(pooled, p=2, dim=-1)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_vl_model_dir):
+    """The official pair: processor (right padding) and the backbone of the generation checkpoint."""
+    from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    processor = Qwen3VLProcessor.from_pretrained(tiny_vl_model_dir, padding_side="right")
+    model = Qwen3VLForConditionalGeneration.from_pretrained(
+        tiny_vl_model_dir, dtype=torch.float32
+    ).model.eval()
+    return processor, model
+
+
+# --------------------------------------------------------------------------- test media
+def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """(T, H, W, 3) uint8 -> an mp4 file."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels in a few dozen bytes (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> SimpleNamespace:
+    directory = tmp_path_factory.mktemp("vl-media")
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (100, 150, 3), dtype=np.uint8))
+    photo.save(directory / "photo.png")
+    # A smooth clip (noise would make the encoder's job and the test's tolerance meaningless).
+    ramp = np.linspace(0, 255, 64, dtype=np.float32)
+    clip = np.stack(
+        [
+            np.stack([np.add.outer(ramp[:48] * 0.5, ramp * 0.5 + 8 * t) % 256] * 3, axis=-1)
+            for t in range(12)
+        ]
+    ).astype(np.uint8)
+    write_mp4(directory / "clip.mp4", clip, fps=4)
+    return SimpleNamespace(
+        dir=directory,
+        photo=photo,
+        photo_path=str(directory / "photo.png"),
+        photo_bytes=(directory / "photo.png").read_bytes(),
+        rgba=Image.fromarray(rng.integers(0, 256, (70, 50, 4), dtype=np.uint8), "RGBA"),
+        frames=[
+            Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)) for _ in range(5)
+        ],
+        clip_path=str(directory / "clip.mp4"),
+    )
+
+
+@pytest.fixture(scope="module")
+def http_media(media):
+    """The media directory served over loopback HTTP."""
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(media.dir))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def pixel_arrays(embedder: Embedder, item) -> dict[str, np.ndarray]:
+    return embedder.prepare([item])[0].media
+
+
+# --------------------------------------------------------------------------- parity
+PARITY_CASES = {
+    "text": lambda m: {"text": "A dog on a beach"},
+    "image (path)": lambda m: {"image": m.photo_path},
+    "text + RGBA image": lambda m: {"text": "Description", "image": m.rgba},
+    "per-item instruction": lambda m: {
+        "text": "query",
+        "instruction": "Retrieve images that match the query",
+    },
+    "instruction with punctuation + spaces": lambda m: {
+        "text": "a cat",
+        "instruction": "  Find the picture!  ",
+    },
+    "video (frame list)": lambda m: {"video": m.frames},
+    "video (file)": lambda m: {"video": m.clip_path},
+    "video + image + text": lambda m: {"text": "all three", "image": m.photo, "video": m.clip_path},
+}
+
+
+def test_parity_with_official_embedder(tiny_vl_embedder, reference, media):
+    names = list(PARITY_CASES)
+    items = [PARITY_CASES[name](media) for name in names]
+    ours = tiny_vl_embedder.embed(["A dog on a beach"] + items).embeddings
+    expected = official_embed(reference, [official_format_model_input(**item) for item in items])
+    assert torch.equal(ours[0], ours[1]), "a plain string is the same item as {'text': ...}"
+    diffs = (ours[1:] - expected).abs().max(dim=1).values
+    report = {name: f"{diff:.2e}" for name, diff in zip(names, diffs.tolist(), strict=True)}
+    assert (diffs <= ATOL).all(), report
+    assert torch.allclose(ours.norm(dim=1), torch.ones(len(ours)), atol=1e-6)
+    assert ours.dtype == torch.float32
+
+
+def test_call_instruction_matches_official_item_instruction(tiny_vl_embedder, reference, media):
+    instruction = "Retrieve images that match the query"
+    items = [
+        {"text": "a red car"},
+        {"image": media.photo},
+        {"text": "own", "instruction": "Own task"},
+    ]
+    ours = tiny_vl_embedder.embed(items, instruction=instruction).embeddings
+    conversations = [
+        official_format_model_input(text="a red car", instruction=instruction),
+        official_format_model_input(image=media.photo, instruction=instruction),
+        official_format_model_input(text="own", instruction="Own task"),  # the item's own wins
+    ]
+    assert (ours - official_embed(reference, conversations)).abs().max() <= ATOL
+
+
+def test_truncation_matches_official(tiny_vl_embedder, tiny_vl_model_dir, reference, media):
+    long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 20)
+    item = {"text": long_text, "image": media.photo}
+    full_ids = tiny_vl_embedder.prepare([item])[0].input_ids
+    image_token_id = reference[0].image_token_id
+    last_media = max(i for i, token in enumerate(full_ids) if token == image_token_id)
+    max_length = last_media + 5  # cuts the text, keeps every image token
+    assert max_length < len(full_ids)
+    short = Embedder(
+        Preparer.from_model_dir("tiny-vl", tiny_vl_model_dir, tiny_vl_embedder.info, max_length),
+        tiny_vl_embedder.backend,
+    )
+    out = short.embed([item, {"text": long_text}])
+    assert out.sequence_lengths == [max_length, max_length]
+    expected = official_embed(
+        reference,
+        [official_format_model_input(**item), official_format_model_input(text=long_text)],
+        max_length,
+    )
+    assert (out.embeddings - expected).abs().max() <= ATOL
+
+    with pytest.raises(InputTooLongError, match=r"input\[0\].*max_length"):
+        short.embed([item], truncate=False)
+    tiny = Embedder(
+        Preparer.from_model_dir(
+            "tiny-vl", tiny_vl_model_dir, tiny_vl_embedder.info, last_media - 3
+        ),
+        tiny_vl_embedder.backend,
+    )
+    with pytest.raises(
+        InputTooLongError, match=r"input\[1\]: its media end at token \d+, beyond max_length"
+    ):
+        tiny.embed(["fits after truncation", item])
+
+
+# --------------------------------------------------------------------------- invariants
+@pytest.fixture(scope="module")
+def invariant_items(media) -> list:
+    return [
+        "a short text",
+        {"text": "a much longer text that pads the others " * 3},
+        {"image": media.photo},
+        {"text": "caption", "image": media.rgba, "instruction": "Find it"},
+        {"video": media.clip_path},
+    ]
+
+
+def test_batched_equals_alone(tiny_vl_embedder, invariant_items):
+    prepared = tiny_vl_embedder.prepare(invariant_items)
+    together = tiny_vl_embedder.forward_pooled(prepared)
+    alone = torch.cat([tiny_vl_embedder.forward_pooled([item]) for item in prepared])
+    assert (together - alone).abs().max() <= 1e-5
+    reordered = tiny_vl_embedder.forward_pooled(prepared[::-1]).flip(0)
+    assert (together - reordered).abs().max() <= 1e-5
+
+
+def test_matryoshka_truncates_before_normalising(tiny_vl_embedder, invariant_items):
+    prepared = tiny_vl_embedder.prepare(invariant_items)
+    full = tiny_vl_embedder.forward_pooled(prepared)
+    for dim in (64, 100, 128):
+        vectors = tiny_vl_embedder.embed_prepared(prepared, dim=dim).embeddings
+        assert vectors.shape == (len(prepared), dim)
+        assert (vectors - F.normalize(full[:, :dim], p=2, dim=1)).abs().max() <= 1e-5
+        assert torch.allclose(vectors.norm(dim=1), torch.ones(len(prepared)), atol=1e-6)
+
+
+def test_deterministic(tiny_vl_embedder, invariant_items):
+    first = tiny_vl_embedder.embed(invariant_items).embeddings
+    assert torch.equal(first, tiny_vl_embedder.embed(invariant_items).embeddings)
+
+
+@pytest.mark.parametrize("dim", [63, 129, 0, 64.0, True])
+def test_dim_outside_range_names_it(tiny_vl_embedder, dim):
+    assert (tiny_vl_embedder.min_dim, tiny_vl_embedder.hidden_size) == (64, 128)
+    with pytest.raises(DimensionError, match=r"\[64, 128\]"):
+        tiny_vl_embedder.embed(["x"], dim=dim)
+
+
+def test_prepared_rows_round_trip(tiny_vl_embedder, media):
+    prepared = tiny_vl_embedder.prepare(
+        [{"text": "t", "image": media.photo}, {"video": media.clip_path}, "text"]
+    )
+    rows = [item.to_row() for item in prepared]
+    assert set(rows[0]) == {"input_ids", "media_pixel_values", "media_image_grid_thw"}
+    assert set(rows[1]) == {"input_ids", "media_pixel_values_videos", "media_video_grid_thw"}
+    restored = [PreparedInput.from_row(row) for row in rows]
+    assert torch.equal(
+        tiny_vl_embedder.embed_prepared(prepared).embeddings,
+        tiny_vl_embedder.embed_prepared(restored).embeddings,
+    )
+
+
+def test_num_tokens_count_vision_tokens(tiny_vl_embedder, media):
+    text_only, with_image = tiny_vl_embedder.prepare(
+        [{"text": "x"}, {"text": "x", "image": media.photo}]
+    )
+    # 100x150 -> smart_resize -> 96x160 -> 6x10 patches of 16 -> 15 merged tokens + vision start/end
+    assert with_image.num_tokens - text_only.num_tokens == 15 + 2
+    assert with_image.media["image_grid_thw"].tolist() == [[1, 6, 10]]
+
+
+# --------------------------------------------------------------------------- media sources
+def test_image_sources_are_equivalent(tiny_vl_embedder, media, http_media):
+    import fsspec
+
+    with fsspec.open("memory://vl-test/photo.png", "wb") as handle:
+        handle.write(media.photo_bytes)
+    expected = pixel_arrays(tiny_vl_embedder, {"image": media.photo})
+    sources = {
+        "path": media.photo_path,
+        "pathlib": Path(media.photo_path),
+        "file URL": "file://" + media.photo_path,
+        "bytes": media.photo_bytes,
+        "data URI": "data:image/png;base64," + base64.b64encode(media.photo_bytes).decode(),
+        "fsspec URL": "memory://vl-test/photo.png",
+        "http URL": f"{http_media}/photo.png",
+        "numpy": np.asarray(media.photo),
+    }
+    for name, source in sources.items():
+        arrays = pixel_arrays(tiny_vl_embedder, {"image": source})
+        assert arrays.keys() == expected.keys(), name
+        for key in expected:
+            assert np.array_equal(arrays[key], expected[key]), name
+
+
+def test_video_sources_are_equivalent(tiny_vl_embedder, media, http_media):
+    clip_bytes = Path(media.clip_path).read_bytes()
+    expected = tiny_vl_embedder.prepare([{"video": media.clip_path}])[0]
+    for source in (
+        clip_bytes,
+        f"{http_media}/clip.mp4",
+        "data:video/mp4;base64," + base64.b64encode(clip_bytes).decode(),
+    ):
+        prepared = tiny_vl_embedder.prepare([{"video": source}])[0]
+        assert prepared.input_ids == expected.input_ids
+        assert np.array_equal(
+            prepared.media["pixel_values_videos"], expected.media["pixel_values_videos"]
+        )
+    # 12 frames at 4 fps = 3 s -> fps=1 gives 3, raised to min_frames 4: grid_t = 4 / temporal patch 2
+    assert expected.media["video_grid_thw"][0, 0] == 2
+    # frame paths work like frame images
+    for index, frame in enumerate(media.frames):
+        frame.save(media.dir / f"frame{index}.png")
+    from_paths = pixel_arrays(
+        tiny_vl_embedder, {"video": [str(media.dir / f"frame{i}.png") for i in range(5)]}
+    )
+    from_images = pixel_arrays(tiny_vl_embedder, {"video": media.frames})
+    assert np.array_equal(from_paths["pixel_values_videos"], from_images["pixel_values_videos"])
+
+
+def test_media_policy(tiny_vl_embedder, media, http_media, monkeypatch):
+    impl = tiny_vl_embedder.preparer.impl
+    monkeypatch.setattr(
+        impl, "media_options", MediaOptions(allow_local_paths=False, allow_urls=False)
+    )
+    with pytest.raises(InputError, match=r"input\[0\]: image: local file paths are not allowed"):
+        tiny_vl_embedder.prepare([{"image": media.photo_path}])
+    with pytest.raises(InputError, match=r"input\[0\]: video: local file paths are not allowed"):
+        tiny_vl_embedder.prepare([{"video": media.clip_path}])
+    with pytest.raises(InputError, match=r"input\[0\]: image: URLs are not allowed"):
+        tiny_vl_embedder.prepare([{"image": f"{http_media}/photo.png"}])
+    with pytest.raises(InputError, match=r"input\[0\]: image: URLs are not allowed"):
+        tiny_vl_embedder.prepare([{"image": "s3://bucket/photo.png"}])
+    assert tiny_vl_embedder.prepare([{"image": media.photo_bytes}])  # inline data stays allowed
+
+    # URLs allowed, local files not: no URL form may reach the local disk.
+    monkeypatch.setattr(impl, "media_options", MediaOptions(allow_local_paths=False))
+    for sneaky in (
+        "file://" + media.photo_path,
+        "local://" + media.photo_path,
+        "zip://photo.png::file:///tmp/a.zip",
+    ):
+        with pytest.raises(
+            InputError,
+            match=r"input\[0\]: image: .*(local file paths are not allowed|may read local files)",
+        ):
+            tiny_vl_embedder.prepare([{"image": sneaky}])
+    assert tiny_vl_embedder.prepare([{"image": f"{http_media}/photo.png"}])
+
+
+# --------------------------------------------------------------------------- errors
+ERROR_CASES = {
+    "empty item": (lambda m: {}, r"the item is empty"),
+    "only None values": (lambda m: {"text": None, "image": None}, r"the item is empty"),
+    "unknown key": (
+        lambda m: {"text": "x", "img": "a.png"},
+        r"unknown key\(s\) \['img'\]; valid keys are: text, image, video, instruction",
+    ),
+    "item of wrong type": (lambda m: 42, r"an item must be a string or a dict"),
+    "text of wrong type": (lambda m: {"text": 3}, r"text must be a string"),
+    "empty text": (lambda m: {"text": "  ", "image": m.photo}, r"text is empty"),
+    "instruction of wrong type": (
+        lambda m: {"text": "x", "instruction": 1},
+        r"instruction must be a string",
+    ),
+    "image of wrong type": (
+        lambda m: {"image": 3.5},
+        r"image: unsupported media source of type float",
+    ),
+    "corrupt image bytes": (
+        lambda m: {"image": b"not an image at all"},
+        r"image: could not decode the image",
+    ),
+    "truncated image": (
+        lambda m: {"image": m.photo_bytes[:200]},
+        r"image: could not decode the image",
+    ),
+    "bad base64": (
+        lambda m: {"image": "data:image/png;base64,@@not base64@@"},
+        r"image: the data URI payload is not valid base64",
+    ),
+    "data URI without base64": (
+        lambda m: {"image": "data:image/png,abc"},
+        r"image: a data URI must look like",
+    ),
+    "decompression bomb": (
+        lambda m: {"image": png_header_only(100_000, 100_000)},
+        r"image: image refused as a decompression bomb",
+    ),
+    "over the pixel limit": (
+        lambda m: {"image": png_header_only(10_000, 10_000)},
+        r"image: image is 10000x10000 = 100000000 pixels, more than the limit of 89478485",
+    ),
+    "missing file": (
+        lambda m: {"image": "/no/such/photo.png"},
+        r"image: no such file: '/no/such/photo.png'",
+    ),
+    "extreme aspect ratio": (
+        lambda m: {"image": Image.new("RGB", (1000, 4))},
+        r"image: cannot be used \(absolute aspect ratio",
+    ),
+    "bad array": (
+        lambda m: {"image": np.zeros((4, 4), dtype=np.float32)},
+        r"image: an image array must be uint8",
+    ),
+    "reserved vision token in text": (
+        lambda m: {"text": "look <|image_pad|> here", "image": m.photo},
+        r"text and instruction must not contain the reserved token <\|image_pad\|>",
+    ),
+    "reserved vision token in instruction": (
+        lambda m: {"text": "x", "instruction": "<|video_pad|>"},
+        r"text and instruction must not contain the reserved token <\|video_pad\|>",
+    ),
+    "empty frame list": (lambda m: {"video": []}, r"video: video frame list is empty"),
+    "corrupt frame": (
+        lambda m: {"video": [m.photo, b"junk"]},
+        r"video: video frame 1: could not decode the image",
+    ),
+    "frames of different sizes": (
+        lambda m: {"video": [m.photo, m.rgba]},
+        r"video: video frames must all have the same size",
+    ),
+    "corrupt video": (
+        lambda m: {"video": b"\x00\x00\x00\x18ftypmp42 not really a video"},
+        r"video: could not decode the video",
+    ),
+    "image as video": (lambda m: {"video": m.photo_bytes}, r"video: "),
+    "missing video": (lambda m: {"video": "/no/such/clip.mp4"}, r"video: no such file"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_bad_item_is_an_input_error_naming_its_index(tiny_vl_embedder, media, case):
+    build, reason = ERROR_CASES[case]
+    with pytest.raises(InputError, match=r"^input\[1\]: " + reason):
+        tiny_vl_embedder.embed(["a good item", build(media), "another good one"])
+
+
+def test_size_limits(tiny_vl_embedder, media, monkeypatch):
+    impl = tiny_vl_embedder.preparer.impl
+    monkeypatch.setattr(impl, "media_options", MediaOptions(max_bytes=1000))
+    encoded = base64.b64encode(media.photo_bytes).decode()
+    for source in (media.photo_path, media.photo_bytes, "data:image/png;base64," + encoded):
+        with pytest.raises(InputError, match=r"image: .*larger than the limit of 1000 bytes"):
+            tiny_vl_embedder.prepare([{"image": source}])
+    with pytest.raises(InputError, match=r"video: .*larger than the limit of 1000 bytes"):
+        tiny_vl_embedder.prepare([{"video": media.clip_path}])
+    monkeypatch.setattr(impl, "media_options", MediaOptions(max_pixels=1000))
+    with pytest.raises(
+        InputError,
+        match=r"video: a video frame is 64x48 = 3072 pixels, more than the limit of 1000",
+    ):
+        tiny_vl_embedder.prepare([{"video": media.clip_path}])
+    with pytest.raises(InputError, match=r"video: video frame 0: image is 60x40 = 2400 pixels"):
+        tiny_vl_embedder.prepare([{"video": media.frames}])
+    with pytest.raises(ValueError, match="max_bytes"):
+        MediaOptions(max_bytes=0)
+
+
+def test_prepare_each_keeps_the_good_items(tiny_vl_embedder, media):
+    items = [
+        "good text",
+        {"image": media.photo},
+        {"image": b"corrupt"},
+        {"text": "good", "image": media.photo},
+    ]
+    results = tiny_vl_embedder.prepare_each(items)
+    assert [type(result) for result in results] == [
+        PreparedInput,
+        PreparedInput,
+        InputError,
+        PreparedInput,
+    ]
+    assert results[2].index == 2 and results[2].reason.startswith("image: could not decode")
+    good = [result for result in results if isinstance(result, PreparedInput)]
+    expected = tiny_vl_embedder.embed([items[0], items[1], items[3]]).embeddings
+    assert torch.equal(tiny_vl_embedder.embed_prepared(good).embeddings, expected)
+
+
+def test_call_level_errors(tiny_vl_embedder):
+    with pytest.raises(InputError, match="instruction must not be empty"):
+        tiny_vl_embedder.embed(["x"], instruction="   ")
+    with pytest.raises(InputError, match="not a single item"):
+        tiny_vl_embedder.embed({"text": "x"})
+
+
+# --------------------------------------------------------------------------- packaging
+def test_vl_model_without_the_extra_names_the_install_command(tiny_vl_model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "qwen_vl_utils", None)  # import qwen_vl_utils -> ImportError
+    with pytest.raises(
+        MissingExtraError, match=r"missing: qwen-vl-utils.*pip install 'qwen3-embed\[vl\]'"
+    ):
+        Embedder.from_pretrained(tiny_vl_model_dir, device="cpu")
+    with pytest.raises(MissingExtraError):
+        Preparer.from_pretrained(tiny_vl_model_dir)
+
+
+def test_text_path_works_without_the_extra(tiny_vl_model_dir, tmp_path):
+    """In a fresh interpreter where torchvision, qwen-vl-utils and av cannot be imported."""
+    script = textwrap.dedent(
+        """
+        import sys
+        BLOCKED = ("torchvision", "qwen_vl_utils", "av")
+        for name in BLOCKED:
+            sys.modules[name] = None  # import fails, find_spec says "not installed"
+        import qwen3_embed
+        from qwen3_embed import Embedder, MissingExtraError
+        from qwen3_embed.testing import make_tiny_text_model
+        embedder = Embedder.from_pretrained(make_tiny_text_model(sys.argv[1]), device="cpu")
+        assert embedder.embed(["hello"]).embeddings.shape == (1, 64)
+        try:
+            Embedder.from_pretrained(sys.argv[2], device="cpu")
+        except MissingExtraError as error:
+            assert "pip install 'qwen3-embed[vl]'" in str(error), error
+        else:
+            raise SystemExit("a VL model loaded without the [vl] extra")
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "text"), str(tiny_vl_model_dir)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_cli_builds_a_loadable_tiny_vl_model(tmp_path):
+    from qwen3_embed.cli import main
+
+    assert main(["make-tiny-model", str(tmp_path / "vl"), "--family", "vl"]) == 0
+    config = json.loads((tmp_path / "vl" / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl"
+    assert config["architectures"] == ["Qwen3VLForConditionalGeneration"]
+    assert config["vision_config"]["deepstack_visual_indexes"]
+    preparer = Preparer.from_pretrained(tmp_path / "vl")
+    assert preparer.info.family == "vl"
+    assert preparer.prepare(["hello", {"image": Image.new("RGB", (64, 64))}])
+
+
+def test_media_options_through_from_pretrained(tiny_vl_model_dir, media):
+    locked = Preparer.from_pretrained(tiny_vl_model_dir, media_options=MediaOptions(allow_local_paths=False))
+    (result,) = locked.prepare_each([{"image": str(media.photo_path)}])
+    assert isinstance(result, InputError) and "local" in result.reason
+    assert locked.prepare([{"image": media.photo_bytes}])[0].num_tokens > 0
