@@ -1,0 +1,78 @@
+"""`python -m benchmarks.run [--quick] [--device cpu|cuda] [--only NAME,...]`
+
+Measures this project against its peers on the same machine in the same run, and writes
+`benchmarks/results/<name>.json` plus `<name>.md` (the table the README shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import core_vs_st
+from .machine import describe
+from .report import markdown
+
+BENCHMARKS = {"core": core_vs_st.run}
+OPTIONAL = {
+    "pipeline": "benchmarks.pipeline_overhead",
+    "serve": "benchmarks.serve_load",
+    "scale": "benchmarks.scale_memory",
+}
+
+
+def _load(name: str):
+    if name in BENCHMARKS:
+        return BENCHMARKS[name]
+    import importlib
+
+    return importlib.import_module(OPTIONAL[name]).run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes, one run each: a smoke test, not a measurement",
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join([*BENCHMARKS, *OPTIONAL]),
+        help="comma-separated: core,pipeline,serve,scale",
+    )
+    parser.add_argument(
+        "--name", default=None, help="results file name (default: <device>[-quick])"
+    )
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    names = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(names) - set(BENCHMARKS) - set(OPTIONAL)
+    if unknown:
+        parser.error(
+            f"unknown benchmark(s) {sorted(unknown)}; valid values are: {', '.join([*BENCHMARKS, *OPTIONAL])}"
+        )
+    results = {"machine": describe(device), "quick": args.quick, "results": {}}
+    for name in names:
+        print(f"== {name}", file=sys.stderr, flush=True)
+        results["results"][name] = _load(name)(device, args.quick)
+    name = args.name or f"{device.type}{'-quick' if args.quick else ''}"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
+    table = markdown(results)
+    (args.out_dir / f"{name}.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
