@@ -1,0 +1,12 @@
+"""deployments: the Ray Serve application serving `qwen3_embed` over an OpenAI-compatible API.
+
+    HTTP proxy -> EmbeddingsIngress (FastAPI: auth, limits, media, routing by `model`)
+               -> EmbeddingModel (one per served model: one Embedder per replica, @serve.batch)
+
+Modules, one job each: `config` (the typed ServeAppConfig), `schemas` (request/response bodies),
+`errors` (OpenAI error shape), `security` (API keys), `inputs` + `media_fetch` (items, media and
+SSRF-safe URL fetching), `protocol` (ingress <-> model messages), `metrics`, `ingress`,
+`model_deployment`, `app` (the builder: `deployments.app:build_app`), `cli` (`qwen3-embed serve`).
+See deployments/README.md. Nothing here is imported by `qwen3_embed`, and importing this package
+loads neither Ray nor torch.
+"""

@@ -1,0 +1,107 @@
+"""The application builder: `ServeAppConfig` -> one Serve application.
+
+    ingress (FastAPI, OpenAI routes) --handle--> one model deployment per served model
+
+Usable three ways with the same knobs:
+- `qwen3-embed serve --model ...` (deployments/cli.py builds the config from flags);
+- a Serve config YAML: `import_path: deployments.app:build_app` with the config as `args`
+  (see deployments/serve_config.yaml), for `serve run` / `serve deploy`;
+- Python: `serve.run(build_app({...}))`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from ray.serve import Application
+
+from .config import ModelConfig, ServeAppConfig
+from .ingress import EmbeddingsIngress
+from .model_deployment import EmbeddingModel
+
+logger = logging.getLogger(__name__)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The Serve application builder (`import_path: deployments.app:build_app`): `args` is the
+    YAML's `args` mapping, validated into a `ServeAppConfig`."""
+    return build_application(ServeAppConfig.from_args(args))
+
+
+def build_application(config: ServeAppConfig, cluster_gpus: float | None = None) -> Application:
+    """`cluster_gpus`: GPUs in the cluster, for `gpus_per_replica: null` (asked from Ray when None)."""
+    if cluster_gpus is None and any(model.gpus_per_replica is None for model in config.models):
+        cluster_gpus = _cluster_gpus()
+    names = deployment_names(config.models)
+    models = {
+        model.name: EmbeddingModel.options(
+            **model_deployment_options(model, names[model.name], cluster_gpus or 0)
+        ).bind(model, config.limits, config.media)
+        for model in config.models
+    }
+    return EmbeddingsIngress.options(**ingress_options(config)).bind(config, models)
+
+
+def deployment_names(models: tuple[ModelConfig, ...]) -> dict[str, str]:
+    """Served name -> a deployment name Serve accepts (no '#'), unique within the app."""
+    names: dict[str, str] = {}
+    for model in models:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name).strip("-") or "model"
+        candidate = f"EmbeddingModel-{slug}"
+        if candidate in names.values():
+            candidate = f"{candidate}-{len(names)}"
+        names[model.name] = candidate
+    return names
+
+
+def model_deployment_options(model: ModelConfig, name: str, cluster_gpus: float) -> dict[str, Any]:
+    gpus = model.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus > 0 else 0.0
+    options: dict[str, Any] = {
+        "name": name,
+        "ray_actor_options": {"num_cpus": model.cpus_per_replica, "num_gpus": gpus},
+        "max_ongoing_requests": model.max_ongoing_requests,
+        "max_queued_requests": model.max_queued_requests,
+        # Callers (the ingress) get BackPressureError carrying 429 + Retry-After when the queue is full.
+        "backpressure_config": {"status_code": 429, "retry_after_s": model.retry_after_s},
+        # Batch size and wait: applied by EmbeddingModel.reconfigure, changeable without a reload.
+        "user_config": model.batching.model_dump(),
+    }
+    if model.autoscale is not None:
+        low, high = model.autoscale
+        options["autoscaling_config"] = {
+            "min_replicas": low,
+            "max_replicas": high,
+            # A replica holding a full batch's worth of requests is busy enough.
+            "target_ongoing_requests": model.batching.max_batch_size,
+        }
+    else:
+        options["num_replicas"] = model.num_replicas
+    return options
+
+
+def ingress_options(config: ServeAppConfig) -> dict[str, Any]:
+    ingress = config.ingress
+    return {
+        "name": "EmbeddingsIngress",
+        "num_replicas": ingress.num_replicas,
+        "ray_actor_options": {"num_cpus": ingress.cpus_per_replica},
+        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "max_queued_requests": ingress.max_queued_requests,
+        # When the ingress itself is saturated the proxy answers 429 + Retry-After (Serve's body).
+        "backpressure_config": {"status_code": 429, "retry_after_s": ingress.retry_after_s},
+    }
+
+
+def _cluster_gpus() -> float:
+    import ray
+
+    if not ray.is_initialized():
+        logger.warning(
+            "gpus_per_replica is auto but Ray is not initialised; assuming no GPUs (0 per replica)"
+        )
+        return 0.0
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,304 @@
+"""`qwen3-embed serve`: run the Serve application in the foreground until Ctrl-C.
+
+Imported by `qwen3_embed.cli` only when `serve` is on the command line. Ray is imported inside
+`run`, never at module top, so `qwen3-embed --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import (
+    AuthConfig,
+    BatchingConfig,
+    IngressConfig,
+    MediaPolicy,
+    ModelConfig,
+    ServeAppConfig,
+)
+
+logger = logging.getLogger("qwen3_embed.serve")
+
+DEFAULT_APP_NAME = "qwen3-embed"
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+
+
+def _autoscale(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--autoscale wants MIN:MAX (e.g. 1:4), got {text!r}"
+        ) from None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    defaults_batching = BatchingConfig()
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve models over an OpenAI-compatible /v1/embeddings API (Ray Serve, foreground)",
+        description=(
+            "Start Ray Serve with an OpenAI-compatible embeddings API and block until Ctrl-C. "
+            "API keys are read from an environment variable or a file, never from the command line."
+        ),
+    )
+    source = parser.add_argument_group("models")
+    source.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="M",
+        help="hub id, local directory or fsspec URL; repeat to serve several models (routed by `model`)",
+    )
+    source.add_argument(
+        "--served-model-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name clients send as `model`, one per --model in the same order (default: the --model value)",
+    )
+    source.add_argument(
+        "--app-config",
+        metavar="PATH",
+        help="YAML/JSON file with the full ServeAppConfig (the builder args); replaces the model and policy flags",
+    )
+    source.add_argument(
+        "--device", default="auto", help="torch device for the replicas (default: auto)"
+    )
+    source.add_argument(
+        "--dtype", default="auto", help="torch dtype (default: auto = bf16 on GPU, fp32 on CPU)"
+    )
+    source.add_argument(
+        "--max-length", type=int, help="token limit per input (default: the model's)"
+    )
+
+    http = parser.add_argument_group("HTTP")
+    http.add_argument(
+        "--host", default="127.0.0.1", help="address the HTTP proxy binds (default: 127.0.0.1)"
+    )
+    http.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    http.add_argument("--route-prefix", default="/", help="URL prefix of the app (default: /)")
+    http.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        help=f"end-to-end HTTP timeout of the Serve proxy (default: {DEFAULT_REQUEST_TIMEOUT_S:g})",
+    )
+    http.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the accepted API key(s), comma-separated (default: no keys, open API)",
+    )
+    http.add_argument(
+        "--api-key-file", metavar="PATH", help="file with one accepted API key per line"
+    )
+    http.add_argument(
+        "--allow-url-fetch",
+        action="store_true",
+        help="let VL inputs name http(s) media URLs (fetched with SSRF checks); needs --url-allowed-host",
+    )
+    http.add_argument(
+        "--url-allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="host media URLs may name ('name', '*.domain' or '*'); repeatable",
+    )
+
+    scale = parser.add_argument_group("replicas and batching")
+    replicas = scale.add_mutually_exclusive_group()
+    replicas.add_argument(
+        "--replicas", type=int, default=1, metavar="N", help="replicas per model (default: 1)"
+    )
+    replicas.add_argument(
+        "--autoscale", type=_autoscale, metavar="MIN:MAX", help="autoscale replicas per model"
+    )
+    scale.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        metavar="G",
+        help="GPUs per model replica (default: 1 if the cluster has GPUs, else 0)",
+    )
+    scale.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="CPUs per model replica (default: 1)"
+    )
+    scale.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=defaults_batching.max_batch_size,
+        metavar="B",
+        help=f"requests per dynamic batch (default: {defaults_batching.max_batch_size})",
+    )
+    scale.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=defaults_batching.batch_wait_ms,
+        metavar="W",
+        help=f"wait for a batch to fill, in ms (default: {defaults_batching.batch_wait_ms:g})",
+    )
+    scale.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=16384,
+        help="padded-token budget of one forward pass (default: 16384)",
+    )
+    scale.add_argument(
+        "--max-ongoing-requests", type=int, default=64, help="per model replica (default: 64)"
+    )
+    scale.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=256,
+        help="per model before 429 + Retry-After (default: 256)",
+    )
+
+    ray_group = parser.add_argument_group("Ray")
+    ray_group.add_argument(
+        "--address",
+        help="Ray cluster to join (default: $RAY_ADDRESS if set, else start a private local Ray)",
+    )
+    ray_group.add_argument(
+        "--num-cpus", type=int, help="CPUs of the local Ray started here (default: all)"
+    )
+    ray_group.add_argument(
+        "--num-gpus", type=int, help="GPUs of the local Ray started here (default: all)"
+    )
+    ray_group.add_argument(
+        "--app-name", default=DEFAULT_APP_NAME, help=f"Serve app name (default: {DEFAULT_APP_NAME})"
+    )
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
+    """The flags (or --app-config) as one validated ServeAppConfig; ValueError when inconsistent."""
+    if args.app_config:
+        if args.model:
+            raise ValueError("--app-config and --model are exclusive: put the models in the file")
+        text = Path(args.app_config).read_text(encoding="utf-8")
+        return ServeAppConfig.model_validate(yaml.safe_load(text))
+    if not args.model:
+        raise ValueError("give at least one --model (or --app-config)")
+    names = args.served_model_name
+    if names and len(names) != len(args.model):
+        raise ValueError(
+            f"--served-model-name was given {len(names)} time(s) for {len(args.model)} --model; give one per model"
+        )
+    models = tuple(
+        ModelConfig(
+            model=model,
+            served_model_name=names[index] if names else None,
+            device=args.device,
+            dtype=args.dtype,
+            max_length=args.max_length,
+            max_batch_tokens=args.max_batch_tokens,
+            num_replicas=args.replicas,
+            autoscale=args.autoscale,
+            gpus_per_replica=args.gpus_per_replica,
+            cpus_per_replica=args.cpus_per_replica,
+            batching=BatchingConfig(
+                max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms
+            ),
+            max_ongoing_requests=args.max_ongoing_requests,
+            max_queued_requests=args.max_queued_requests,
+        )
+        for index, model in enumerate(args.model)
+    )
+    return ServeAppConfig(
+        models=models,
+        auth=AuthConfig(api_key_env=args.api_key_env, api_key_file=args.api_key_file),
+        media=MediaPolicy(
+            allow_url_fetch=args.allow_url_fetch, url_allowed_hosts=tuple(args.url_allowed_host)
+        ),
+        ingress=IngressConfig(model_call_timeout_s=max(1.0, args.request_timeout_s - 5.0)),
+    )
+
+
+def _check_keys_here(config: ServeAppConfig) -> None:
+    """Fail before starting anything when the key source is missing here (a local Ray's replicas
+    inherit this environment). The keys are read, not printed."""
+    if config.auth.enabled:
+        from .security import read_api_keys
+
+        read_api_keys(config.auth)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = config_from_args(args)
+        _check_keys_here(config)
+    except (ValueError, OSError) as error:  # pydantic's ValidationError is a ValueError
+        print(f"qwen3-embed serve: {error}", file=sys.stderr)
+        return 2
+
+    import ray
+    from ray import serve
+
+    from .app import build_application
+
+    serving = threading.Event()
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if not serving.is_set():
+            raise KeyboardInterrupt  # still starting: interrupt whatever Ray call is waiting
+        stop.set()
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        # "local": a private Ray for this process, never someone else's cluster on the machine.
+        ray.init(
+            address="local",
+            num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus,
+            logging_level=logging.WARNING,
+        )
+    try:
+        # Installed after ray.init, which sets its own SIGTERM handler in drivers.
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        serve.start(
+            http_options={
+                "host": args.host,
+                "port": args.port,
+                "request_timeout_s": args.request_timeout_s,
+            }
+        )
+        serve.run(build_application(config), name=args.app_name, route_prefix=args.route_prefix)
+        base = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
+        names = ", ".join(model.name for model in config.models)
+        serving.set()
+        print(f"qwen3-embed: serving {names} at {base}/v1/embeddings (Ctrl-C to stop)", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("qwen3-embed: shutting down", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("qwen3-embed: interrupted during start-up, shutting down", flush=True)
+        return 130
+    finally:
+        started = time.monotonic()
+        try:
+            if address:
+                serve.delete(args.app_name)  # a shared cluster keeps running; only our app goes
+            else:
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+        logger.info("stopped in %.1fs", time.monotonic() - started)

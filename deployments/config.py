@@ -1,0 +1,246 @@
+"""The serving layer's one typed configuration.
+
+`ServeAppConfig` is what the app builder (`deployments.app:build_app`) takes as `args` in a Serve
+config YAML and what `qwen3-embed serve` builds from its flags. It is validated once, here, and
+then passed (frozen) to the deployments; no raw dicts travel between layers. Every field has a
+description and a default that is safe for a public endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MiB = 1024 * 1024
+
+
+class _Frozen(BaseModel):
+    # extra="forbid": a misspelt key in a YAML file is an error, not a silently ignored setting.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BatchingConfig(_Frozen):
+    """The model deployment's `user_config`: changed at run time without reloading the weights
+    (`reconfigure` calls `set_max_batch_size` / `set_batch_wait_timeout_s`)."""
+
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        description="most requests one batch collects (each request may hold several inputs)",
+    )
+    batch_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        description="how long a batch waits for more requests after its first one, in ms",
+    )
+
+
+class ModelConfig(_Frozen):
+    """One served model: how to load it and how its deployment (replicas, batching, queue) runs."""
+
+    model: str = Field(
+        ..., min_length=1, description="hub id, local directory or fsspec URL of the checkpoint"
+    )
+    served_model_name: str | None = Field(
+        None, min_length=1, description="the name clients send as `model` (default: `model` itself)"
+    )
+    device: str = Field(
+        "auto", description="torch device; auto = cuda when the replica has a GPU, else cpu"
+    )
+    dtype: str = Field("auto", description="torch dtype; auto = bfloat16 on GPU, float32 on CPU")
+    max_length: int | None = Field(
+        None, ge=1, description="token limit per input (default: the model's)"
+    )
+    max_batch_tokens: int = Field(
+        16384,
+        ge=1,
+        description="padded-token budget of one forward pass (batches are split to fit)",
+    )
+    num_replicas: int = Field(
+        1, ge=1, description="fixed replica count (ignored when `autoscale` is set)"
+    )
+    autoscale: tuple[int, int] | None = Field(
+        None,
+        description="(min_replicas, max_replicas) for Serve autoscaling instead of a fixed count",
+    )
+    gpus_per_replica: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per replica; None = 1 when the cluster has GPUs at deploy time, else 0",
+    )
+    cpus_per_replica: float = Field(1.0, ge=0, description="CPUs reserved per replica")
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="dynamic batching (user_config)"
+    )
+    max_ongoing_requests: int = Field(
+        64,
+        ge=1,
+        description="requests one replica holds at once; keep >= max_batch_size to fill batches",
+    )
+    max_queued_requests: int = Field(
+        256, ge=1, description="requests waiting for a replica before callers get 429 + Retry-After"
+    )
+    retry_after_s: float = Field(
+        1.0, ge=0, description="Retry-After sent with 429 when the queue is full"
+    )
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+    @field_validator("autoscale")
+    @classmethod
+    def _check_autoscale(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None:
+            low, high = value
+            if low < 0 or high < 1 or low > high:
+                raise ValueError(
+                    f"autoscale must be (min, max) with 0 <= min <= max and max >= 1, got {value}"
+                )
+        return value
+
+
+class RequestLimits(_Frozen):
+    """Per-request limits, checked before any device time is spent."""
+
+    max_request_bytes: int = Field(32 * MiB, ge=1, description="HTTP body size (413 beyond)")
+    max_inputs_per_request: int = Field(2048, ge=1, description="items in `input` (400 beyond)")
+    max_chars_per_request: int = Field(
+        1_000_000,
+        ge=1,
+        description="characters of all texts and instructions together (413 beyond)",
+    )
+    max_tokens_per_request: int = Field(
+        300_000, ge=1, description="tokens of all inputs together after tokenisation (413 beyond)"
+    )
+
+
+class MediaPolicy(_Frozen):
+    """Where images and videos may come from and how large they may be (VL models only).
+
+    Base64 data URIs are always accepted; http(s) URLs only with `allow_url_fetch`, only to hosts
+    on `url_allowed_hosts`, and never to loopback, private, link-local (cloud metadata), multicast
+    or reserved addresses unless a network is listed in `url_allowed_networks`. Local paths and
+    file:// URLs are always refused.
+    """
+
+    max_media_bytes: int = Field(
+        20 * MiB, ge=1, description="bytes of one image or video, decoded (413 beyond)"
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="width x height of one image or frame (413 beyond)"
+    )
+    max_media_per_request: int = Field(
+        32, ge=0, description="images + videos (+ frames) in one request (413 beyond)"
+    )
+    allow_url_fetch: bool = Field(False, description="fetch http(s) media URLs at all")
+    url_allowed_hosts: tuple[str, ...] = Field(
+        (),
+        description="hosts URLs may name: exact names, '*.example.com' for subdomains, or '*' for any",
+    )
+    url_allowed_networks: tuple[str, ...] = Field(
+        (), description="CIDRs exempt from the private-address ban (e.g. an in-cluster media store)"
+    )
+    url_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="whole fetch of one URL, redirects included"
+    )
+    url_max_redirects: int = Field(3, ge=0, description="redirects followed, each re-checked")
+
+    @field_validator("url_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(host.strip().lower().rstrip(".") for host in hosts)
+        for host in cleaned:
+            if not host or not re.fullmatch(r"\*|(\*\.)?[a-z0-9.\-:\[\]_]+", host):
+                raise ValueError(f"invalid host pattern {host!r}; use 'name', '*.domain' or '*'")
+        return cleaned
+
+    @field_validator("url_allowed_networks")
+    @classmethod
+    def _check_networks(cls, networks: tuple[str, ...]) -> tuple[str, ...]:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)  # raises ValueError naming the bad value
+        return networks
+
+    @model_validator(mode="after")
+    def _hosts_needed(self) -> MediaPolicy:
+        if self.allow_url_fetch and not self.url_allowed_hosts:
+            raise ValueError(
+                "allow_url_fetch needs url_allowed_hosts (use ['*'] to allow any public host)"
+            )
+        return self
+
+
+class AuthConfig(_Frozen):
+    """Bearer API keys, read by the ingress replica itself so they never travel in deployment
+    arguments, the Serve config or a command line. With neither source set, the API is open."""
+
+    api_key_env: str | None = Field(
+        None,
+        description="name of an environment variable holding comma-separated keys (set on every node)",
+    )
+    api_key_file: str | None = Field(
+        None, description="path (on every node) of a file with one key per line"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_key_env or self.api_key_file)
+
+
+class IngressConfig(_Frozen):
+    """The HTTP ingress deployment."""
+
+    num_replicas: int = Field(1, ge=1, description="ingress replicas")
+    cpus_per_replica: float = Field(0.25, ge=0, description="CPUs reserved per ingress replica")
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="requests one ingress replica handles at once"
+    )
+    max_queued_requests: int = Field(
+        1024,
+        ge=1,
+        description="requests waiting for an ingress replica before the proxy answers 429",
+    )
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After on 429 / 503 answers")
+    model_call_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="ingress -> model call timeout (504 beyond); keep below the proxy's request_timeout_s",
+    )
+    ready_timeout_s: float = Field(
+        2.0, gt=0, description="how long /ready waits for each model to answer"
+    )
+    batch_stats_header: bool = Field(
+        True,
+        description="add x-qwen3-embed-batch-requests / -batch-inputs headers (observed batching)",
+    )
+
+
+class ServeAppConfig(_Frozen):
+    """Everything `build_app` needs: the models and the policies of the endpoint."""
+
+    models: tuple[ModelConfig, ...] = Field(
+        ..., min_length=1, description="served models, routed by `model`"
+    )
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    media: MediaPolicy = Field(default_factory=MediaPolicy)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeAppConfig:
+        names = [model.name for model in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"served model names must be unique; duplicated: {duplicates}")
+        return self
+
+    def model_by_name(self) -> dict[str, ModelConfig]:
+        return {model.name: model for model in self.models}
+
+    @classmethod
+    def from_args(cls, args: ServeAppConfig | dict[str, Any]) -> ServeAppConfig:
+        return args if isinstance(args, cls) else cls.model_validate(args)

@@ -1,0 +1,260 @@
+"""The HTTP ingress deployment: OpenAI-compatible routes in front of the model deployments.
+
+It authenticates, bounds and parses requests, routes them by `model`, turns media into bytes
+(fetching URLs under the SSRF rules), and calls the model deployment through its handle with a
+timeout. It never imports `qwen3_embed` (and so never loads torch): tokenising and embedding
+happen in the model replicas.
+"""
+
+# No `from __future__ import annotations` here: FastAPI (through Serve's class-based views)
+# inspects the route signatures at run time and needs real annotations, not strings.
+import asyncio
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from .config import ServeAppConfig
+from .errors import ApiError, install_error_handlers, validation_error
+from .inputs import find_media, load_media, split_input
+from .media_fetch import SafeMediaFetcher
+from .metrics import IngressMetrics
+from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
+from .schemas import EmbeddingRequest, embeddings_response, models_response
+from .security import ApiKeyChecker
+
+BATCH_REQUESTS_HEADER = "x-qwen3-embed-batch-requests"
+BATCH_INPUTS_HEADER = "x-qwen3-embed-batch-inputs"
+
+app = FastAPI(
+    title="qwen3-embed",
+    description="OpenAI-compatible embeddings for Qwen3-Embedding and Qwen3-VL-Embedding.",
+)
+install_error_handlers(app)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (before it is all read)."""
+    too_large = ApiError(
+        413, f"the request body is larger than the limit of {limit} bytes", code="request_too_large"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def render_json(payload: Any) -> bytes:
+    """As Starlette's JSONResponse renders (compact, no NaN), for use off the event loop."""
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def parse_request(body: bytes) -> EmbeddingRequest:
+    try:
+        return EmbeddingRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise validation_error(error.errors()) from None
+
+
+async def call_with_timeout(response: Any, timeout_s: float, what: str) -> Any:
+    """Await a DeploymentResponse; past `timeout_s` cancel it (downstream too) and answer 504,
+    so no request hangs on a stuck replica. Backpressure from the callee's queue becomes 429."""
+
+    async def wait() -> Any:
+        return await response
+
+    try:
+        return await asyncio.wait_for(wait(), timeout_s)
+    except asyncio.CancelledError:
+        response.cancel()  # our caller gave up (client gone, outer timeout): free the callee's queue slot
+        raise
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise ApiError(504, f"{what} did not answer within {timeout_s}s", code="timeout") from None
+    except BackPressureError as error:
+        status = error.status_code if error.status_code in (429, 503) else 429
+        retry_after = error.retry_after_s if error.retry_after_s is not None else 1.0
+        raise ApiError(
+            status,
+            f"{what} is overloaded (its queue is full); retry after {math.ceil(retry_after)}s",
+            code="queue_full",
+            headers={"Retry-After": str(max(0, math.ceil(retry_after)))},
+        ) from None
+    except DeploymentUnavailableError:
+        raise ApiError(
+            503, f"{what} is unavailable (it failed to deploy)", code="model_unavailable"
+        ) from None
+
+
+async def probe_ready(
+    probes: Mapping[str, Callable[[], Awaitable[Any]]], timeout_s: float
+) -> dict[str, bool]:
+    """Which named probes answer within `timeout_s` (all run concurrently). A probe that fails or
+    is late counts as not ready."""
+
+    async def one(probe: Callable[[], Awaitable[Any]]) -> bool:
+        try:
+            await asyncio.wait_for(probe(), timeout_s)
+            return True
+        except Exception:  # not ready, whatever the reason: readiness only says yes or no
+            return False
+
+    names = list(probes)
+    answers = await asyncio.gather(*(one(probes[name]) for name in names))
+    return dict(zip(names, answers, strict=True))
+
+
+@serve.deployment
+@serve.ingress(app)
+class EmbeddingsIngress:
+    def __init__(self, config: ServeAppConfig, models: dict[str, DeploymentHandle]) -> None:
+        self.config = config
+        self._models = models
+        # Raises when a configured key source is empty: the replica fails rather than run open.
+        self._auth = ApiKeyChecker.from_config(config.auth)
+        self._fetcher = SafeMediaFetcher(config.media) if config.media.allow_url_fetch else None
+        self._metrics = IngressMetrics()
+        self._descriptions: dict[str, ModelDescription] = {}
+        self._created = int(time.time())
+
+    # ------------------------------------------------------------------ routes
+    @app.post("/v1/embeddings")
+    async def create_embeddings(self, request: Request) -> Response:
+        started = time.perf_counter()
+        label = "unknown"  # metric label: never a client-supplied string (unbounded cardinality)
+        try:
+            self._authorize(request)
+            body = await read_body(request, self.config.limits.max_request_bytes)
+            parsed = parse_request(body)
+            name, handle = self._route(parsed.model)
+            label = name
+            items = split_input(parsed.input, parsed.instruction, self.config.limits)
+            description = await self._describe(name, handle)
+            slots = find_media(items, description.family, name, self.config.media)
+            items = await load_media(items, slots, self.config.media, self._fetcher)
+            job = EmbedJob(tuple(items), parsed.instruction, parsed.dimensions, parsed.truncate)
+            reply = await call_with_timeout(
+                handle.embed.remote(job),
+                self.config.ingress.model_call_timeout_s,
+                f"model {name!r}",
+            )
+            if isinstance(reply, EmbedFailure):
+                raise ApiError(reply.status, reply.message, code=reply.code, param=reply.param)
+            assert isinstance(reply, EmbedReply)
+        except ApiError as error:
+            self._metrics.record(label, error.status, error.code, time.perf_counter() - started)
+            raise
+        except Exception:
+            self._metrics.record(label, 500, "internal_error", time.perf_counter() - started)
+            raise
+        # Rendering thousands of float lists is CPU work: off the event loop, which keeps serving.
+        content = await asyncio.to_thread(
+            render_json,
+            embeddings_response(
+                name, reply.embeddings, reply.total_tokens, parsed.encoding_format or "float"
+            ),
+        )
+        self._metrics.record(name, 200, None, time.perf_counter() - started)
+        self._metrics.record_success(name, len(items), reply.total_tokens)
+        headers = {}
+        if self.config.ingress.batch_stats_header:
+            headers = {
+                BATCH_REQUESTS_HEADER: str(reply.batch_requests),
+                BATCH_INPUTS_HEADER: str(reply.batch_inputs),
+            }
+        return Response(content, media_type="application/json", headers=headers)
+
+    @app.get("/v1/models")
+    async def list_models(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        # Facts of models not loaded yet are left out rather than waited for.
+        await probe_ready(
+            {
+                name: (lambda name=name: self._describe(name, self._models[name]))
+                for name in self._models
+            },
+            self.config.ingress.ready_timeout_s,
+        )
+        return JSONResponse(models_response(list(self._models), self._descriptions, self._created))
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        """Liveness: the ingress answers. Says nothing about the models (see /ready)."""
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready(self) -> JSONResponse:
+        """Readiness: every model has a replica with its weights loaded."""
+        states = await probe_ready(
+            {
+                name: (lambda name=name: self._describe(name, self._models[name], cached=False))
+                for name in self._models
+            },
+            self.config.ingress.ready_timeout_s,
+        )
+        if all(states.values()):
+            return JSONResponse({"status": "ready", "models": states})
+        waiting = sorted(name for name, ok in states.items() if not ok)
+        raise ApiError(
+            503,
+            f"not ready: model(s) {waiting} not loaded yet",
+            code="not_ready",
+            headers={"Retry-After": str(math.ceil(self.config.ingress.retry_after_s))},
+        )
+
+    # ----------------------------------------------------------------- helpers
+    def _authorize(self, request: Request) -> None:
+        if not self._auth.is_authorized(request.headers.get("authorization")):
+            raise ApiError(
+                401,
+                "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def _route(self, requested: str | None) -> tuple[str, DeploymentHandle]:
+        if requested is None:
+            if len(self._models) == 1:
+                name = next(iter(self._models))
+                return name, self._models[name]
+            raise ApiError(
+                400,
+                f"model is required; served models: {sorted(self._models)}",
+                code="model_required",
+                param="model",
+            )
+        handle = self._models.get(requested)
+        if handle is None:
+            raise ApiError(
+                404,
+                f"model {requested[:200]!r} is not served here; served models: {sorted(self._models)}",
+                code="model_not_found",
+                param="model",
+            )
+        return requested, handle
+
+    async def _describe(
+        self, name: str, handle: DeploymentHandle, cached: bool = True
+    ) -> ModelDescription:
+        if cached and name in self._descriptions:
+            return self._descriptions[name]
+        description = await call_with_timeout(
+            handle.describe.remote(), self.config.ingress.model_call_timeout_s, f"model {name!r}"
+        )
+        self._descriptions[name] = description
+        return description

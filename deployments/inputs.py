@@ -1,0 +1,302 @@
+"""The API's `input` field -> core items, enforcing the per-request limits.
+
+Text models take strings (or `{text, instruction}` objects); VL models also take objects with
+`image` / `video`. Media arrive as base64 data URIs or, when enabled, http(s) URLs; this module
+turns both into bytes here, in the ingress, so no path or URL ever reaches a model replica. Local
+paths and file:// URLs are refused whatever the configuration. Everything else about an item
+(empty text, bad instruction, undecodable video) is the core's to judge, in the model replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from PIL import Image
+
+from .config import MediaPolicy, RequestLimits
+from .errors import ApiError
+from .media_fetch import FetchRefused, SafeMediaFetcher
+
+ITEM_KEYS = ("text", "image", "video", "instruction")
+MEDIA_KEYS = ("image", "video")
+
+
+def split_input(raw: str | list[Any], instruction: str | None, limits: RequestLimits) -> list[Any]:
+    """`input` as a list of items, with the count and character limits checked."""
+    items = [raw] if isinstance(raw, str) else list(raw)
+    if not items:
+        raise ApiError(
+            400,
+            "input must not be empty; send a string or a non-empty list",
+            code="empty_input",
+            param="input",
+        )
+    if len(items) > limits.max_inputs_per_request:
+        raise ApiError(
+            400,
+            f"input has {len(items)} items, more than the limit of {limits.max_inputs_per_request} per request",
+            code="too_many_inputs",
+            param="input",
+        )
+    chars = len(instruction or "")
+    for index, item in enumerate(items):
+        chars += _item_chars(item, index)
+    if chars > limits.max_chars_per_request:
+        raise ApiError(
+            413,
+            f"the request has {chars} characters of text, more than the limit of {limits.max_chars_per_request}",
+            code="request_too_large",
+            param="input",
+        )
+    return items
+
+
+def _item_chars(item: Any, index: int) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        unknown = sorted(str(key) for key in item if key not in ITEM_KEYS)
+        if unknown:
+            raise ApiError(
+                400,
+                f"input[{index}]: unknown key(s) {unknown}; valid keys are: {', '.join(ITEM_KEYS)}",
+                code="invalid_input",
+                param=f"input[{index}]",
+            )
+        for key in ("text", "instruction"):
+            value = item.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ApiError(
+                    400,
+                    f"input[{index}].{key} must be a string, got {type(value).__name__}",
+                    code="invalid_input",
+                    param=f"input[{index}].{key}",
+                )
+        return len(item.get("text") or "") + len(item.get("instruction") or "")
+    if isinstance(item, (int, list)) and not isinstance(item, bool):
+        reason = "token-id inputs are not supported; send text"
+    else:
+        reason = f"must be a string or an object with keys {', '.join(ITEM_KEYS)}, got {_json_type(item)}"
+    raise ApiError(400, f"input[{index}]: {reason}", code="invalid_input", param=f"input[{index}]")
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", type(None): "null", list: "array"}.get(
+        type(value), type(value).__name__
+    )
+
+
+@dataclass(frozen=True)
+class MediaSlot:
+    """One media source in the request: item, key, frame position (video frame lists)."""
+
+    item: int
+    key: str  # "image" | "video"
+    frame: int | None
+    source: str
+    is_url: bool
+
+    @property
+    def param(self) -> str:
+        return f"input[{self.item}].{self.key}" + (
+            f"[{self.frame}]" if self.frame is not None else ""
+        )
+
+    @property
+    def is_image(self) -> bool:
+        return self.key == "image" or self.frame is not None  # frames are images
+
+
+def find_media(
+    items: Sequence[Any], family: str, model: str, policy: MediaPolicy
+) -> list[MediaSlot]:
+    """Every media source, classified; refuses media for text models, paths, file:// and (unless
+    enabled) URLs, before anything is read or fetched."""
+    slots: list[MediaSlot] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        for key in MEDIA_KEYS:
+            value = item.get(key)
+            if value is None:
+                continue
+            if family != "vl":
+                raise ApiError(
+                    400,
+                    f"input[{index}].{key}: model {model!r} embeds text only; images and videos need a VL model",
+                    code="unsupported_input",
+                    param=f"input[{index}].{key}",
+                )
+            if key == "video" and isinstance(value, list):
+                if not value:
+                    raise ApiError(
+                        400,
+                        f"input[{index}].video: the frame list is empty",
+                        code="invalid_media",
+                        param=f"input[{index}].video",
+                    )
+                slots += [
+                    _classify(index, key, frame, source, policy)
+                    for frame, source in enumerate(value)
+                ]
+            else:
+                slots.append(_classify(index, key, None, value, policy))
+    if len(slots) > policy.max_media_per_request:
+        raise ApiError(
+            413,
+            f"the request has {len(slots)} media (images, videos, frames), more than the limit of {policy.max_media_per_request}",
+            code="too_many_media",
+            param="input",
+        )
+    return slots
+
+
+def _classify(
+    index: int, key: str, frame: int | None, source: Any, policy: MediaPolicy
+) -> MediaSlot:
+    where = f"input[{index}].{key}" + (f"[{frame}]" if frame is not None else "")
+    if not isinstance(source, str):
+        raise ApiError(
+            400,
+            f"{where} must be a string: a base64 data URI or an http(s) URL, got {_json_type(source)}",
+            code="invalid_media",
+            param=where,
+        )
+    text = source.strip()
+    if text[:5].lower() == "data:":
+        return MediaSlot(index, key, frame, text, is_url=False)
+    scheme = urlsplit(text).scheme.lower() if "://" in text else ""
+    if scheme in ("http", "https"):
+        if not policy.allow_url_fetch:
+            raise ApiError(
+                400,
+                f"{where}: media URLs are disabled on this server; send a base64 data URI",
+                code="media_url_disabled",
+                param=where,
+            )
+        return MediaSlot(index, key, frame, text, is_url=True)
+    raise ApiError(
+        400,
+        f"{where}: local paths and file:// or other non-http(s) URLs are not accepted; send a base64 "
+        "data URI" + (" or an http(s) URL" if policy.allow_url_fetch else ""),
+        code="media_source_forbidden",
+        param=where,
+    )
+
+
+def decode_data_uri(slot: MediaSlot, policy: MediaPolicy) -> bytes:
+    header, comma, payload = slot.source.partition(",")
+    if not comma or not header.lower().endswith(";base64"):
+        raise ApiError(
+            400,
+            f"{slot.param}: a data URI must look like 'data:<type>;base64,<payload>'",
+            code="invalid_media",
+            param=slot.param,
+        )
+    # 4 base64 characters carry 3 bytes: refuse before decoding anything too large.
+    if len(payload) * 3 // 4 > policy.max_media_bytes + 2:
+        raise _too_large(slot, policy)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(
+            400,
+            f"{slot.param}: the data URI payload is not valid base64",
+            code="invalid_media",
+            param=slot.param,
+        ) from None
+    if len(data) > policy.max_media_bytes:
+        raise _too_large(slot, policy)
+    return data
+
+
+def check_image(data: bytes, slot: MediaSlot, policy: MediaPolicy) -> None:
+    """Reads the image header only: refuses what is not an image and decompression bombs."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # PIL raises many types for bad data; all mean the same to the client
+        raise ApiError(
+            400,
+            f"{slot.param}: the data is not an image PIL can read",
+            code="invalid_media",
+            param=slot.param,
+        ) from None
+    if width * height > policy.max_image_pixels:
+        raise ApiError(
+            413,
+            f"{slot.param}: the image is {width}x{height} pixels, more than the limit of {policy.max_image_pixels}",
+            code="media_too_large",
+            param=slot.param,
+        )
+
+
+def _too_large(slot: MediaSlot, policy: MediaPolicy) -> ApiError:
+    return ApiError(
+        413,
+        f"{slot.param}: larger than the limit of {policy.max_media_bytes} bytes",
+        code="media_too_large",
+        param=slot.param,
+    )
+
+
+async def load_media(
+    items: Sequence[Any],
+    slots: Sequence[MediaSlot],
+    policy: MediaPolicy,
+    fetcher: SafeMediaFetcher | None,
+) -> list[Any]:
+    """Items with every media source replaced by its bytes (fetches run concurrently)."""
+    if not slots:
+        return list(items)
+
+    async def load(slot: MediaSlot) -> bytes:
+        if slot.is_url:
+            if fetcher is None:  # find_media refuses URLs when fetching is off; this is a bug guard
+                raise ApiError(
+                    400,
+                    f"{slot.param}: media URLs are disabled",
+                    code="media_url_disabled",
+                    param=slot.param,
+                )
+            try:
+                data = await fetcher.fetch(slot.source)
+            except FetchRefused as error:
+                raise ApiError(
+                    error.status,
+                    f"{slot.param}: {error.message}",
+                    code=error.code,
+                    param=slot.param,
+                ) from None
+        else:
+            data = await asyncio.to_thread(decode_data_uri, slot, policy)
+        if slot.is_image:
+            await asyncio.to_thread(check_image, data, slot, policy)
+        return data
+
+    tasks = [asyncio.ensure_future(load(slot)) for slot in slots]
+    try:
+        loaded = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:  # one refused source ends the request: stop the other fetches
+            task.cancel()
+    # Copies, with video frame lists copied too: the parsed request stays as the client sent it.
+    resolved: list[Any] = [
+        {key: list(value) if isinstance(value, list) else value for key, value in item.items()}
+        if isinstance(item, dict)
+        else item
+        for item in items
+    ]
+    for slot, data in zip(slots, loaded, strict=True):
+        if slot.frame is None:
+            resolved[slot.item][slot.key] = data
+        else:
+            resolved[slot.item][slot.key][slot.frame] = data
+    return resolved

@@ -1,0 +1,69 @@
+"""What the ingress and the model deployment send each other through the deployment handle.
+
+Plain frozen dataclasses and numpy arrays: cheap to pickle, and input errors come back as a
+value (`EmbedFailure`) rather than an exception, so their status and code never depend on how an
+exception survives a process boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """One API request's work. `items` are core items: strings, or dicts whose media are bytes
+    (the ingress has already fetched URLs and decoded data URIs; no path or URL reaches a model)."""
+
+    items: tuple[Any, ...]
+    instruction: str | None
+    dimensions: int | None
+    truncate: bool
+
+
+@dataclass(frozen=True)
+class EmbedReply:
+    embeddings: np.ndarray  # (N, dim) float32, row i = items[i]
+    # Tokens the model saw per input, special and vision tokens included.
+    token_counts: tuple[int, ...]
+    batch_requests: int  # API requests that shared this request's batch
+    batch_inputs: int  # inputs in that batch (of all its requests)
+    queue_wait_s: float  # from entering the batch queue to the batch starting
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True)
+class EmbedFailure:
+    """An input the model refused; the ingress answers it as an ApiError."""
+
+    status: int
+    message: str
+    code: str
+    param: str | None = None
+
+    @classmethod
+    def from_input_error(cls, error: Any) -> EmbedFailure:
+        """A core `InputError` -> 413 when over the token limit (`InputTooLongError`), else 400."""
+        code = getattr(error, "code", "invalid_input")
+        return cls(413 if code == "input_too_long" else 400, str(error), code, "input")
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Facts about a loaded model, for /v1/models, readiness and request validation."""
+
+    name: str
+    source: str
+    family: str  # "text" | "vl"
+    hidden_size: int
+    min_dim: int
+    max_length: int
+    max_batch_size: int
+    batch_wait_ms: float
+    max_batch_tokens: int

@@ -1,0 +1,93 @@
+"""Request and response bodies of the OpenAI-compatible API.
+
+The request schema checks JSON types only (422 when they are wrong); what an item may contain is
+checked by `inputs` and the core (400), so a type error and a content error stay distinguishable.
+Unknown fields are refused (422): a misspelt `instrucion` must not silently embed documents as
+queries.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from .protocol import ModelDescription
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: StrictStr | list[Any] = Field(
+        ...,
+        description="a string, or a list of strings (VL models: also objects {text, image, video, instruction})",
+    )
+    model: StrictStr | None = Field(
+        None, description="served model name; may be omitted when one model is served"
+    )
+    dimensions: StrictInt | None = Field(
+        None, description="Matryoshka output size (model's min_dim .. hidden_size)"
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None, description="float (default) or base64 of little-endian float32"
+    )
+    user: StrictStr | None = Field(None, description="accepted for compatibility, ignored")
+    instruction: StrictStr | None = Field(
+        None, description="query instruction (extension); omit for documents"
+    )
+    truncate: StrictBool = Field(
+        False, description="truncate over-long inputs instead of answering 413 (extension)"
+    )
+
+
+def encode_vector(row: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
+    return row.astype(np.float32).tolist()
+
+
+def embeddings_response(
+    model: str, vectors: np.ndarray, total_tokens: int, encoding_format: str
+) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encode_vector(row, encoding_format),
+            }
+            for index, row in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": total_tokens, "total_tokens": total_tokens},
+    }
+
+
+def models_response(
+    names: Sequence[str], descriptions: dict[str, ModelDescription], created: int | None = None
+) -> dict[str, Any]:
+    created = int(time.time()) if created is None else created
+    data = []
+    for name in names:
+        card: dict[str, Any] = {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "qwen3-embed",
+        }
+        described = descriptions.get(name)
+        if described is not None:
+            # Extensions: what a client needs to pick `dimensions` and size its inputs.
+            card.update(
+                family=described.family,
+                hidden_size=described.hidden_size,
+                min_dimensions=described.min_dim,
+                max_input_tokens=described.max_length,
+            )
+        data.append(card)
+    return {"object": "list", "data": data}

@@ -1,0 +1,159 @@
+"""Helpers shared by the serving tests (no tests of its own): free ports, a socket that records
+connections, a tiny HTTP server with redirects, OpenAI error-shape checks. No Ray here."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from PIL import Image
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def png_bytes(
+    width: int = 40, height: int = 30, color: tuple[int, int, int] = (200, 30, 30)
+) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class ConnectionRecorder:
+    """A listening TCP socket that counts (and closes) every connection made to it: the proof
+    that a forbidden address was never contacted."""
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self._sock = socket.socket()
+        self._sock.bind((host, 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.host, self.port = self._sock.getsockname()[:2]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            conn.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+
+
+class MediaServer:
+    """An HTTP server on `host` with routes given as path -> (status, headers, body) or a
+    callable returning that; it records the Host header of every request."""
+
+    def __init__(self, routes: dict[str, Any], host: str = "127.0.0.2"):
+        self.routes = routes
+        self.requests: list[tuple[str, str]] = []  # (path, Host header)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append((self.path, self.headers.get("Host", "")))
+                route = server.routes.get(self.path.split("?")[0])
+                if route is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                status, headers, body = route() if callable(route) else route
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                if "Content-Length" not in headers and "X-No-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)  # the client may hang up first (size limits)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, 0), Handler)
+        self._httpd.daemon_threads = True
+        self.host, self.port = self._httpd.server_address[:2]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def slow_route(
+    delay_s: float, body: bytes = b"x"
+) -> Callable[[], tuple[int, dict[str, str], bytes]]:
+    def route() -> tuple[int, dict[str, str], bytes]:
+        time.sleep(delay_s)
+        return 200, {}, body
+
+    return route
+
+
+def assert_openai_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """`response` (httpx) is `status` with an OpenAI-shaped error body; returns the error object."""
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and error["type"]
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+_SERVE_PORT: int | None = None
+
+
+def start_serve_once() -> int:
+    """Start Serve's HTTP proxy on a free loopback port, once per test session (Serve's HTTP
+    options cannot change while it runs); returns the port. Needs Ray initialised."""
+    global _SERVE_PORT
+    if _SERVE_PORT is None:
+        import httpx
+        from ray import serve
+
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+        # Serve ignores new options when it is already running: prove the proxy is on our port.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=2)
+                break  # any HTTP answer: the proxy listens on our port
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Serve proxy does not answer on port {port}")
+            time.sleep(0.2)
+        _SERVE_PORT = port
+    return _SERVE_PORT

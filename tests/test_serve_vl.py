@@ -1,0 +1,159 @@
+"""The Serve application with the tiny Qwen3-VL checkpoint: text + image items (data URIs and an
+allowed URL) equal the core on the same bytes, and media URLs that point inside the network are
+refused without any connection to them."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_serve_support import (
+    ConnectionRecorder,
+    MediaServer,
+    assert_openai_error,
+    png_bytes,
+    start_serve_once,
+)
+
+pytest.importorskip(
+    "qwen3_embed.vl.preparer", reason="the VL core (qwen3_embed.vl) is not importable"
+)
+
+from deployments.app import build_application  # noqa: E402
+from deployments.config import ServeAppConfig  # noqa: E402
+
+APP = "serve-vl-test"
+PREFIX = "/vl"
+TOL = 1e-5
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    rec = ConnectionRecorder("127.0.0.1")
+    yield rec
+    rec.close()
+
+
+@pytest.fixture(scope="module")
+def media(recorder):
+    image = png_bytes(48, 40, (20, 160, 90))
+    server = MediaServer(
+        {
+            "/photo.png": (200, {"Content-Type": "image/png"}, image),
+            "/to-loopback": (302, {"Location": f"{recorder.url}/admin"}, b""),
+        },
+        host="127.0.0.2",
+    )
+    server.image = image
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tiny_vl_model_dir: Path):
+    from ray import serve
+
+    port = start_serve_once()
+    config = ServeAppConfig.model_validate(
+        {
+            "models": [
+                {
+                    "model": str(tiny_vl_model_dir),
+                    "served_model_name": "tiny-vl",
+                    "cpus_per_replica": 0.5,
+                }
+            ],
+            "media": {
+                "allow_url_fetch": True,
+                "url_allowed_hosts": ["*"],
+                # Only the test media server is exempt from the private-address ban; 127.0.0.1 is not.
+                "url_allowed_networks": ["127.0.0.2/32"],
+                "max_media_bytes": 200_000,
+                "url_fetch_timeout_s": 5,
+            },
+            "ingress": {"cpus_per_replica": 0.1},
+        }
+    )
+    serve.run(build_application(config, cluster_gpus=0), name=APP, route_prefix=PREFIX)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}{PREFIX}", timeout=120) as client:
+        yield client
+    serve.delete(APP)
+
+
+def _embed(client: httpx.Client, items, **extra) -> httpx.Response:
+    return client.post("/v1/embeddings", json={"model": "tiny-vl", "input": items, **extra})
+
+
+def test_text_and_image_items_match_the_core(served, media, tiny_vl_embedder):
+    image = png_bytes(64, 48)
+    items = [
+        {"text": "a red box", "image": data_uri(image)},
+        "plain text",
+        {"image": data_uri(image), "instruction": "Find the matching product photo"},
+        {"text": "fetched", "image": media.url("/photo.png")},
+    ]
+    response = _embed(served, items, dimensions=64)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    reference_items = [
+        {"text": "a red box", "image": image},
+        "plain text",
+        {"image": image, "instruction": "Find the matching product photo"},
+        {"text": "fetched", "image": media.image},
+    ]
+    reference = tiny_vl_embedder.embed(reference_items, dim=64)
+    rows = np.asarray([row["embedding"] for row in body["data"]], dtype=np.float32)
+    assert rows.shape == (4, 64)
+    assert float(np.max(np.abs(rows - reference.embeddings.numpy()))) <= TOL
+    assert body["usage"]["prompt_tokens"] == sum(reference.sequence_lengths)
+    assert media.requests and media.requests[-1][0] == "/photo.png"
+
+
+def test_vl_input_errors(served):
+    image = data_uri(png_bytes())
+    cases = [
+        ([{"text": "x", "image": "file:///etc/passwd"}], 400, "media_source_forbidden"),
+        ([{"text": "x", "image": "/etc/passwd"}], 400, "media_source_forbidden"),
+        ([{"video": ["file:///tmp/frame.png", image]}], 400, "media_source_forbidden"),
+        ([{"text": "x", "image": "data:image/png;base64,%%%"}], 400, "invalid_media"),
+        ([{"text": "x", "image": data_uri(b"plain bytes, not an image")}], 400, "invalid_media"),
+        ([{"text": "x", "image": data_uri(b"\0" * 300_000)}], 413, "media_too_large"),
+        ([{"text": "x", "audio": image}], 400, "invalid_input"),
+        ([{}], 400, "invalid_input"),  # the core: an item needs text, image or video
+        ([{"text": "x", "image": image}], None, None),  # control: the same shape is fine
+    ]
+    for items, status, code in cases:
+        response = _embed(served, items)
+        if status is None:
+            assert response.status_code == 200, response.text
+        else:
+            assert_openai_error(response, status, code)
+
+
+@pytest.mark.parametrize(
+    "make_url",
+    [
+        lambda rec, srv: f"{rec.url}/x.png",
+        lambda rec, srv: f"http://localhost:{rec.port}/x.png",
+        lambda rec, srv: srv.url("/to-loopback"),  # an allowed host redirecting to loopback
+        lambda rec, srv: "http://169.254.169.254/latest/meta-data/iam",
+        lambda rec, srv: "http://10.0.0.1/x.png",
+    ],
+    ids=["loopback", "localhost", "redirect-to-loopback", "metadata", "private-10"],
+)
+def test_ssrf_attempts_refused_without_connecting(served, media, recorder, make_url):
+    url = make_url(recorder, media)
+    response = _embed(served, [{"text": "x", "image": url}])
+    error = assert_openai_error(response, 400, "media_url_forbidden")
+    assert error["param"] == "input[0].image"
+    assert (
+        "/admin" not in error["message"] and "meta-data" not in error["message"]
+    )  # no paths echoed
+    assert recorder.connections == 0
