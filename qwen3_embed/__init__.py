@@ -2,11 +2,15 @@
 
 Model loading, input formatting, batching, pooling and Matryoshka truncation live here and only
 here; the Ray Data pipeline (`pipelines`) and the Ray Serve app (`deployments`) call into it.
-This package never imports Ray.
+This package never imports Ray, and importing it does not import torch until a name that needs
+it is used (so light processes, like an HTTP ingress, can use the errors and the registry).
 """
 
-from .backend import PreparedInput
-from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, EmbeddingOutput
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     DimensionError,
     InputError,
@@ -14,9 +18,30 @@ from .errors import (
     MissingExtraError,
     UnsupportedModelError,
 )
-from .preparer import Preparer
 from .registry import SEED_MODELS, ModelSpec
-from .vl.media import MediaOptions
+
+if TYPE_CHECKING:
+    from .backend import PreparedInput
+    from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, EmbeddingOutput
+    from .preparer import Preparer
+    from .vl.media import MediaOptions
+
+# name -> module that defines it, imported on first use (PEP 562)
+_LAZY = {
+    "PreparedInput": ".backend",
+    "DEFAULT_MAX_BATCH_TOKENS": ".embedder",
+    "Embedder": ".embedder",
+    "EmbeddingOutput": ".embedder",
+    "Preparer": ".preparer",
+    "MediaOptions": ".vl.media",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MAX_BATCH_TOKENS",

@@ -27,6 +27,17 @@ def test_importing_the_core_does_not_load_ray():
     assert result.stdout.strip() == "False"
 
 
+def test_importing_the_core_is_light_until_a_model_is_needed():
+    code = (
+        "import sys, qwen3_embed; from qwen3_embed import InputError, SEED_MODELS; "
+        "light = 'torch' not in sys.modules; qwen3_embed.Embedder; print(light, 'torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "True"]
+
+
 def test_fsspec_url_source_is_copied_once_and_loads(
     tiny_text_model_dir, tiny_text_embedder, tmp_path, monkeypatch
 ):
