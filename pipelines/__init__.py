@@ -1,0 +1,50 @@
+"""pipelines: the Ray Data batch embedding job over the `qwen3_embed` core.
+
+    from pipelines import JobConfig, run_embedding_job
+    result = run_embedding_job(JobConfig(input="corpus.jsonl", output="out/", model="Qwen/Qwen3-Embedding-0.6B"))
+    print(result.summary())
+
+The names below load lazily, so `import pipelines` (and `qwen3-embed --help`) does not import
+Ray or torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "JobConfig",
+    "JobPlan",
+    "JobResult",
+    "plan_job",
+    "run_embedding_job",
+    "sample_corpus_path",
+]
+
+_LAZY = {
+    "JobConfig": "pipelines.config",
+    "JobPlan": "pipelines.job",
+    "JobResult": "pipelines.manifest",
+    "plan_job": "pipelines.job",
+    "run_embedding_job": "pipelines.job",
+}
+
+if TYPE_CHECKING:
+    from .config import JobConfig
+    from .job import JobPlan, plan_job, run_embedding_job
+    from .manifest import JobResult
+
+
+def sample_corpus_path() -> str:
+    """The bundled sample corpus (jsonl: id, text), for quick starts and smoke tests."""
+    from pathlib import Path
+
+    return str(Path(__file__).parent / "sample_data" / "corpus.jsonl")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipelines' has no attribute {name!r}")

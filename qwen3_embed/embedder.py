@@ -12,7 +12,6 @@ import torch
 from .backend import Backend, InputPreparer, PreparedInput, PrepareResult
 from .batching import plan_batches
 from .device import resolve_attention, resolve_device, resolve_dtype
-from .errors import DimensionError
 from .model_info import ModelInfo, read_model_info
 from .pooling import pool, truncate_and_normalize
 from .preparer import Preparer
@@ -111,18 +110,7 @@ class Embedder:
 
     def validate_dim(self, dim: int | None) -> int:
         """The output dimension for `dim` (None = full size); a ValueError names the valid range."""
-        if dim is None:
-            return self.hidden_size
-        if (
-            isinstance(dim, bool)
-            or not isinstance(dim, int)
-            or not self.min_dim <= dim <= self.hidden_size
-        ):
-            raise DimensionError(
-                f"dim={dim!r} is invalid for this model; valid values are integers in "
-                f"[{self.min_dim}, {self.hidden_size}]"
-            )
-        return dim
+        return self.preparer.validate_dim(dim)
 
     # ------------------------------------------------------------------ stages
     def prepare_each(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .backend import InputPreparer, PreparedInput, PrepareResult
-from .errors import InputError
+from .errors import DimensionError, InputError
 from .model_info import ModelInfo, read_model_info
 from .prompts import check_instruction
 from .registry import lookup
@@ -60,6 +60,23 @@ class Preparer:
     @property
     def info(self) -> ModelInfo:
         return self.impl.info
+
+    def validate_dim(self, dim: int | None) -> int:
+        """The output dimension for `dim` (None = full size); a ValueError names the valid range.
+        Needs no weights, so a batch job's driver checks it before starting any worker."""
+        info = self.info
+        if dim is None:
+            return info.hidden_size
+        if (
+            isinstance(dim, bool)
+            or not isinstance(dim, int)
+            or not info.min_dim <= dim <= info.hidden_size
+        ):
+            raise DimensionError(
+                f"dim={dim!r} is invalid for this model; valid values are integers in "
+                f"[{info.min_dim}, {info.hidden_size}]"
+            )
+        return dim
 
     def prepare_each(
         self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True

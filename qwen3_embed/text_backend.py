@@ -93,7 +93,14 @@ class TextPreparer(InputPreparer):
 
 
 class TextBackend(Backend):
-    def __init__(self, model_dir: Path, preparer: TextPreparer, device: torch.device, dtype: torch.dtype, attn: str):
+    def __init__(
+        self,
+        model_dir: Path,
+        preparer: TextPreparer,
+        device: torch.device,
+        dtype: torch.dtype,
+        attn: str,
+    ):
         from transformers import AutoModel
 
         self.info, self.device, self.dtype = preparer.info, device, dtype
@@ -113,7 +120,11 @@ class TextBackend(Backend):
         input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
         for row, item in enumerate(batch):
-            span = slice(longest - item.num_tokens, longest) if self.left_padding else slice(0, item.num_tokens)
+            span = (
+                slice(longest - item.num_tokens, longest)
+                if self.left_padding
+                else slice(0, item.num_tokens)
+            )
             input_ids[row, span] = torch.as_tensor(item.input_ids, dtype=torch.long)
             attention_mask[row, span] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
@@ -126,7 +137,11 @@ class TextBackend(Backend):
         elif self.left_padding:
             # Positions count real tokens only, so a vector does not depend on its batch's padding.
             position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            output = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            )
         else:
-            output = self.model(input_ids=input_ids)  # right padding + causal attention: no mask needed
+            output = self.model(
+                input_ids=input_ids
+            )  # right padding + causal attention: no mask needed
         return output.last_hidden_state, attention_mask

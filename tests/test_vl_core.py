@@ -675,3 +675,10 @@ def test_media_options_through_from_pretrained(tiny_vl_model_dir, media):
     (result,) = locked.prepare_each([{"image": str(media.photo_path)}])
     assert isinstance(result, InputError) and "local" in result.reason
     assert locked.prepare([{"image": media.photo_bytes}])[0].num_tokens > 0
+
+
+def test_vision_tokens_without_pixels_are_refused_not_embedded(tiny_vl_embedder, media):
+    (prepared,) = tiny_vl_embedder.prepare([{"image": media.photo_bytes}])
+    stripped = PreparedInput(input_ids=prepared.input_ids, media={})
+    with pytest.raises(ValueError, match="inconsistent"):
+        tiny_vl_embedder.embed_prepared([stripped])

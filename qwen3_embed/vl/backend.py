@@ -44,6 +44,8 @@ class VLBackend(Backend):
 
     def collate(self, batch: Sequence[PreparedInput]) -> dict[str, torch.Tensor]:
         """Right-padded ids + mask + token types, and each media array concatenated in item order."""
+        for item in batch:
+            _check_media_matches_tokens(item, self.image_token_id, self.video_token_id)
         longest = max(item.num_tokens for item in batch)
         input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
@@ -70,3 +72,21 @@ class VLBackend(Backend):
         inputs = {key: value.to(self.device) for key, value in self.collate(batch).items()}
         output = self.model(**inputs)
         return output.last_hidden_state, inputs["attention_mask"]  # (B, T, H), (B, T)
+
+
+def _check_media_matches_tokens(
+    item: PreparedInput, image_token_id: int, video_token_id: int
+) -> None:
+    """Vision pad tokens without their pixels (or pixels without tokens) would silently embed the
+    wrong thing, or shift another item's media into this one: refuse such an item loudly."""
+    for token_id, pixels, grid in (
+        (image_token_id, "pixel_values", "image_grid_thw"),
+        (video_token_id, "pixel_values_videos", "video_grid_thw"),
+    ):
+        has_tokens = token_id in item.input_ids
+        has_media = pixels in item.media and grid in item.media
+        if has_tokens != has_media or (pixels in item.media) != (grid in item.media):
+            raise ValueError(
+                f"prepared input is inconsistent: vision tokens {'present' if has_tokens else 'absent'} "
+                f"but media keys {sorted(item.media)}; expected {pixels!r} and {grid!r} together with the tokens"
+            )

@@ -59,7 +59,10 @@ class MediaOptions:
 def describe(source: Any) -> str:
     """A short, log-safe description of a source (never a whole data URI or byte string)."""
     if isinstance(source, str):
-        return repr(source if len(source) <= 80 else source[:77] + "...")
+        if source.startswith("data:"):
+            return repr(source[:40] + "...") if len(source) > 40 else repr(source)
+        # Keep the end of long paths and URLs: the file name is what a reader needs.
+        return repr(source if len(source) <= 160 else "..." + source[-157:])
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
     return f"<{type(source).__name__}>"

@@ -1,0 +1,152 @@
+"""`qwen3-embed embed` (and `python -m pipelines.embed_corpus`): run the batch job from the shell.
+
+Ray is imported only when the command runs, so `qwen3-embed --help` stays fast.
+
+Exit codes: 0 done (rows that failed validation are in `_errors/`, not a job failure);
+2 the job was refused before it started (bad config, missing input, OUTPUT of another job);
+3 the job ran but its counts do not add up (see the summary); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import INPUT_FORMATS, JobConfig
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INCONSISTENT = 0, 1, 2, 3
+DESCRIPTION = (
+    "Embed a corpus (parquet, jsonl, csv, txt, image folders; local or URLs) into OUTPUT (parquet: id, "
+    "embedding, num_tokens; plus _errors/ and _manifest.json). Rerun the same command to resume an "
+    "interrupted job. Attaches to $RAY_ADDRESS / --address, else starts a local Ray cluster."
+)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Called by `qwen3_embed.cli` to add the `embed` command."""
+    parser = subparsers.add_parser(
+        "embed",
+        help="embed a corpus into a parquet dataset with a Ray Data job",
+        description=DESCRIPTION,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def _flag(parser: argparse.ArgumentParser, flag: str, field: str, **kwargs: Any) -> None:
+    parser.add_argument(flag, dest=field, default=None, help=JobConfig.field_help(field), **kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="INPUT... OUTPUT",
+        help="one or more inputs (files, folders, globs, URLs), then the OUTPUT folder; "
+        "both may come from --config instead",
+    )
+    parser.add_argument(
+        "--config", metavar="JOB.yaml", help="YAML file with the same fields; flags override it"
+    )
+    _flag(parser, "--model", "model", metavar="M")  # required, here or in --config
+    _flag(parser, "--dim", "dim", type=int, metavar="N")
+    _flag(parser, "--instruction", "instruction", metavar="TEXT")
+    _flag(parser, "--id-column", "id_column", metavar="NAME")
+    _flag(parser, "--text-column", "text_column", metavar="NAME")
+    _flag(parser, "--image-column", "image_column", metavar="NAME")
+    _flag(parser, "--format", "format", choices=INPUT_FORMATS)
+    _flag(parser, "--replicas", "replicas", type=int, metavar="N")
+    _flag(parser, "--gpus-per-replica", "gpus_per_replica", type=float, metavar="G")
+    _flag(parser, "--cpus-per-replica", "cpus_per_replica", type=float, metavar="C")
+    _flag(parser, "--batch-tokens", "batch_tokens", type=int, metavar="T")
+    _flag(parser, "--batch-rows", "batch_rows", type=int, metavar="R")
+    _flag(parser, "--rows-per-file", "rows_per_file", type=int, metavar="N")
+    _flag(parser, "--truncate", "truncate", action=argparse.BooleanOptionalAction)
+    _flag(parser, "--max-length", "max_length", type=int, metavar="N")
+    _flag(parser, "--dtype", "dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    _flag(parser, "--device", "device", metavar="D")
+    parser.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        action="append",
+        metavar="KEY=VALUE",
+        help=JobConfig.field_help("storage_options") + "; repeatable",
+    )
+    _flag(parser, "--address", "ray_address", metavar="ADDR")
+    _flag(parser, "--num-cpus", "num_cpus", type=int, metavar="N")
+    _flag(parser, "--progress", "progress", action=argparse.BooleanOptionalAction)
+    parser.add_argument(
+        "--json", action="store_true", help="print the manifest as JSON instead of the summary"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    """Defaults < YAML file < flags."""
+    overrides: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in JobConfig.field_names()
+        if name not in ("input", "output", "storage_options")
+        and getattr(args, name, None) is not None
+    }
+    if args.paths:
+        if len(args.paths) < 2:
+            raise ValueError("give INPUT... and OUTPUT (or put both in --config)")
+        overrides["input"] = tuple(args.paths[:-1])
+        overrides["output"] = args.paths[-1]
+    if args.storage_options:
+        overrides["storage_options"] = _parse_storage_options(args.storage_options)
+    if args.config:
+        base = _load_yaml(args.config)
+        if "storage_options" in overrides and isinstance(base.get("storage_options"), dict):
+            overrides["storage_options"] = {
+                **base["storage_options"],
+                **overrides["storage_options"],
+            }
+        return JobConfig.from_mapping(base, **overrides)
+    return JobConfig.from_mapping({}, **overrides)
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a job config file must hold a mapping of field: value")
+    return values
+
+
+def _parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--storage-option wants KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value) if value else ""  # "true" -> True, "5" -> 5
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from .job import plan_job, run_embedding_job  # imports Ray
+
+    try:
+        plan = plan_job(config_from_args(args))
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"qwen3-embed embed: error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    result = run_embedding_job(plan)
+    print(json.dumps(result.manifest, indent=2) if args.json else result.summary())
+    return EXIT_OK if result.consistent else EXIT_INCONSISTENT
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(args)

@@ -1,0 +1,85 @@
+"""The output layout, in one place:
+
+    OUTPUT/
+      part-<hash>.parquet        id: string, embedding: fixed_size_list<float32>[dim], num_tokens: int32
+      _errors/part-<hash>.parquet  id: string, error: string, code: string
+      _manifest.json             job identity, config, counts, timings
+      _tmp/                      files being written (never read; removed at the next start)
+
+`<hash>` is a digest of the ids in the file: rewriting the same rows (a retried Ray task) gives
+the same name and replaces the file instead of adding a second copy. Every file appears whole or
+not at all (rename on filesystems, single upload on object stores), so whatever a killed job
+left behind can be trusted by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+PART_PREFIX = "part-"
+PART_SUFFIX = ".parquet"
+ERRORS_DIR = "_errors"
+MANIFEST_FILE = "_manifest.json"
+TMP_DIR = "_tmp"
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("code", pa.string(), nullable=False),
+    ]
+)
+
+
+def output_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("num_tokens", pa.int32(), nullable=False),
+        ],
+        metadata=metadata,
+    )
+
+
+def schema_metadata(
+    model: str, dim: int, instruction: str | None, normalized: bool, family: str
+) -> dict[str, str]:
+    """Parquet schema metadata: enough to tell what the vectors are without the manifest."""
+    from qwen3_embed import __version__
+
+    return {
+        "model": model,
+        "dim": str(dim),
+        "instruction": instruction or "",
+        "normalized": "true" if normalized else "false",
+        "family": family,
+        "producer": f"qwen3-embed {__version__}",
+    }
+
+
+def identity_from_metadata(metadata: dict[bytes, bytes]) -> dict[str, object] | None:
+    values = {key.decode(): value.decode() for key, value in (metadata or {}).items()}
+    if "model" not in values or "dim" not in values:
+        return None
+    return {
+        "model": values["model"],
+        "dim": int(values["dim"]),
+        "instruction": values.get("instruction") or None,
+        "normalized": values.get("normalized") == "true",
+    }
+
+
+def part_name(ids: Iterable[str]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for row_id in ids:
+        digest.update(row_id.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")  # separator: ("ab", "c") and ("a", "bc") must differ
+    return f"{PART_PREFIX}{digest.hexdigest()}{PART_SUFFIX}"
+
+
+def is_part_file(name: str) -> bool:
+    return name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX)

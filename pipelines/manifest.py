@@ -1,0 +1,151 @@
+"""`_manifest.json` and the end-of-job summary.
+
+The manifest is written twice: at the start (`status: running`, the job's identity and run id,
+so that a rerun after a crash can check it is the same job) and at the end (`status: complete`
+with the counts). Counts of rows in OUTPUT come from its committed files, not from memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .layout import MANIFEST_FILE
+from .storage import Location, write_bytes_atomically
+
+if TYPE_CHECKING:
+    from .resume import OutputScan
+    from .sink import WriteTally
+
+
+def write_manifest(output: Location, manifest: dict[str, Any]) -> None:
+    write_bytes_atomically(
+        output.child(MANIFEST_FILE),
+        (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode(),
+    )
+
+
+def finished_manifest(
+    base: dict[str, Any],
+    tally: WriteTally,
+    scan: OutputScan,
+    wall_seconds: float,
+    execute_seconds: float,
+) -> dict[str, Any]:
+    """The end-of-job manifest: `rows_in` counts every input row this run read (skipped ones
+    included); `rows_embedded` / `rows_failed` / `tokens` count what OUTPUT holds, from its files;
+    rates are this run's work over this run's whole wall time (cluster start and model loading
+    included); `execute_seconds` is the streaming pipeline alone."""
+    rows_in = tally.rows
+    wall = max(wall_seconds, 1e-9)
+    return {
+        **base,
+        "status": "complete",
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rows_in": rows_in,
+        "rows_embedded": scan.rows_embedded,
+        "rows_failed": scan.rows_failed,
+        "tokens": scan.tokens,
+        "duplicate_ids": scan.duplicate_ids,
+        "consistent": is_consistent(
+            rows_in, scan.rows_embedded, scan.rows_failed, scan.duplicate_ids
+        ),
+        "error_codes": scan.error_codes,
+        "files": scan.files,
+        "wall_seconds": round(wall_seconds, 3),
+        "execute_seconds": round(execute_seconds, 3),
+        "rows_per_second": round((tally.embedded + tally.failed) / wall, 3),
+        "tokens_per_second": round(tally.tokens / wall, 3),
+        "this_run": {
+            "rows_embedded": tally.embedded,
+            "rows_failed": tally.failed,
+            "rows_skipped": tally.skipped,
+            "tokens": tally.tokens,
+            "files_written": tally.files,
+        },
+    }
+
+
+def is_consistent(rows_in: int, rows_embedded: int, rows_failed: int, duplicate_ids: int) -> bool:
+    """Every input row is in exactly one place."""
+    return rows_in == rows_embedded + rows_failed and duplicate_ids == 0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished job reports; `manifest` is the content of `_manifest.json`."""
+
+    output: str
+    rows_in: int
+    rows_embedded: int
+    rows_failed: int
+    tokens: int
+    wall_seconds: float
+    duplicate_ids: int
+    manifest: dict[str, Any]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> JobResult:
+        return cls(
+            output=manifest["output"],
+            rows_in=manifest["rows_in"],
+            rows_embedded=manifest["rows_embedded"],
+            rows_failed=manifest["rows_failed"],
+            tokens=manifest["tokens"],
+            wall_seconds=manifest["wall_seconds"],
+            duplicate_ids=manifest["duplicate_ids"],
+            manifest=manifest,
+        )
+
+    @property
+    def consistent(self) -> bool:
+        """Every input row is in exactly one place."""
+        return is_consistent(self.rows_in, self.rows_embedded, self.rows_failed, self.duplicate_ids)
+
+    def summary(self) -> str:
+        return format_summary(self.manifest)
+
+
+def format_summary(manifest: dict[str, Any]) -> str:
+    run = manifest["this_run"]
+    lines = [
+        f"qwen3-embed embed: {manifest['status']} in {manifest['wall_seconds']:.1f} s",
+        f"  model        {manifest['model']} ({manifest['family']}, dim {manifest['dim']}, "
+        f"{'normalized' if manifest['normalized'] else 'not normalized'})",
+        f"  instruction  {manifest['instruction'] if manifest['instruction'] else '(none: documents)'}",
+        f"  input        {manifest['inputs']['files']} file(s) ({', '.join(manifest['inputs']['formats'])}) "
+        f"under {manifest['inputs']['root']}: {manifest['rows_in']:,} rows",
+        f"  output       {manifest['output']}",
+        f"  embedded     {manifest['rows_embedded']:,} rows (this run {run['rows_embedded']:,}; "
+        f"{run['rows_skipped']:,} skipped as already done)",
+        f"  failed       {manifest['rows_failed']:,} rows -> {manifest['output'].rstrip('/')}/_errors",
+    ]
+    if manifest["error_codes"]:
+        reasons = ", ".join(
+            f"{code} {count:,}" for code, count in list(manifest["error_codes"].items())[:4]
+        )
+        lines.append(f"               by code: {reasons}")
+    lines += [
+        f"  tokens       {manifest['tokens']:,} in output ({run['tokens']:,} this run)",
+        f"  throughput   {manifest['rows_per_second']:,.1f} rows/s, {manifest['tokens_per_second']:,.0f} tokens/s "
+        f"over the whole run; pipeline {manifest['execute_seconds']:.1f} s "
+        f"({manifest['replicas']} replica(s), {manifest['gpus_per_replica']:g} GPU each)",
+    ]
+    total = manifest["rows_embedded"] + manifest["rows_failed"]
+    if manifest["consistent"]:
+        lines.append(
+            f"  check        ok: rows_in {manifest['rows_in']:,} = embedded + failed, no duplicate ids"
+        )
+    if manifest["duplicate_ids"]:
+        lines.append(
+            f"  check        FAILED: {manifest['duplicate_ids']:,} id(s) appear more than once in OUTPUT "
+            "(repeated values in the id column?)"
+        )
+    if manifest["rows_in"] != total:
+        lines.append(
+            f"  check        FAILED: rows_in {manifest['rows_in']:,} but embedded + failed {total:,} "
+            "(did the input change since OUTPUT was started?)"
+        )
+    return "\n".join(lines)

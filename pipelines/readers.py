@@ -1,0 +1,351 @@
+"""Turn one input file into Arrow blocks of rows with an id, a status and the item's payload.
+
+Every row of every file yields exactly one output row, good or bad: a line that is not JSON, a
+CSV record with the wrong number of fields, a text value of the wrong type, an empty id, an image
+file that cannot be read — each becomes an `error` row with its reason instead of being dropped
+or failing the file. Whether the text is empty, the image decodes, or the input is too long is
+the core's call (`Preparer.prepare_each`), made in the next stage.
+
+A file whose *layout* is wrong (a configured column missing, a JSON array instead of JSON lines,
+a CSV that is not UTF-8) fails the job with a message naming the file: that is a configuration
+mistake, not a bad row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .inputs import COMPRESSION_SUFFIXES, InputFile
+
+STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
+CODE_INVALID_ROW = "invalid_row"  # the row itself cannot be read (bad JSON, bad CSV record, bad id)
+CODE_INVALID_INPUT = "invalid_input"  # a value of the wrong type
+CODE_READ_ERROR = "read_error"  # an image file or reference that cannot be read
+
+READ_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("code", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("image", pa.binary()),  # image bytes (image folders, binary columns)
+        pa.field("image_ref", pa.string()),  # an image path / URL / data URI from a table
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to take from each row."""
+
+    id_column: str | None
+    text_column: str
+    image_column: str | None  # None for text models: images are never read
+    block_rows: int = 1024
+
+
+MAX_BLOCK_BYTES = 64 * 1024**2  # image bytes make rows large: cut blocks by size as well
+
+
+class RowBuffer:
+    """Collects rows and hands them out as READ_SCHEMA tables of at most `block_rows` rows (and
+    about MAX_BLOCK_BYTES of payload)."""
+
+    def __init__(self, block_rows: int):
+        self.block_rows = block_rows
+        self.columns: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
+        self.payload_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.columns["id"])
+
+    def add(
+        self,
+        row_id: str,
+        text: Any = None,
+        image: bytes | None = None,
+        image_ref: str | None = None,
+    ) -> None:
+        self.payload_bytes += len(text or "") + len(image or b"")
+        self._append(row_id, STATUS_OK, None, None, text, image, image_ref)
+
+    def add_error(self, row_id: str, reason: str, code: str) -> None:
+        self._append(row_id, STATUS_ERROR, reason, code, None, None, None)
+
+    def _append(self, *values: Any) -> None:
+        for name, value in zip(READ_SCHEMA.names, values, strict=True):
+            self.columns[name].append(value)
+
+    def full(self) -> bool:
+        return len(self) >= self.block_rows or self.payload_bytes >= MAX_BLOCK_BYTES
+
+    def flush(self) -> pa.Table:
+        table = pa.table(self.columns, schema=READ_SCHEMA)
+        self.columns = {name: [] for name in READ_SCHEMA.names}
+        self.payload_bytes = 0
+        return table
+
+
+class RowSource:
+    """Validates the id / text / image values of one row and files it into a RowBuffer."""
+
+    def __init__(self, spec: ReadSpec, file: InputFile, fs_prefix: str):
+        self.spec = spec
+        self.file = file
+        self.fs_prefix = fs_prefix
+        self.folder = posixpath.dirname(file.path)
+
+    def derived_id(self, row: int) -> str:
+        return f"{self.file.relpath}:{row}"
+
+    def add(self, buffer: RowBuffer, row: int, record_id: Any, text: Any, image: Any) -> None:
+        # A row without a usable id keeps the derived one, so its error row can still be found.
+        row_id = self.derived_id(row)
+        if self.spec.id_column is not None:
+            if record_id is None or record_id == "":
+                buffer.add_error(
+                    row_id, f"id column {self.spec.id_column!r} is empty", CODE_INVALID_ROW
+                )
+                return
+            if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
+                reason = f"id column {self.spec.id_column!r} must hold strings or integers, got {type(record_id).__name__}"
+                buffer.add_error(row_id, reason, CODE_INVALID_ROW)
+                return
+            row_id = str(record_id)
+        if text is not None and not isinstance(text, str):
+            reason = (
+                f"column {self.spec.text_column!r} must hold strings, got {type(text).__name__}"
+            )
+            buffer.add_error(row_id, reason, CODE_INVALID_INPUT)
+            return
+        image_bytes, image_ref = None, None
+        if self.spec.image_column is not None and image is not None:
+            image_bytes, image_ref, problem = self._image_value(image)
+            if problem is not None:
+                buffer.add_error(row_id, problem, CODE_INVALID_INPUT)
+                return
+        buffer.add(row_id, text=text, image=image_bytes, image_ref=image_ref)
+
+    def _image_value(self, value: Any) -> tuple[bytes | None, str | None, str | None]:
+        if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
+            value = value.get("bytes") or value.get("path")
+            if value is None:
+                return None, None, None
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value), None, None
+        if isinstance(value, str):
+            return None, self.resolve_reference(value), None
+        return (
+            None,
+            None,
+            f"column {self.spec.image_column!r} must hold paths, URLs or bytes, got {type(value).__name__}",
+        )
+
+    def resolve_reference(self, value: str) -> str:
+        """Relative image paths are relative to the table that names them."""
+        if not value or "://" in value or value.startswith(("data:", "/", "~")):
+            return value
+        return f"{self.fs_prefix}{posixpath.normpath(posixpath.join(self.folder, value))}"
+
+
+# ---------------------------------------------------------------------------- formats
+def read_file(
+    file: InputFile, fs: pafs.FileSystem, fs_prefix: str, spec: ReadSpec
+) -> Iterator[pa.Table]:
+    """READ_SCHEMA tables for `file`, in row order."""
+    reader = {
+        "parquet": _read_parquet,
+        "jsonl": _read_jsonl,
+        "csv": _read_csv,
+        "txt": _read_txt,
+    }.get(file.format)
+    if reader is None:
+        raise ValueError(f"{file.path}: format {file.format!r} is not a row format")
+    source = RowSource(spec, file, fs_prefix)
+    buffer = RowBuffer(spec.block_rows)
+    for _ in reader(file, fs, spec, source, buffer):
+        if buffer.full():
+            yield buffer.flush()
+    if len(buffer):
+        yield buffer.flush()
+
+
+def read_image_files(
+    files: list[InputFile], fs: pafs.FileSystem, spec: ReadSpec
+) -> Iterator[pa.Table]:
+    """An image folder: each file is one item, its id the file's relative path."""
+    buffer = RowBuffer(spec.block_rows)
+    for file in files:
+        try:
+            with fs.open_input_stream(file.path) as stream:
+                data = stream.read()
+        except OSError as error:
+            buffer.add_error(file.relpath, f"cannot read image file: {error}", CODE_READ_ERROR)
+        else:
+            buffer.add(file.relpath, image=data)
+        if buffer.full():
+            yield buffer.flush()
+    if len(buffer):
+        yield buffer.flush()
+
+
+def _require_columns(file: InputFile, available: list[str], spec: ReadSpec) -> None:
+    wanted = [spec.text_column] if spec.image_column is None else []
+    if spec.id_column is not None:
+        wanted.append(spec.id_column)
+    missing = [name for name in wanted if name not in available]
+    if (
+        spec.image_column is not None
+        and spec.text_column not in available
+        and spec.image_column not in available
+    ):
+        missing.append(f"{spec.text_column} or {spec.image_column}")
+    if missing:
+        raise ValueError(
+            f"{file.path}: missing column(s) {missing}; its columns are: {', '.join(available)}"
+        )
+
+
+def _read_parquet(
+    file: InputFile, fs: pafs.FileSystem, spec: ReadSpec, source: RowSource, buffer: RowBuffer
+):
+    parquet = pq.ParquetFile(fs.open_input_file(file.path))
+    available = parquet.schema_arrow.names
+    _require_columns(file, available, spec)
+    names = [
+        name
+        for name in (spec.id_column, spec.text_column, spec.image_column)
+        if name and name in available
+    ]
+    row = 0
+    for batch in parquet.iter_batches(
+        batch_size=spec.block_rows, columns=list(dict.fromkeys(names))
+    ):
+        count = batch.num_rows
+        ids = _column(batch, spec.id_column, count)
+        texts = _column(batch, spec.text_column, count)
+        images = _column(batch, spec.image_column, count)
+        for offset in range(count):
+            source.add(buffer, row + offset, ids[offset], texts[offset], images[offset])
+            yield
+        row += count
+
+
+def _column(batch: pa.RecordBatch, name: str | None, count: int) -> list[Any]:
+    if name is None or name not in batch.schema.names:
+        return [None] * count
+    return batch.column(name).to_pylist()
+
+
+def _open_lines(file: InputFile, fs: pafs.FileSystem) -> io.BufferedReader:
+    compression = "detect" if file.path.lower().endswith(COMPRESSION_SUFFIXES) else None
+    return io.BufferedReader(fs.open_input_stream(file.path, compression=compression), 1 << 20)
+
+
+def _read_jsonl(
+    file: InputFile, fs: pafs.FileSystem, spec: ReadSpec, source: RowSource, buffer: RowBuffer
+):
+    wanted = (spec.id_column, spec.text_column, spec.image_column)
+    first = True
+    with _open_lines(file, fs) as lines:
+        for row, line in enumerate(lines):
+            if not line.strip():
+                continue  # a blank line is not a record (rows keep their line numbers)
+            if first and line.lstrip().startswith(b"["):
+                raise ValueError(
+                    f"{file.path} holds a JSON array; JSON lines input needs one object per line"
+                )
+            first = False
+            try:
+                record = json.loads(line)
+            except ValueError as error:  # also covers bytes that are not UTF-8
+                buffer.add_error(
+                    source.derived_id(row), f"line is not valid JSON: {error}", CODE_INVALID_ROW
+                )
+                yield
+                continue
+            if not isinstance(record, dict):
+                buffer.add_error(
+                    source.derived_id(row),
+                    f"line is a JSON {type(record).__name__}, not an object",
+                    CODE_INVALID_ROW,
+                )
+                yield
+                continue
+            record_id, text, image = (record.get(key) if key else None for key in wanted)
+            source.add(buffer, row, record_id, text, image)
+            yield
+
+
+def _read_csv(
+    file: InputFile, fs: pafs.FileSystem, spec: ReadSpec, source: RowSource, buffer: RowBuffer
+):
+    name = file.path.lower()
+    for suffix in COMPRESSION_SUFFIXES:
+        name = name.removesuffix(suffix)
+    delimiter = "\t" if name.endswith(".tsv") else ","
+    csv.field_size_limit(
+        min(sys.maxsize, 2**31 - 1)
+    )  # documents are often longer than csv's 128 KiB default
+    with _open_lines(file, fs) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        records = csv.reader(text, delimiter=delimiter)
+        try:
+            header = next(records, None)
+            if header is None:
+                return
+            _require_columns(file, header, spec)
+            positions = [
+                header.index(key) if key and key in header else None
+                for key in (spec.id_column, spec.text_column, spec.image_column)
+            ]
+            row = 0
+            for record in records:
+                if not record:
+                    continue  # blank line
+                if len(record) != len(header):
+                    buffer.add_error(
+                        source.derived_id(row),
+                        f"CSV record has {len(record)} fields, the header has {len(header)}",
+                        CODE_INVALID_ROW,
+                    )
+                else:
+                    record_id, value, image = (
+                        record[at] if at is not None else None for at in positions
+                    )
+                    source.add(buffer, row, record_id, value, image or None)
+                row += 1
+                yield
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{file.path} is not UTF-8 text: {error}") from error
+        except csv.Error as error:
+            raise ValueError(f"{file.path}: malformed CSV: {error}") from error
+
+
+def _read_txt(
+    file: InputFile, fs: pafs.FileSystem, spec: ReadSpec, source: RowSource, buffer: RowBuffer
+):
+    with _open_lines(file, fs) as lines:
+        for row, line in enumerate(lines):
+            try:
+                text = line.decode("utf-8").removesuffix("\n").removesuffix("\r")
+            except UnicodeDecodeError as error:
+                buffer.add_error(
+                    source.derived_id(row), f"line is not valid UTF-8: {error}", CODE_INVALID_ROW
+                )
+            else:
+                # One document per line: an empty line is an empty document, which the core rejects.
+                source.add(buffer, row, None, text, None)
+            yield

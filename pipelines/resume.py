@@ -1,0 +1,201 @@
+"""Resume: the output folder is its own checkpoint.
+
+A rerun of the same job reads the ids already in OUTPUT (vectors and `_errors/`), and the read
+stage marks those rows `skipped` before any work is spent on them. Only whole files count (they
+are written atomically, see `layout`), so a killed job's half-finished work is simply redone.
+
+Ids are compared by 128-bit BLAKE2b digests kept in one sorted numpy array: 16 bytes per done
+row, shared zero-copy through Ray's object store by every read task, looked up with a binary
+search. (Ray Data's own `CheckpointConfig` keeps a second copy of the ids elsewhere and offers
+exactly-once only for its built-in file sinks; see the README.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .layout import ERRORS_DIR, MANIFEST_FILE, TMP_DIR, identity_from_metadata, is_part_file
+from .readers import STATUS_SKIPPED
+from .storage import Location, list_files, read_bytes
+
+DIGEST_DTYPE = "S16"
+
+
+def id_digests(ids: Sequence[str]) -> np.ndarray:
+    """(N,) 16-byte digests; collisions are negligible (~1e-20 at a billion ids)."""
+    return np.array(
+        [
+            hashlib.blake2b(row_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            for row_id in ids
+        ],
+        dtype=DIGEST_DTYPE,
+    )
+
+
+class DoneSet:
+    """Sorted unique digests of the ids already written."""
+
+    def __init__(self, sorted_digests: np.ndarray):
+        self.digests = sorted_digests
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def contains(self, ids: Sequence[str]) -> np.ndarray:
+        if not len(self.digests) or not len(ids):
+            return np.zeros(len(ids), dtype=bool)
+        wanted = id_digests(ids)
+        positions = np.searchsorted(self.digests, wanted)
+        found = positions < len(self.digests)
+        found[found] = self.digests[positions[found]] == wanted[found]
+        return found
+
+
+def mark_skipped(table: pa.Table, done: DoneSet | None) -> pa.Table:
+    """Rows whose id is done become `skipped` and lose their payload (only the id travels on,
+    so the sink can count them)."""
+    if done is None or not len(done):
+        return table
+    mask = pa.array(done.contains(table.column("id").to_pylist()))
+    if not pc.any(mask).as_py():
+        return table
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if name == "status":
+            column = pc.if_else(mask, pa.scalar(STATUS_SKIPPED), column)
+        elif name != "id":
+            column = pc.if_else(mask, pa.scalar(None, column.type), column)
+        columns[name] = column
+    return pa.table(columns, schema=table.schema)
+
+
+# --------------------------------------------------------------------------- output scan
+@dataclass
+class OutputScan:
+    """What OUTPUT holds, counted from its committed files."""
+
+    rows_embedded: int = 0
+    rows_failed: int = 0
+    tokens: int = 0
+    files: int = 0
+    duplicate_ids: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rows_embedded": self.rows_embedded,
+            "rows_failed": self.rows_failed,
+            "tokens": self.tokens,
+            "files": self.files,
+            "duplicate_ids": self.duplicate_ids,
+            "error_codes": dict(self.error_codes),
+        }
+
+
+def part_files(output: Location) -> tuple[list[str], list[str]]:
+    """(vector files, error files) that are complete, in name order."""
+    vectors = sorted(
+        info.path for info in list_files(output, recursive=False) if is_part_file(info.base_name)
+    )
+    errors = sorted(
+        info.path
+        for info in list_files(output.child(ERRORS_DIR), recursive=False)
+        if is_part_file(info.base_name)
+    )
+    return vectors, errors
+
+
+def scan_output(output: Location) -> tuple[np.ndarray, OutputScan]:
+    """Sorted unique digests of every id in OUTPUT, and the counts. Reads one file at a time, so
+    memory is the digests (16 bytes a row) plus one file."""
+    vectors, errors = part_files(output)
+    scan = OutputScan(files=len(vectors) + len(errors))
+    digests: list[np.ndarray] = []
+    codes: Counter[str] = Counter()
+    for path in vectors:
+        table = pq.read_table(path, filesystem=output.fs, columns=["id", "num_tokens"])
+        scan.rows_embedded += table.num_rows
+        scan.tokens += int(pc.sum(table.column("num_tokens")).as_py() or 0)
+        digests.append(id_digests(table.column("id").to_pylist()))
+    for path in errors:
+        table = pq.read_table(path, filesystem=output.fs, columns=["id", "code"])
+        scan.rows_failed += table.num_rows
+        codes.update(table.column("code").to_pylist())
+        digests.append(id_digests(table.column("id").to_pylist()))
+    scan.error_codes = dict(codes.most_common())
+    if not digests:
+        return np.array([], dtype=DIGEST_DTYPE), scan
+    merged = np.sort(np.concatenate(digests))
+    unique = np.unique(merged)  # sorted too
+    scan.duplicate_ids = int(len(merged) - len(unique))
+    return unique, scan
+
+
+# ----------------------------------------------------------------------- output identity
+class OutputMismatchError(ValueError):
+    """OUTPUT already holds something this job must not add to."""
+
+
+def read_manifest(output: Location) -> dict | None:
+    location = output.child(MANIFEST_FILE)
+    if location.fs.get_file_info(location.path).type != pafs.FileType.File:
+        return None
+    return json.loads(read_bytes(location))
+
+
+def check_output(output: Location, identity: dict[str, object]) -> dict | None:
+    """Refuse a non-empty OUTPUT written by a different job (model, dim, instruction or
+    normalisation), or holding files that are not ours. Returns the existing manifest, if any."""
+    info = output.fs.get_file_info(output.path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    if info.type != pafs.FileType.Directory:
+        raise OutputMismatchError(f"OUTPUT {output.uri()} is a file; it must be a folder")
+    entries = output.fs.get_file_info(pafs.FileSelector(output.path, recursive=False))
+    names = {entry.base_name for entry in entries}
+    foreign = sorted(
+        name
+        for name in names
+        if not (is_part_file(name) or name in (ERRORS_DIR, MANIFEST_FILE, TMP_DIR))
+    )
+    if foreign:
+        raise OutputMismatchError(
+            f"OUTPUT {output.uri()} is not empty and holds files this job did not write ({', '.join(foreign[:5])}); "
+            "choose an empty or new folder"
+        )
+    manifest = read_manifest(output)
+    existing = manifest.get("identity") if manifest else None
+    if existing is None:
+        vectors, errors = part_files(output)
+        if vectors:
+            existing = identity_from_metadata(
+                pq.read_schema(vectors[0], filesystem=output.fs).metadata
+            )
+        if existing is None and (vectors or errors):
+            raise OutputMismatchError(
+                f"OUTPUT {output.uri()} holds part files without a manifest or model metadata; "
+                "cannot tell which job wrote them, so refusing to add to it"
+            )
+    if existing is not None:
+        differences = [
+            f"{key} {existing.get(key)!r} (this job: {identity[key]!r})"
+            for key in ("model", "dim", "instruction", "normalized")
+            if existing.get(key) != identity[key]
+        ]
+        if differences:
+            raise OutputMismatchError(
+                f"OUTPUT {output.uri()} already holds embeddings from a different job: {'; '.join(differences)}. "
+                "Use a new OUTPUT folder, or delete this one to start over."
+            )
+    return manifest

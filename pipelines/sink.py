@@ -1,0 +1,138 @@
+"""The job's Ray Data sink: each write task turns its rows into at most two files, the vectors
+(`part-<hash>.parquet`) and the error rows (`_errors/part-<hash>.parquet`), each written
+atomically under a name derived from its ids (see `layout`). Skipped rows are counted, not
+written. Each task returns its counts, so the driver sums a handful of numbers per task and
+never sees a row.
+
+Before writing, a task checks that `_manifest.json` still names its own run: a writer left over
+from a killed driver stops instead of adding rows that the rerun is also producing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data import Datasink
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource.datasink import WriteResult
+
+from .layout import ERRORS_DIR, ERRORS_SCHEMA, MANIFEST_FILE, output_schema, part_name
+from .readers import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from .storage import read_bytes, resolve, write_atomically
+
+
+class StaleWriterError(RuntimeError):
+    """A newer run of the job owns OUTPUT now."""
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    output: str
+    storage_options: tuple[tuple[str, Any], ...]
+    dim: int
+    metadata: tuple[tuple[str, str], ...]
+    rows_per_file: int
+    run_id: str
+
+
+@dataclass
+class WriteTally:
+    """Rows this run saw, by outcome, summed over write tasks."""
+
+    embedded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    tokens: int = 0
+    files: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: dict[str, Any]) -> None:
+        for name in ("embedded", "failed", "skipped", "tokens", "files"):
+            setattr(self, name, getattr(self, name) + int(other[name]))
+        for code, count in other["error_codes"].items():
+            self.error_codes[code] = self.error_codes.get(code, 0) + count
+
+    @property
+    def rows(self) -> int:
+        return self.embedded + self.failed + self.skipped
+
+
+class EmbeddingSink(Datasink[dict]):
+    def __init__(self, settings: SinkSettings):
+        self.settings = settings
+        self.tally = WriteTally()
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.settings.rows_per_file
+
+    def get_name(self) -> str:
+        return "WriteEmbeddings"
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
+        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
+        tables = [table for table in tables if table.num_rows]
+        counts = {
+            "embedded": 0,
+            "failed": 0,
+            "skipped": 0,
+            "tokens": 0,
+            "files": 0,
+            "error_codes": {},
+        }
+        if not tables:
+            return counts
+        table = pa.concat_tables(tables)
+        status = table.column("status")
+        vectors = table.filter(pc.equal(status, STATUS_OK))
+        errors = table.filter(pc.equal(status, STATUS_ERROR))
+        counts["skipped"] = int(pc.sum(pc.equal(status, STATUS_SKIPPED)).as_py() or 0)
+        output = resolve(self.settings.output, dict(self.settings.storage_options))
+        if vectors.num_rows or errors.num_rows:
+            self._check_still_owner(output)
+        if vectors.num_rows:
+            schema = output_schema(self.settings.dim, dict(self.settings.metadata))
+            part = pa.Table.from_arrays(
+                [vectors.column("id"), vectors.column("embedding"), vectors.column("num_tokens")],
+                schema=schema,
+            )
+            counts["files"] += self._write_parts(output, part)
+            counts["embedded"] = part.num_rows
+            counts["tokens"] = int(pc.sum(part.column("num_tokens")).as_py() or 0)
+        if errors.num_rows:
+            part = pa.Table.from_arrays(
+                [errors.column("id"), errors.column("error"), errors.column("code")],
+                schema=ERRORS_SCHEMA,
+            )
+            counts["files"] += self._write_parts(output.child(ERRORS_DIR), part)
+            counts["failed"] = part.num_rows
+            codes = pc.value_counts(part.column("code")).to_pylist()
+            counts["error_codes"] = {entry["values"]: entry["counts"] for entry in codes}
+        return counts
+
+    def on_write_complete(self, write_result: WriteResult[dict]) -> None:
+        for counts in write_result.write_returns:
+            self.tally.add(counts)
+
+    def _check_still_owner(self, output) -> None:
+        manifest = json.loads(read_bytes(output.child(MANIFEST_FILE)))
+        if manifest.get("run_id") != self.settings.run_id:
+            raise StaleWriterError(
+                f"run {manifest.get('run_id')} now owns {output.uri()}; this writer of run {self.settings.run_id} stops"
+            )
+
+    def _write_parts(self, folder, table: pa.Table) -> int:
+        """Files of at most `rows_per_file` rows (Ray Data hands a task at least that many, and
+        blocks can be much larger); returns how many were written."""
+        step = self.settings.rows_per_file
+        for start in range(0, table.num_rows, step):
+            chunk = table.slice(start, step)
+            location = folder.child(part_name(chunk.column("id").to_pylist()))
+            write_atomically(location, lambda stream, chunk=chunk: pq.write_table(chunk, stream))
+        return -(-table.num_rows // step)

@@ -1,0 +1,289 @@
+"""The two transform stages of the job, as plain callables on Arrow tables.
+
+- `prepare_batch` (CPU tasks): the core's `Preparer.prepare_each` — validate, format the prompt,
+  tokenise, load media — turning each `ok` row into token ids (+ media) or an error row.
+- `EmbedWorker` (one per model replica, an actor): loads the `Embedder` once, then
+  `embed_prepared` (forward, pool, Matryoshka slice, normalise) on each batch.
+
+Both take and return `pyarrow.Table`s with fixed schemas, so they can be tested by calling them
+on a table without Ray, and Ray Data moves them between processes without conversions.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from .readers import CODE_READ_ERROR, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+
+logger = logging.getLogger(__name__)
+
+CODE_EMBED_FAILED = "embed_failed"
+
+_ROW_STATE = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("code", pa.string()),
+    pa.field("num_tokens", pa.int32()),
+]
+PREPARED_SCHEMA = pa.schema(
+    [*_ROW_STATE, pa.field("input_ids", pa.list_(pa.int32())), pa.field("media", pa.binary())]
+)
+
+
+def embedded_schema(dim: int) -> pa.Schema:
+    return pa.schema([*_ROW_STATE, pa.field("embedding", pa.list_(pa.float32(), dim))])
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    model: str
+    max_length: int | None
+    instruction: str | None
+    truncate: bool
+    storage_options: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    model: str
+    dim: int
+    device: str
+    dtype: str
+    max_length: int | None
+    batch_tokens: int
+
+
+# ----------------------------------------------------------------------------- prepare
+_PREPARERS: dict[tuple[str, int | None], Any] = {}
+
+
+def _preparer(model: str, max_length: int | None):
+    """One Preparer per worker process: Ray reuses task workers, so the tokenizer loads once."""
+    key = (model, max_length)
+    if key not in _PREPARERS:
+        from qwen3_embed import Preparer
+
+        _PREPARERS[key] = Preparer.from_pretrained(model, max_length=max_length)
+    return _PREPARERS[key]
+
+
+def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
+    """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows)."""
+    from qwen3_embed import InputError
+
+    preparer = _preparer(settings.model, settings.max_length)
+    columns = {
+        name: table.column(name).to_pylist()
+        for name in ("id", "status", "error", "code", "text", "image", "image_ref")
+    }
+    count = table.num_rows
+    status, error, code = list(columns["status"]), list(columns["error"]), list(columns["code"])
+    num_tokens: list[int | None] = [None] * count
+    input_ids: list[Any] = [None] * count
+    media: list[bytes | None] = [None] * count
+
+    positions, items = [], []
+    for index in range(count):
+        if status[index] != STATUS_OK:
+            continue
+        try:
+            item = _item(preparer.info.family, columns, index, settings)
+        except (
+            OSError,
+            ValueError,
+            ImportError,
+        ) as failure:  # unreadable object, bad URL, no fsspec driver
+            status[index], error[index], code[index] = (
+                STATUS_ERROR,
+                f"cannot read image: {failure}",
+                CODE_READ_ERROR,
+            )
+            continue
+        positions.append(index)
+        items.append(item)
+    for index, result in zip(
+        positions,
+        preparer.prepare_each(items, settings.instruction, settings.truncate),
+        strict=True,
+    ):
+        if isinstance(result, InputError):  # this item alone is bad
+            status[index], error[index], code[index] = STATUS_ERROR, result.reason, result.code
+            continue
+        row = result.to_row()
+        input_ids[index] = row.pop("input_ids")
+        num_tokens[index] = result.num_tokens
+        media[index] = encode_media(row) if row else None
+    return pa.table(
+        {
+            "id": columns["id"],
+            "status": status,
+            "error": error,
+            "code": code,
+            "num_tokens": num_tokens,
+            "input_ids": input_ids,
+            "media": media,
+        },
+        schema=PREPARED_SCHEMA,
+    )
+
+
+def _item(family: str, columns: dict[str, list], index: int, settings: PrepareSettings) -> Any:
+    text = columns["text"][index]
+    if family != "vl":
+        return text
+    item: dict[str, Any] = {}
+    if text is not None:
+        item["text"] = text
+    image = columns["image"][index]
+    reference = columns["image_ref"][index]
+    if image is not None:
+        item["image"] = image
+    elif reference is not None:
+        item["image"] = _fetch_reference(reference, settings.storage_options)
+    return item
+
+
+def _fetch_reference(reference: str, storage_options: tuple[tuple[str, Any], ...]) -> str | bytes:
+    """Images on object stores are fetched here as bytes; local paths, http(s) URLs and data URIs
+    go to the core unchanged (it loads them)."""
+    scheme = reference.partition("://")[0].lower() if "://" in reference else ""
+    if scheme in ("", "http", "https"):
+        return reference
+    if scheme == "file":
+        return reference[len("file://") :]
+    from .storage import read_bytes, resolve
+
+    return read_bytes(resolve(reference, dict(storage_options)))
+
+
+def encode_media(row: dict[str, Any]) -> bytes:
+    """The `media_*` entries of `PreparedInput.to_row()` (keys kept as they are) as one .npz
+    blob: one binary column whatever the media, and no pickle."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{key: np.asarray(value) for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def decode_media(blob: bytes | None) -> dict[str, np.ndarray]:
+    if blob is None:
+        return {}
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+# ------------------------------------------------------------------------------- embed
+class EmbedWorker:
+    """A model replica. Ray Data builds one per actor; heavy imports happen here, not at import."""
+
+    def __init__(self, settings: EmbedSettings):
+        from qwen3_embed import Embedder
+
+        self.settings = settings
+        self.embedder = Embedder.from_pretrained(
+            settings.model,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_length=settings.max_length,
+            max_batch_tokens=settings.batch_tokens,
+        )
+        self.dim = self.embedder.validate_dim(settings.dim)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        from qwen3_embed import PreparedInput
+
+        status = table.column("status").to_pylist()
+        error = table.column("error").to_pylist()
+        code = table.column("code").to_pylist()
+        ok = [index for index, value in enumerate(status) if value == STATUS_OK]
+        prepared = []
+        if ok:
+            ids_column = table.column("input_ids").take(ok).to_pylist()
+            media_column = table.column("media").take(ok).to_pylist()
+            for token_ids, blob in zip(ids_column, media_column, strict=True):
+                row = {
+                    "input_ids": token_ids,
+                    **decode_media(blob),
+                }  # media keys keep their media_ prefix
+                prepared.append(PreparedInput.from_row(row))
+        vectors, failures = self._embed(prepared)
+        matrix = np.zeros((table.num_rows, self.dim), dtype=np.float32)
+        has_vector = np.zeros(table.num_rows, dtype=bool)
+        for position, index in enumerate(ok):
+            if position in failures:
+                status[index], error[index], code[index] = (
+                    STATUS_ERROR,
+                    failures[position],
+                    CODE_EMBED_FAILED,
+                )
+            else:
+                matrix[index] = vectors[position]
+                has_vector[index] = True
+        embedding = pa.FixedSizeListArray.from_arrays(
+            pa.array(matrix.reshape(-1)), self.dim, mask=pa.array(~has_vector)
+        )
+        num_tokens = table.column("num_tokens").to_pylist()
+        num_tokens = [
+            tokens if has_vector[index] else None for index, tokens in enumerate(num_tokens)
+        ]
+        return pa.table(
+            {
+                "id": table.column("id"),
+                "status": status,
+                "error": error,
+                "code": code,
+                "num_tokens": pa.array(num_tokens, pa.int32()),
+                "embedding": embedding,
+            },
+            schema=embedded_schema(self.dim),
+        )
+
+    def _embed(self, prepared: Sequence[Any]) -> tuple[np.ndarray, dict[int, str]]:
+        """Vectors for `prepared`, and {position: reason} for items the model failed on.
+
+        A failing batch is retried item by item so that one pathological input (say, one that
+        runs out of device memory) fails alone. If every item of a multi-item batch fails alone
+        too, the replica itself is broken: raise, and let Ray retry or fail the job loudly."""
+        if not prepared:
+            return np.zeros((0, self.dim), dtype=np.float32), {}
+        try:
+            return self.embedder.embed_prepared(prepared, self.dim).embeddings.numpy(), {}
+        except Exception as batch_error:  # noqa: BLE001 - narrowed below, item by item
+            logger.warning(
+                "batch of %d failed (%s); retrying item by item", len(prepared), batch_error
+            )
+            self._release_device_memory()
+            vectors = np.zeros((len(prepared), self.dim), dtype=np.float32)
+            failures: dict[int, str] = {}
+            for position, item in enumerate(prepared):
+                try:
+                    vectors[position] = self.embedder.embed_prepared(
+                        [item], self.dim
+                    ).embeddings.numpy()[0]
+                except Exception as item_error:  # noqa: BLE001 - recorded as this row's error
+                    failures[position] = f"{type(item_error).__name__}: {item_error}"
+                    self._release_device_memory()
+            if len(prepared) > 1 and len(failures) == len(prepared):
+                raise batch_error
+            return vectors, failures
+
+    def _release_device_memory(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def count_statuses(statuses: Sequence[str]) -> dict[str, int]:
+    return {
+        "embedded": sum(1 for value in statuses if value == STATUS_OK),
+        "failed": sum(1 for value in statuses if value == STATUS_ERROR),
+        "skipped": sum(1 for value in statuses if value == STATUS_SKIPPED),
+    }

@@ -1,0 +1,166 @@
+"""The job as users run it: `qwen3-embed embed` / `python -m pipelines.embed_corpus` in a
+subprocess, attached to the session's Ray cluster through RAY_ADDRESS (as `ray job submit`
+would), including a driver killed mid-job and rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+
+from pipelines import sample_corpus_path
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def cluster_env(ray_cluster) -> dict[str, str]:
+    address = ray_cluster.get_runtime_context().gcs_address
+    return {
+        **os.environ,
+        "RAY_ADDRESS": address,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def ids_in(folder: Path) -> list[str]:
+    ids = (
+        pads.dataset(str(folder), format="parquet")
+        .to_table(columns=["id"])
+        .column("id")
+        .to_pylist()
+    )
+    errors = folder / "_errors"
+    if errors.exists():
+        ids += (
+            pads.dataset(str(errors), format="parquet")
+            .to_table(columns=["id"])
+            .column("id")
+            .to_pylist()
+        )
+    return ids
+
+
+def test_cli_on_the_sample_corpus(cluster_env, tiny_text_model_dir, tmp_path):
+    sample = Path(sample_corpus_path())
+    expected = [json.loads(line)["id"] for line in sample.read_text().splitlines()]
+    assert 200 <= len(expected) <= 1000 and len(set(expected)) == len(expected)
+    output = tmp_path / "sample-vectors"
+    job = tmp_path / "job.yaml"
+    # Relative paths (to the command's working directory, which Ray's workers do not share).
+    model = os.path.relpath(tiny_text_model_dir, tmp_path)
+    job.write_text(
+        f"input: {sample}\noutput: sample-vectors\nmodel: {model}\nid_column: id\ndim: 48\nprogress: false\n"
+    )
+    done = subprocess.run(
+        [
+            str(BIN / "qwen3-embed"),
+            "embed",
+            "--config",
+            str(job),
+            "--dim",
+            "32",
+            "--batch-rows",
+            "64",
+        ],
+        env=cluster_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout
+    assert "qwen3-embed embed: complete" in summary and f"{len(expected)} rows" in summary
+    assert "check        ok" in summary
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert (
+        manifest["dim"] == 32 and manifest["config"]["batch_rows"] == 64
+    )  # flags win over the file
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_failed"]) == (
+        len(expected),
+        len(expected),
+        0,
+    )
+    assert sorted(ids_in(output)) == sorted(expected)
+
+    refused = subprocess.run(
+        [
+            str(BIN / "qwen3-embed"),
+            "embed",
+            "--config",
+            str(job),
+        ],  # dim 48 now: another job's output
+        env=cluster_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2
+    assert "already holds embeddings from a different job: dim 32 (this job: 48)" in refused.stderr
+
+
+def test_killed_driver_then_rerun_gives_every_id_once(cluster_env, tiny_text_model_dir, tmp_path):
+    corpus = tmp_path / "big.jsonl"
+    with open(corpus, "w") as handle:
+        for n in range(2000):
+            handle.write(
+                json.dumps({"text": f"document {n}: " + "words in a row " * (n % 11 + 1)}) + "\n"
+            )
+        handle.write(json.dumps({"text": ""}) + "\n")  # one error row too
+    output = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.embed_corpus",
+        str(corpus),
+        str(output),
+        "--model",
+        str(tiny_text_model_dir),
+        "--rows-per-file",
+        "40",
+        "--batch-rows",
+        "20",
+        "--no-progress",
+    ]
+    driver = subprocess.Popen(
+        command, env=cluster_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not list(output.glob("part-*.parquet")):
+        assert driver.poll() is None, "the job ended before any output was written"
+        assert time.monotonic() < deadline, "no output file appeared"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["status"] == "running", "the job finished before it could be interrupted"
+    written_before = len(ids_in(output))
+    assert 0 < written_before < 2001
+
+    rerun = subprocess.run(command, env=cluster_env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ids = ids_in(output)
+    assert len(ids) == len(set(ids)) == 2001
+    assert set(ids) == {f"big.jsonl:{n}" for n in range(2001)}
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["consistent"]
+    # The rerun skipped whatever the killed run had committed (maybe a little more, if a file
+    # landed between our count and the kill taking effect), and redid the rest.
+    assert manifest["this_run"]["rows_skipped"] >= written_before
+    assert (
+        manifest["this_run"]["rows_skipped"]
+        + manifest["this_run"]["rows_embedded"]
+        + manifest["this_run"]["rows_failed"]
+        == 2001
+    )
+    assert (manifest["rows_embedded"], manifest["rows_failed"]) == (2000, 1)

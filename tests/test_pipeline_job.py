@@ -1,0 +1,336 @@
+"""The batch job end to end on the session's local Ray cluster (2 CPUs) with the tiny text
+checkpoint: vectors equal the core's, every input row lands in exactly one place, the formats,
+resume, refusal, and S3 in both directions through moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import JobConfig, plan_job, run_embedding_job
+from pipelines.resume import OutputMismatchError
+
+QUERY = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def job(**fields) -> JobConfig:
+    fields.setdefault("progress", False)
+    fields.setdefault("rows_per_file", 8)
+    fields.setdefault("batch_rows", 8)
+    return JobConfig(**fields)
+
+
+def read_output(
+    output: str, filesystem=None
+) -> tuple[dict[str, np.ndarray], dict[str, int], pa.Schema]:
+    dataset = pads.dataset(output, format="parquet", filesystem=filesystem)  # skips _errors/, _tmp/
+    table = dataset.to_table()
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "an id is written twice"
+    vectors = dict(
+        zip(ids, np.array(table.column("embedding").to_pylist(), dtype=np.float32), strict=True)
+    )
+    tokens = dict(zip(ids, table.column("num_tokens").to_pylist(), strict=True))
+    return vectors, tokens, dataset.schema
+
+
+def read_errors(output: str, filesystem=None) -> dict[str, tuple[str, str]]:
+    try:
+        table = pads.dataset(
+            f"{output.rstrip('/')}/_errors", format="parquet", filesystem=filesystem
+        ).to_table()
+    except FileNotFoundError:
+        return {}
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "an error id is written twice"
+    return {row["id"]: (row["error"], row["code"]) for row in table.to_pylist()}
+
+
+def assert_matches_core(
+    embedder, vectors: dict[str, np.ndarray], texts: dict[str, str], **embed_kwargs
+) -> None:
+    ids = sorted(texts)
+    assert sorted(vectors) == ids
+    reference = embedder.embed([texts[i] for i in ids], **embed_kwargs).embeddings.numpy()
+    got = np.stack([vectors[i] for i in ids])
+    assert got.shape == reference.shape
+    assert np.abs(got - reference).max() <= 1e-5
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+# --------------------------------------------------------------------- text, id column
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    folder = tmp_path_factory.mktemp("docs")
+    texts = {
+        f"doc-{n:03d}": f"Document {n}: " + "embeddings map text to vectors. " * (n % 9 + 1)
+        for n in range(40)
+    }
+    with open(folder / "docs.jsonl", "w") as handle:
+        for doc_id, text in texts.items():
+            handle.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+    return folder / "docs.jsonl", texts
+
+
+@pytest.fixture(scope="module")
+def document_job(ray_cluster, documents, tiny_text_model_dir, tmp_path_factory):
+    path, _ = documents
+    output = tmp_path_factory.mktemp("out") / "vectors"
+    result = run_embedding_job(
+        job(input=str(path), output=str(output), model=str(tiny_text_model_dir), id_column="id")
+    )
+    return result, output
+
+
+def test_vectors_equal_the_core(document_job, documents, tiny_text_embedder, tiny_text_model_dir):
+    result, output = document_job
+    _, texts = documents
+    vectors, tokens, schema = read_output(str(output))
+    assert_matches_core(tiny_text_embedder, vectors, texts)
+    assert tokens == dict(
+        zip(
+            sorted(texts),
+            tiny_text_embedder.embed([texts[i] for i in sorted(texts)]).sequence_lengths,
+            strict=True,
+        )
+    )
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 64)
+    assert schema.field("num_tokens").type == pa.int32() and schema.field("id").type == pa.string()
+    assert {
+        k: schema.metadata[k.encode()].decode()
+        for k in ("model", "dim", "instruction", "normalized")
+    } == {"model": str(tiny_text_model_dir), "dim": "64", "instruction": "", "normalized": "true"}
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["status"] == "complete" and result.consistent
+    assert (manifest["rows_in"], manifest["rows_embedded"], manifest["rows_failed"]) == (40, 40, 0)
+    assert manifest["tokens"] == sum(tokens.values()) and manifest["dim"] == 64
+    for key in ("model", "config", "wall_seconds", "rows_per_second", "tokens_per_second"):
+        assert key in manifest
+    assert manifest["config"]["id_column"] == "id"
+
+
+def test_instruction_and_dim(
+    ray_cluster, documents, tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    path, texts = documents
+    output = tmp_path / "queries"
+    run_embedding_job(
+        job(
+            input=str(path),
+            output=str(output),
+            model=str(tiny_text_model_dir),
+            id_column="id",
+            instruction=QUERY,
+            dim=32,
+        )
+    )
+    vectors, _, schema = read_output(str(output))
+    assert schema.metadata[b"instruction"].decode() == QUERY and schema.metadata[b"dim"] == b"32"
+    assert_matches_core(tiny_text_embedder, vectors, texts, instruction=QUERY, dim=32)
+
+
+def test_refuses_output_of_another_job(
+    document_job, documents, tiny_text_model_dir, tiny_text_model_noeos_dir
+):
+    _, output = document_job
+    path, _ = documents
+    same = dict(input=str(path), output=str(output), model=str(tiny_text_model_dir), id_column="id")
+    plan_job(job(**same))  # the same job may resume
+    for change, message in [
+        ({"dim": 32}, r"dim 64 \(this job: 32\)"),
+        ({"instruction": QUERY}, r"instruction None \(this job: 'Given a web search"),
+        (
+            {"model": str(tiny_text_model_noeos_dir)},
+            "model '.*tiny-text0' \\(this job: '.*tiny-text-noeos0'\\)",
+        ),
+    ]:
+        with pytest.raises(OutputMismatchError, match=message):
+            plan_job(job(**{**same, **change}))
+
+
+# ------------------------------------------------ formats, bad rows, resume by subset
+@pytest.fixture(scope="module")
+def mixed_corpus(tmp_path_factory) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """Each format with good rows and each kind of bad row; returns (folder, {id: text} of
+    good rows, {id: error code} of bad rows)."""
+    root = tmp_path_factory.mktemp("mixed")
+    good: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    jsonl_lines = [
+        json.dumps({"text": "the first json document"}),
+        "",  # blank: no row
+        "{broken json",
+        json.dumps({"text": 42}),
+        json.dumps({"text": ""}),
+        json.dumps({"text": None}),
+        json.dumps({"text": "long " * 300}),  # over max_length with truncation off
+        json.dumps({"text": "the last json document"}),
+    ]
+    (root / "a.jsonl").write_text("\n".join(jsonl_lines) + "\n")
+    good.update({"a.jsonl:0": "the first json document", "a.jsonl:7": "the last json document"})
+    bad.update(
+        {
+            "a.jsonl:2": "invalid_row",
+            "a.jsonl:3": "invalid_input",
+            "a.jsonl:4": "invalid_input",
+            "a.jsonl:5": "invalid_input",
+            "a.jsonl:6": "input_too_long",
+        }
+    )
+
+    (root / "tables").mkdir()
+    (root / "tables" / "b.csv").write_text(
+        'text,lang\nhello from csv,en\n"quoted, with comma",en\nthree,fields,here\n,en\n'
+    )
+    good.update({"tables/b.csv:0": "hello from csv", "tables/b.csv:1": "quoted, with comma"})
+    bad.update({"tables/b.csv:2": "invalid_row", "tables/b.csv:3": "invalid_input"})
+
+    (root / "c.txt.gz").write_bytes(gzip.compress(b"a line of text\n\nanother line\n"))
+    good.update({"c.txt.gz:0": "a line of text", "c.txt.gz:2": "another line"})
+    bad.update({"c.txt.gz:1": "invalid_input"})
+
+    pq.write_table(
+        pa.table({"text": ["parquet row zero", None, "parquet row two"]}),
+        root / "tables" / "d.parquet",
+    )
+    good.update({"tables/d.parquet:0": "parquet row zero", "tables/d.parquet:2": "parquet row two"})
+    bad.update({"tables/d.parquet:1": "invalid_input"})
+    (root / "_SUCCESS").write_text("")
+    return root, good, bad
+
+
+def test_formats_bad_rows_and_resume(
+    ray_cluster, mixed_corpus, tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    root, good, bad = mixed_corpus
+    output = tmp_path / "mixed-out"
+    common = dict(output=str(output), model=str(tiny_text_model_dir), max_length=48, truncate=False)
+
+    # First run: only the jsonl file (as if the job had stopped after it). Ids come from the
+    # same root as the full run's, so the second run recognises these rows.
+    first = run_embedding_job(job(input=str(root / "*.jsonl"), **common))
+    assert (first.rows_in, first.rows_embedded, first.rows_failed) == (7, 2, 5) and first.consistent
+
+    second = run_embedding_job(job(input=str(root), **common))
+    run = second.manifest["this_run"]
+    assert (
+        run["rows_skipped"] == 7
+        and run["rows_embedded"] + run["rows_failed"] == len(good) + len(bad) - 7
+    )
+    assert (second.rows_in, second.rows_embedded, second.rows_failed) == (
+        len(good) + len(bad),
+        len(good),
+        len(bad),
+    )
+    assert second.consistent and second.duplicate_ids == 0
+
+    vectors, _, _ = read_output(str(output))
+    assert_matches_core(tiny_text_embedder, vectors, good)
+    errors = read_errors(str(output))
+    assert {row_id: code for row_id, (_, code) in errors.items()} == bad
+    assert "not valid JSON" in errors["a.jsonl:2"][0]
+    assert "more than max_length=48" in errors["a.jsonl:6"][0]
+    assert errors["tables/b.csv:2"][0] == "CSV record has 3 fields, the header has 2"
+    assert "empty" in errors["c.txt.gz:1"][0] and "None" in errors["tables/d.parquet:1"][0]
+    assert set(vectors).isdisjoint(errors)
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["error_codes"] == {
+        code: list(bad.values()).count(code) for code in set(bad.values())
+    }
+
+
+# -------------------------------------------------------------------------- S3 (moto)
+@pytest.fixture(scope="module")
+def s3(monkeypatch_module):
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch_module.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket="corpus")
+    # Workers of the session cluster do not share this process's environment, so the endpoint
+    # and credentials travel inside the filesystem object, as storage options.
+    options = {
+        "endpoint_override": endpoint,
+        "access_key": "testing",
+        "secret_key": "testing",
+        "region": "us-east-1",
+    }
+    yield client, options
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_s3_input_and_output(ray_cluster, s3, tiny_text_model_dir, tiny_text_embedder):
+    import pyarrow.fs as pafs
+
+    client, options = s3
+    texts = {f"s3-{n}": f"object storage document number {n} " * (n % 4 + 1) for n in range(12)}
+    lines = "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in list(texts.items())[:6])
+    client.put_object(Bucket="corpus", Key="in/part-a.jsonl", Body=lines.encode())
+    sink = pa.BufferOutputStream()
+    rest = list(texts.items())[6:]
+    pq.write_table(pa.table({"id": [k for k, _ in rest], "text": [v for _, v in rest]}), sink)
+    client.put_object(Bucket="corpus", Key="in/part-b.parquet", Body=sink.getvalue().to_pybytes())
+    client.put_object(
+        Bucket="corpus",
+        Key="in/part-c.jsonl",
+        Body=json.dumps({"id": "s3-bad", "text": " "}).encode() + b"\n",
+    )
+
+    config = job(
+        input="s3://corpus/in/",
+        output="s3://corpus/out/vectors",
+        model=str(tiny_text_model_dir),
+        id_column="id",
+        storage_options=options,
+    )
+    result = run_embedding_job(config)
+    assert (result.rows_in, result.rows_embedded, result.rows_failed) == (13, 12, 1)
+    assert result.consistent
+
+    filesystem = pafs.S3FileSystem(**options)
+    vectors, _, schema = read_output("corpus/out/vectors", filesystem)
+    assert_matches_core(tiny_text_embedder, vectors, texts)
+    assert schema.metadata[b"model"].decode() == str(tiny_text_model_dir)
+    assert set(read_errors("corpus/out/vectors", filesystem)) == {"s3-bad"}
+    keys = [
+        item["Key"] for item in client.list_objects_v2(Bucket="corpus", Prefix="out/")["Contents"]
+    ]
+    assert "out/vectors/_manifest.json" in keys and not any("_tmp" in key for key in keys)
+    manifest = json.loads(
+        client.get_object(Bucket="corpus", Key="out/vectors/_manifest.json")["Body"].read()
+    )
+    assert manifest["status"] == "complete" and manifest["rows_embedded"] == 12
+
+    # Rerun on S3: everything is found and skipped; another job's dim is refused.
+    again = run_embedding_job(config)
+    assert again.manifest["this_run"]["rows_skipped"] == 13 and again.rows_embedded == 12
+    assert again.consistent
+    with pytest.raises(OutputMismatchError, match=r"dim 64 \(this job: 32\)"):
+        plan_job(dataclasses.replace(config, dim=32))

@@ -1,0 +1,124 @@
+"""The batch job with the tiny Qwen3-VL checkpoint: a folder of images (one item per file) and a
+table of text + image rows (relative paths, bytes, text only), each vector equal to the core's."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("qwen3_embed.vl", reason="the VL backend (qwen3_embed.vl) is not importable")
+
+from pipelines import JobConfig, run_embedding_job  # noqa: E402
+
+
+def png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def outputs(output: Path) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str]]]:
+    table = pads.dataset(str(output), format="parquet").to_table()
+    vectors = dict(
+        zip(
+            table.column("id").to_pylist(),
+            np.array(table.column("embedding").to_pylist(), np.float32),
+            strict=True,
+        )
+    )
+    errors_table = pads.dataset(str(output / "_errors"), format="parquet").to_table()
+    errors = {row["id"]: (row["error"], row["code"]) for row in errors_table.to_pylist()}
+    assert len(vectors) == table.num_rows and len(errors) == errors_table.num_rows  # no id twice
+    return vectors, errors
+
+
+def assert_close(vectors: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> None:
+    assert sorted(vectors) == sorted(reference)
+    for key, expected in reference.items():
+        assert np.abs(vectors[key] - expected).max() <= 1e-5, key
+
+
+def test_image_folder_and_table(ray_cluster, tiny_vl_model_dir, tiny_vl_embedder, tmp_path):
+    images = tmp_path / "corpus" / "imgs"
+    images.mkdir(parents=True)
+    colors = {"red.png": (255, 0, 0), "green.png": (0, 255, 0), "nested/blue.png": (0, 0, 255)}
+    for name, color in colors.items():
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        (images / name).write_bytes(png(color))
+    (images / "broken.png").write_bytes(b"this is not an image")
+
+    common = dict(model=str(tiny_vl_model_dir), progress=False, rows_per_file=4, batch_rows=4)
+    folder_out = tmp_path / "folder-out"
+    result = run_embedding_job(JobConfig(input=str(images), output=str(folder_out), **common))
+    assert (result.rows_in, result.rows_embedded, result.rows_failed) == (
+        4,
+        3,
+        1,
+    ) and result.consistent
+    vectors, errors = outputs(folder_out)
+    reference = tiny_vl_embedder.embed(
+        [{"image": str(images / name)} for name in colors]
+    ).embeddings.numpy()
+    assert_close(vectors, dict(zip(colors, reference, strict=True)))
+    assert list(errors) == ["broken.png"] and errors["broken.png"][0].startswith("image:")
+
+    # A table: relative image paths (resolved against the table's folder), image bytes (the
+    # Hugging Face datasets {"bytes", "path"} struct), text-only rows, and rows that must fail.
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "id": ["p0", "p1", "p2", "p3", "p4"],
+            "text": ["a red square", "a blue square from bytes", "text only", None, None],
+            "image": pa.array(
+                [
+                    {"bytes": None, "path": "imgs/red.png"},
+                    {"bytes": png((0, 0, 255)), "path": None},
+                    None,
+                    {"bytes": None, "path": "imgs/missing.png"},
+                    None,
+                ],
+                image_type,
+            ),
+        }
+    )
+    pq.write_table(table, tmp_path / "corpus" / "pairs.parquet")
+    (tmp_path / "corpus" / "more.jsonl").write_text(
+        json.dumps({"id": "j0", "text": "green", "image": "imgs/green.png"}) + "\n"
+    )
+    table_out = tmp_path / "table-out"
+    result = run_embedding_job(
+        JobConfig(
+            input=[
+                str(tmp_path / "corpus" / "pairs.parquet"),
+                str(tmp_path / "corpus" / "more.jsonl"),
+            ],
+            output=str(table_out),
+            id_column="id",
+            **common,
+        )
+    )
+    assert (result.rows_in, result.rows_embedded, result.rows_failed) == (
+        6,
+        4,
+        2,
+    ) and result.consistent
+    vectors, errors = outputs(table_out)
+    items = {
+        "p0": {"text": "a red square", "image": str(images / "red.png")},
+        "p1": {"text": "a blue square from bytes", "image": png((0, 0, 255))},
+        "p2": {"text": "text only"},
+        "j0": {"text": "green", "image": str(images / "green.png")},
+    }
+    reference = tiny_vl_embedder.embed(list(items.values())).embeddings.numpy()
+    assert_close(vectors, dict(zip(items, reference, strict=True)))
+    assert set(errors) == {"p3", "p4"}
+    assert "no such file" in errors["p3"][0] and "empty" in errors["p4"][0]
