@@ -65,13 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"== {name}", file=sys.stderr, flush=True)
         results["results"][name] = _load(name)(device, args.quick)
+        _write(args, device, results)  # after each benchmark, so a long run keeps what it measured
+    print(_write(args, device, results))
+    return 0
+
+
+def _write(args: argparse.Namespace, device: torch.device, results: dict) -> str:
     name = args.name or f"{device.type}{'-quick' if args.quick else ''}"
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
     table = markdown(results)
     (args.out_dir / f"{name}.md").write_text(table)
-    print(table)
-    return 0
+    return table
 
 
 if __name__ == "__main__":
