@@ -38,6 +38,12 @@ from .storage import ATOMIC_PUT_FILESYSTEMS, Location, resolve
 logger = logging.getLogger(__name__)
 
 PREPARE_TASK_MEMORY = 1024**3
+# A replica that dies (killed, preempted, out of memory) is restarted, as often as it takes, and
+# its unfinished batches are retried on it, each at most this many times: a batch that kills
+# every replica it reaches fails the job instead of looping forever. (Ray Data's own defaults are
+# -1 and -1, i.e. unbounded; they are spelled out here so a Ray upgrade cannot change them.)
+REPLICA_MAX_RESTARTS = -1
+REPLICA_TASK_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,8 @@ def run_embedding_job(config: JobConfig | JobPlan) -> JobResult:
         batch_size=plan.batch_rows,
         num_cpus=config.cpus_per_replica,
         num_gpus=gpus,
+        max_restarts=REPLICA_MAX_RESTARTS,
+        max_task_retries=REPLICA_TASK_RETRIES,
     )
     metadata = schema_metadata(plan.model, dim, config.instruction, plan.normalized, plan.family)
     sink = EmbeddingSink(
@@ -252,6 +260,13 @@ def _connect_ray(config: JobConfig) -> None:
 def _gpus_per_replica(config: JobConfig) -> float:
     available = ray.cluster_resources().get("GPU", 0)
     if config.gpus_per_replica is None:
+        if available < 1:
+            # "auto" sees the cluster as it is now: one that autoscales GPU nodes from zero looks
+            # GPU-less, and the replicas would silently run on CPUs.
+            logger.warning(
+                "gpus_per_replica is auto and the cluster has no GPU now: replicas run on CPU. "
+                "On a cluster that autoscales GPU nodes from 0, pass --gpus-per-replica explicitly."
+            )
         return 1.0 if available >= 1 else 0.0
     if config.gpus_per_replica > 0 and available < config.gpus_per_replica:
         logger.warning(

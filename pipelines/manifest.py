@@ -35,7 +35,8 @@ def finished_manifest(
     execute_seconds: float,
 ) -> dict[str, Any]:
     """The end-of-job manifest: `rows_in` counts every input row this run read (skipped ones
-    included); `rows_embedded` / `rows_failed` / `tokens` count what OUTPUT holds, from its files;
+    included; a file that is empty or cannot be read, wholly or past some row, counts as one row,
+    the error row that reports it, see `readers`); `rows_embedded` / `rows_failed` / `tokens` count what OUTPUT holds, from its files;
     rates are this run's work over this run's whole wall time (cluster start and model loading
     included); `execute_seconds` is the streaming pipeline alone."""
     rows_in = tally.rows

@@ -6,6 +6,13 @@ file that cannot be read — each becomes an `error` row with its reason instead
 or failing the file. Whether the text is empty, the image decodes, or the input is too long is
 the core's call (`Preparer.prepare_each`), made in the next stage.
 
+A file that cannot be read at all, or past some row (a truncated or corrupt parquet file, a
+broken compressed stream, a file that vanished), is read again up to `READ_ATTEMPTS` times (a
+transient I/O error looks the same), then reported as one `unreadable_file` error row whose id is
+the file's relative path (its own rows' ids are unknown); the rows read before the failure keep
+their own. A 0-byte file is reported as one `empty_file` row with the same id. Either row counts
+as one input row, so `rows_in == rows_embedded + rows_failed` still holds.
+
 A file whose *layout* is wrong (a configured column missing, a JSON array instead of JSON lines,
 a CSV that is not UTF-8) fails the job with a message naming the file: that is a configuration
 mistake, not a bad row.
@@ -16,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import posixpath
 import sys
 from collections.abc import Iterator
@@ -28,10 +36,21 @@ import pyarrow.parquet as pq
 
 from .inputs import COMPRESSION_SUFFIXES, InputFile
 
+logger = logging.getLogger(__name__)
+
 STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
 CODE_INVALID_ROW = "invalid_row"  # the row itself cannot be read (bad JSON, bad CSV record, bad id)
 CODE_INVALID_INPUT = "invalid_input"  # a value of the wrong type
 CODE_READ_ERROR = "read_error"  # an image file or reference that cannot be read
+CODE_UNREADABLE_FILE = "unreadable_file"  # a file (or its rest) cannot be read: one row for it
+CODE_EMPTY_FILE = "empty_file"  # a 0-byte file: one row reports it
+
+# What a truncated or corrupt file raises while it is decoded: ArrowInvalid (a parquet footer),
+# OSError (a parquet page, a compressed stream, a file gone since it was listed). A transient
+# I/O error raises the same, so a file is read again (skipping the rows already handed on)
+# before it is reported.
+FILE_ERRORS = (pa.ArrowInvalid, OSError)
+READ_ATTEMPTS = 3
 
 READ_SCHEMA = pa.schema(
     [
@@ -175,11 +194,62 @@ def read_file(
         raise ValueError(f"{file.path}: format {file.format!r} is not a row format")
     source = RowSource(spec, file, fs_prefix)
     buffer = RowBuffer(spec.block_rows)
-    for _ in reader(file, fs, spec, source, buffer):
-        if buffer.full():
-            yield buffer.flush()
+    rows = 0  # rows handed to the buffer so far
+    failure: BaseException | None = None
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        target = _Counting(buffer, skip=rows)
+        try:
+            for _ in reader(file, fs, spec, source, target):
+                if buffer.full():
+                    yield buffer.flush()
+        except FILE_ERRORS as error:
+            failure, rows = error, max(rows, target.seen)
+            logger.warning(
+                "%s: read failed after %d rows (attempt %d of %d): %s",
+                file.path,
+                rows,
+                attempt,
+                READ_ATTEMPTS,
+                error,
+            )
+        else:
+            failure, rows = None, max(rows, target.seen)
+            break
+    if rows == 0 and _is_empty(fs, file.path):
+        buffer.add_error(file.relpath, "the file is empty (0 bytes)", CODE_EMPTY_FILE)
+    elif failure is not None:
+        where = f"past row {rows} " if rows else ""
+        buffer.add_error(
+            file.relpath,
+            f"cannot read the file {where}({READ_ATTEMPTS} attempts): "
+            f"{type(failure).__name__}: {failure}",
+            CODE_UNREADABLE_FILE,
+        )
     if len(buffer):
         yield buffer.flush()
+
+
+class _Counting:
+    """What a reader hands its rows to: passes them on to the buffer, counting them, except the
+    first `skip`, which a read that failed had already handed on."""
+
+    def __init__(self, buffer: RowBuffer, skip: int):
+        self.buffer, self.skip, self.seen = buffer, skip, 0
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        self.seen += 1
+        if self.seen > self.skip:
+            self.buffer.add(*args, **kwargs)
+
+    def add_error(self, *args: Any, **kwargs: Any) -> None:
+        self.seen += 1
+        if self.seen > self.skip:
+            self.buffer.add_error(*args, **kwargs)
+
+
+def _is_empty(fs: pafs.FileSystem, path: str) -> bool:
+    info = fs.get_file_info(path)
+    return info.type == pafs.FileType.File and info.size == 0
 
 
 def read_image_files(
@@ -194,7 +264,10 @@ def read_image_files(
         except OSError as error:
             buffer.add_error(file.relpath, f"cannot read image file: {error}", CODE_READ_ERROR)
         else:
-            buffer.add(file.relpath, image=data)
+            if data:
+                buffer.add(file.relpath, image=data)
+            else:
+                buffer.add_error(file.relpath, "the file is empty (0 bytes)", CODE_EMPTY_FILE)
         if buffer.full():
             yield buffer.flush()
     if len(buffer):
@@ -229,10 +302,17 @@ def _read_parquet(
         for name in (spec.id_column, spec.text_column, spec.image_column)
         if name and name in available
     ]
+    # Row group by row group: a corrupt group then costs only itself and what follows it, not
+    # the rows before it that a batch crossing into it would take along.
+    batches = (
+        batch
+        for group in range(parquet.num_row_groups)
+        for batch in parquet.iter_batches(
+            batch_size=spec.block_rows, row_groups=[group], columns=list(dict.fromkeys(names))
+        )
+    )
     row = 0
-    for batch in parquet.iter_batches(
-        batch_size=spec.block_rows, columns=list(dict.fromkeys(names))
-    ):
+    for batch in batches:
         count = batch.num_rows
         ids = _column(batch, spec.id_column, count)
         texts = _column(batch, spec.text_column, count)

@@ -7,13 +7,20 @@
 
 Both take and return `pyarrow.Table`s with fixed schemas, so they can be tested by calling them
 on a table without Ray, and Ray Data moves them between processes without conversions.
+
+Both run each block through `run_guarded`: a block whose stage raises is tried again (up to
+`STAGE_ATTEMPTS` times), then row by row, and a row that still fails alone becomes an error row
+(`prepare_failed` / `embed_failed`) with the exception as its reason, so one bad block never
+fails the job nor leaves a gap. When every row of a block fails alone, the stage itself is broken
+(a dead device, a bug on every input): the exception is raised and the job fails loudly instead
+of writing good rows off as failed.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +32,8 @@ from .readers import CODE_READ_ERROR, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 logger = logging.getLogger(__name__)
 
 CODE_EMBED_FAILED = "embed_failed"
+CODE_PREPARE_FAILED = "prepare_failed"
+STAGE_ATTEMPTS = 3  # tries of a whole block before it is split into rows
 
 _ROW_STATE = [
     pa.field("id", pa.string(), nullable=False),
@@ -61,6 +70,80 @@ class EmbedSettings:
     batch_tokens: int
 
 
+# ------------------------------------------------------------------------------- guard
+class StageBroken(RuntimeError):
+    """Every item of a batch failed alone: the stage (say, a replica's device) is broken, not the
+    items. Raised, never written off as error rows."""
+
+
+def run_guarded(
+    stage: str, call: Callable[[pa.Table], pa.Table], table: pa.Table, schema: pa.Schema, code: str
+) -> pa.Table:
+    """`call(table)`, tried `STAGE_ATTEMPTS` times; then row by row, where a row that raises alone
+    becomes an error row (`code`, the exception as its reason). Raises when the stage is broken:
+    `StageBroken`, or every row of a multi-row block failing alone."""
+    failure: Exception | None = None
+    for attempt in range(1, STAGE_ATTEMPTS + 1):
+        try:
+            return call(table)
+        except Exception as error:  # noqa: BLE001 - retried, then narrowed to rows below
+            failure = error
+            logger.warning(
+                "%s failed on a block of %d rows (attempt %d of %d): %s: %s",
+                stage,
+                table.num_rows,
+                attempt,
+                STAGE_ATTEMPTS,
+                type(error).__name__,
+                error,
+            )
+    if isinstance(failure, StageBroken):
+        raise failure
+    pieces, failed = [], 0
+    for index in range(table.num_rows):
+        row = table.slice(index, 1)
+        try:
+            pieces.append(call(row))
+        except Exception as error:  # noqa: BLE001 - recorded as this row's error
+            failed += 1
+            reason = (
+                f"{stage} failed on this row alone after {STAGE_ATTEMPTS} attempts on its block: "
+                f"{type(error).__name__}: {error}"
+            )
+            pieces.append(_failed_rows(row, schema, reason, code))
+    if table.num_rows > 1 and failed == table.num_rows:
+        raise failure  # type: ignore[misc]
+    logger.warning(
+        "%s: %d of %d rows failed alone and became error rows", stage, failed, table.num_rows
+    )
+    return pa.concat_tables(pieces)
+
+
+def _failed_rows(table: pa.Table, schema: pa.Schema, reason: str, code: str) -> pa.Table:
+    """`table`'s rows in `schema` with no payload: `ok` rows become errors (`reason`, `code`);
+    rows already failed or skipped keep their status."""
+    ok = [value == STATUS_OK for value in table.column("status").to_pylist()]
+    columns = {
+        "id": table.column("id"),
+        "status": [
+            STATUS_ERROR if flag else value
+            for flag, value in zip(ok, table.column("status").to_pylist(), strict=True)
+        ],
+        "error": [
+            reason if flag else value
+            for flag, value in zip(ok, table.column("error").to_pylist(), strict=True)
+        ],
+        "code": [
+            code if flag else value
+            for flag, value in zip(ok, table.column("code").to_pylist(), strict=True)
+        ],
+    }
+    for name in schema.names:
+        if name not in columns:
+            columns[name] = pa.nulls(table.num_rows, schema.field(name).type)
+    return pa.table(columns, schema=schema)
+
+
 # ----------------------------------------------------------------------------- prepare
 _PREPARERS: dict[tuple[str, int | None], Any] = {}
 
@@ -77,6 +160,16 @@ def _preparer(model: str, max_length: int | None):
 
 def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
     """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows)."""
+    return run_guarded(
+        "prepare",
+        lambda block: _prepare_block(block, settings),
+        table,
+        PREPARED_SCHEMA,
+        CODE_PREPARE_FAILED,
+    )
+
+
+def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
     from qwen3_embed import InputError
 
     preparer = _preparer(settings.model, settings.max_length)
@@ -197,6 +290,11 @@ class EmbedWorker:
         self.dim = self.embedder.validate_dim(settings.dim)
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        return run_guarded(
+            "embed", self._embed_block, table, embedded_schema(self.dim), CODE_EMBED_FAILED
+        )
+
+    def _embed_block(self, table: pa.Table) -> pa.Table:
         from qwen3_embed import PreparedInput
 
         status = table.column("status").to_pylist()
@@ -271,7 +369,10 @@ class EmbedWorker:
                     failures[position] = f"{type(item_error).__name__}: {item_error}"
                     self._release_device_memory()
             if len(prepared) > 1 and len(failures) == len(prepared):
-                raise batch_error
+                raise StageBroken(
+                    f"every item of a batch of {len(prepared)} failed alone: "
+                    f"{type(batch_error).__name__}: {batch_error}"
+                ) from batch_error
             return vectors, failures
 
     def _release_device_memory(self) -> None:
