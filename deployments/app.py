@@ -60,6 +60,14 @@ def model_deployment_options(model: ModelConfig, name: str, cluster_gpus: float)
     gpus = model.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if cluster_gpus > 0 else 0.0
+        if not gpus:
+            # "auto" sees the cluster as it is now: one that autoscales GPU nodes from zero looks
+            # GPU-less, and the replicas would silently run on CPUs.
+            logger.warning(
+                "gpus_per_replica is auto and the cluster has no GPU now: %s runs on CPU. On a cluster "
+                "that autoscales GPU nodes from 0, set gpus_per_replica explicitly.",
+                name,
+            )
     options: dict[str, Any] = {
         "name": name,
         "ray_actor_options": {"num_cpus": model.cpus_per_replica, "num_gpus": gpus},
@@ -85,13 +93,23 @@ def model_deployment_options(model: ModelConfig, name: str, cluster_gpus: float)
 
 def ingress_options(config: ServeAppConfig) -> dict[str, Any]:
     ingress = config.ingress
+    max_ongoing = config.ingress_max_ongoing_requests()
+    if max_ongoing < config.models_capacity():
+        logger.warning(
+            "ingress.max_ongoing_requests=%d is below what the models can hold (%d): under load "
+            "the ingress's queue fills first and the proxy answers 429 with Serve's own body "
+            "instead of the models' 429 in OpenAI's shape; leave it unset (auto) to avoid this",
+            max_ongoing,
+            config.models_capacity(),
+        )
     return {
         "name": "EmbeddingsIngress",
         "num_replicas": ingress.num_replicas,
         "ray_actor_options": {"num_cpus": ingress.cpus_per_replica},
-        "max_ongoing_requests": ingress.max_ongoing_requests,
+        "max_ongoing_requests": max_ongoing,
         "max_queued_requests": ingress.max_queued_requests,
-        # When the ingress itself is saturated the proxy answers 429 + Retry-After (Serve's body).
+        # When the ingress itself is saturated the proxy answers 429 + Retry-After (Serve's body);
+        # sized as above, the models' queues (429 in OpenAI's shape) overflow first.
         "backpressure_config": {"status_code": 429, "retry_after_s": ingress.retry_after_s},
     }
 

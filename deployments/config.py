@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MiB = 1024 * 1024
+# Auto-sized ingress: slots beyond what the models can hold (see IngressConfig.max_ongoing_requests).
+INGRESS_HEADROOM = 256
 
 
 class _Frozen(BaseModel):
@@ -196,13 +198,21 @@ class IngressConfig(_Frozen):
 
     num_replicas: int = Field(1, ge=1, description="ingress replicas")
     cpus_per_replica: float = Field(0.25, ge=0, description="CPUs reserved per ingress replica")
-    max_ongoing_requests: int = Field(
-        256, ge=1, description="requests one ingress replica handles at once"
+    max_ongoing_requests: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "requests one ingress replica handles at once; None = auto: what the models can hold "
+            "(each model's max_ongoing_requests x its most replicas + max_queued_requests) plus "
+            f"{INGRESS_HEADROOM} for requests being parsed or fetching media, so that a full "
+            "model queue answers 429 (OpenAI's shape) before the ingress's own queue fills"
+        ),
     )
     max_queued_requests: int = Field(
         1024,
         ge=1,
-        description="requests waiting for an ingress replica before the proxy answers 429",
+        description="requests waiting for an ingress replica before the proxy answers 429 "
+        "(Serve's own body, with Retry-After)",
     )
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After on 429 / 503 answers")
     model_call_timeout_s: float = Field(
@@ -240,6 +250,22 @@ class ServeAppConfig(_Frozen):
 
     def model_by_name(self) -> dict[str, ModelConfig]:
         return {model.name: model for model in self.models}
+
+    def models_capacity(self) -> int:
+        """Requests one ingress replica can have in the models at once: each model's ongoing
+        requests on all its replicas (at the autoscaling maximum) plus the queue the ingress's
+        handle keeps for it (Serve's max_queued_requests is per caller)."""
+        total = 0
+        for model in self.models:
+            replicas = model.autoscale[1] if model.autoscale is not None else model.num_replicas
+            total += model.max_ongoing_requests * replicas + model.max_queued_requests
+        return total
+
+    def ingress_max_ongoing_requests(self) -> int:
+        """`ingress.max_ongoing_requests`, or when None (auto) the models' capacity plus headroom."""
+        if self.ingress.max_ongoing_requests is not None:
+            return self.ingress.max_ongoing_requests
+        return self.models_capacity() + INGRESS_HEADROOM
 
     @classmethod
     def from_args(cls, args: ServeAppConfig | dict[str, Any]) -> ServeAppConfig:

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -28,11 +29,20 @@ from .inputs import find_media, load_media, split_input
 from .media_fetch import SafeMediaFetcher
 from .metrics import IngressMetrics
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
-from .schemas import EmbeddingRequest, embeddings_response, models_response
+from .schemas import (
+    EmbeddingRequest,
+    embeddings_openapi,
+    embeddings_response,
+    models_response,
+)
 from .security import ApiKeyChecker
 
 BATCH_REQUESTS_HEADER = "x-qwen3-embed-batch-requests"
 BATCH_INPUTS_HEADER = "x-qwen3-embed-batch-inputs"
+# /ready answers without a key (probes), so its model probes are shared: concurrent callers await
+# one probe, and its answer is reused this long. Unauthenticated callers thus never cost a model
+# more than one `describe` call per second, however many they are.
+READY_CACHE_S = 1.0
 
 app = FastAPI(
     title="qwen3-embed",
@@ -71,9 +81,17 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         raise validation_error(error.errors()) from None
 
 
-async def call_with_timeout(response: Any, timeout_s: float, what: str) -> Any:
+def retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(0, math.ceil(seconds)))}
+
+
+async def call_with_timeout(
+    response: Any, timeout_s: float, what: str, retry_after_s: float = 1.0
+) -> Any:
     """Await a DeploymentResponse; past `timeout_s` cancel it (downstream too) and answer 504,
-    so no request hangs on a stuck replica. Backpressure from the callee's queue becomes 429."""
+    so no request hangs on a stuck replica. Backpressure from the callee's queue becomes 429; a
+    callee that cannot answer (not deployed, or its replica died with the request) becomes 503;
+    both with Retry-After."""
 
     async def wait() -> Any:
         return await response
@@ -88,16 +106,30 @@ async def call_with_timeout(response: Any, timeout_s: float, what: str) -> Any:
         raise ApiError(504, f"{what} did not answer within {timeout_s}s", code="timeout") from None
     except BackPressureError as error:
         status = error.status_code if error.status_code in (429, 503) else 429
-        retry_after = error.retry_after_s if error.retry_after_s is not None else 1.0
+        delay = error.retry_after_s if error.retry_after_s is not None else retry_after_s
         raise ApiError(
             status,
-            f"{what} is overloaded (its queue is full); retry after {math.ceil(retry_after)}s",
+            f"{what} is overloaded (its queue is full); retry after {math.ceil(delay)}s",
             code="queue_full",
-            headers={"Retry-After": str(max(0, math.ceil(retry_after)))},
+            headers=retry_after(delay),
         ) from None
     except DeploymentUnavailableError:
         raise ApiError(
-            503, f"{what} is unavailable (it failed to deploy)", code="model_unavailable"
+            503,
+            f"{what} is unavailable (it failed to deploy)",
+            code="model_unavailable",
+            headers=retry_after(retry_after_s),
+        ) from None
+    except RayActorError:
+        # The replica holding the request died (crash, OOM kill, lost node) or is unreachable.
+        # Serve replaces it; the request is not retried here, so that an input that kills
+        # replicas cannot take the next one down too: the client may retry (embedding is
+        # idempotent). Without this clause it was a 500.
+        raise ApiError(
+            503,
+            f"{what} stopped while handling the request; retry",
+            code="model_unavailable",
+            headers=retry_after(retry_after_s),
         ) from None
 
 
@@ -131,9 +163,11 @@ class EmbeddingsIngress:
         self._metrics = IngressMetrics()
         self._descriptions: dict[str, ModelDescription] = {}
         self._created = int(time.time())
+        self._ready_probe: asyncio.Future[dict[str, bool]] | None = None
+        self._ready_answer: tuple[float, dict[str, bool]] | None = None  # (monotonic, states)
 
     # ------------------------------------------------------------------ routes
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=embeddings_openapi())
     async def create_embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
         label = "unknown"  # metric label: never a client-supplied string (unbounded cardinality)
@@ -152,6 +186,7 @@ class EmbeddingsIngress:
                 handle.embed.remote(job),
                 self.config.ingress.model_call_timeout_s,
                 f"model {name!r}",
+                self.config.ingress.retry_after_s,
             )
             if isinstance(reply, EmbedFailure):
                 raise ApiError(reply.status, reply.message, code=reply.code, param=reply.param)
@@ -199,14 +234,9 @@ class EmbeddingsIngress:
 
     @app.get("/ready")
     async def ready(self) -> JSONResponse:
-        """Readiness: every model has a replica with its weights loaded."""
-        states = await probe_ready(
-            {
-                name: (lambda name=name: self._describe(name, self._models[name], cached=False))
-                for name in self._models
-            },
-            self.config.ingress.ready_timeout_s,
-        )
+        """Readiness: every model has a replica with its weights loaded. Open without a key (for
+        probes); its model calls are shared and rate-bounded (READY_CACHE_S)."""
+        states = await self._model_states()
         if all(states.values()):
             return JSONResponse({"status": "ready", "models": states})
         waiting = sorted(name for name, ok in states.items() if not ok)
@@ -214,10 +244,32 @@ class EmbeddingsIngress:
             503,
             f"not ready: model(s) {waiting} not loaded yet",
             code="not_ready",
-            headers={"Retry-After": str(math.ceil(self.config.ingress.retry_after_s))},
+            headers=retry_after(self.config.ingress.retry_after_s),
         )
 
     # ----------------------------------------------------------------- helpers
+    async def _model_states(self) -> dict[str, bool]:
+        """Which models answer `describe`: one probe at a time, its answer reused for
+        READY_CACHE_S, so a flood of /ready calls costs each model at most one call a second."""
+        answer = self._ready_answer
+        if answer is not None and time.monotonic() - answer[0] < READY_CACHE_S:
+            return answer[1]
+        if self._ready_probe is None or self._ready_probe.done():
+            self._ready_probe = asyncio.ensure_future(self._probe_models())
+        # shield: a caller that goes away must not cancel the probe the others are waiting on.
+        return await asyncio.shield(self._ready_probe)
+
+    async def _probe_models(self) -> dict[str, bool]:
+        states = await probe_ready(
+            {
+                name: (lambda name=name: self._describe(name, self._models[name], cached=False))
+                for name in self._models
+            },
+            self.config.ingress.ready_timeout_s,
+        )
+        self._ready_answer = (time.monotonic(), states)
+        return states
+
     def _authorize(self, request: Request) -> None:
         if not self._auth.is_authorized(request.headers.get("authorization")):
             raise ApiError(
@@ -254,7 +306,10 @@ class EmbeddingsIngress:
         if cached and name in self._descriptions:
             return self._descriptions[name]
         description = await call_with_timeout(
-            handle.describe.remote(), self.config.ingress.model_call_timeout_s, f"model {name!r}"
+            handle.describe.remote(),
+            self.config.ingress.model_call_timeout_s,
+            f"model {name!r}",
+            self.config.ingress.retry_after_s,
         )
         self._descriptions[name] = description
         return description

@@ -222,6 +222,15 @@ def check_image(data: bytes, slot: MediaSlot, policy: MediaPolicy) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
+    except Image.DecompressionBombError:
+        # PIL refuses to open anything past twice its own pixel limit (~179 Mpx): a valid image
+        # that is too large (413), not unreadable data (it was a 400 "not an image" before).
+        raise ApiError(
+            413,
+            f"{slot.param}: the image has more pixels than the limit of {policy.max_image_pixels}",
+            code="media_too_large",
+            param=slot.param,
+        ) from None
     except Exception:  # PIL raises many types for bad data; all mean the same to the client
         raise ApiError(
             400,

@@ -76,6 +76,7 @@ class EmbeddingModel:
         self._metrics = ModelMetrics(model.name)
         self._recent_batch_requests: deque[int] = deque(maxlen=_RECENT_BATCHES)
         self._batches = 0
+        self._describe_calls = 0  # readiness probes reach models through this (see stats())
         # The batch size and wait come only through `reconfigure` (Serve calls it with the
         # deployment's user_config, which the app builder sets from `model.batching`, before the
         # first request); until then the decorator's defaults below, equal to BatchingConfig().
@@ -93,6 +94,7 @@ class EmbeddingModel:
 
     def describe(self) -> ModelDescription:
         """Also the readiness probe: a replica answers only once its weights are loaded."""
+        self._describe_calls += 1
         return ModelDescription(
             name=self.config.name,
             source=self.config.model,
@@ -110,6 +112,7 @@ class EmbeddingModel:
         `_get_*` getters are how `@serve.batch` exposes its live settings."""
         return {
             "batches": self._batches,
+            "describe_calls": self._describe_calls,
             "recent_batch_requests": list(self._recent_batch_requests),
             "max_batch_size": self._embed_batch._get_max_batch_size(),
             "batch_wait_timeout_s": self._embed_batch._get_batch_wait_timeout_s(),

@@ -44,6 +44,54 @@ class EmbeddingRequest(BaseModel):
     )
 
 
+# OpenAI's error body, as every error answer of the API has it (deployments.errors.ApiError).
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "additionalProperties": False,
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_ERROR_STATUSES = {
+    "400": "invalid input",
+    "401": "missing or invalid API key",
+    "404": "unknown model",
+    "413": "request, input or media too large",
+    "422": "body is not JSON or does not match the schema",
+    "429": "a queue is full (Retry-After)",
+    "503": "model not available (Retry-After)",
+    "504": "model did not answer in time",
+}
+
+
+def embeddings_openapi() -> dict[str, Any]:
+    """OpenAPI for POST /v1/embeddings, whose handler reads the raw body (to bound its size
+    before parsing) so FastAPI cannot derive it: the request schema and the error answers, for
+    clients and for schema-driven tests (tests/test_serve_reliability.py fuzzes from it)."""
+    error = {"content": {"application/json": {"schema": ERROR_BODY_SCHEMA}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+        },
+        "responses": {
+            status: {"description": description, **error}
+            for status, description in _ERROR_STATUSES.items()
+        },
+    }
+
+
 def encode_vector(row: np.ndarray, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")

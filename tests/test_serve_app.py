@@ -385,7 +385,10 @@ def test_prometheus_metrics_exported(http, ray_cluster):
             text = httpx.get(url, timeout=5).text
         except httpx.HTTPError:
             text = ""
-        if all(name in text for name in wanted):
+        # Another app of the session may have exported the names first: wait for this module's
+        # error labels too.
+        labelled = 'status="413"' in text or 'status="400"' in text
+        if labelled and all(name in text for name in wanted):
             break
         time.sleep(2)
     missing = [name for name in wanted if name not in text]

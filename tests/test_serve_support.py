@@ -157,3 +157,17 @@ def start_serve_once() -> int:
             time.sleep(0.2)
         _SERVE_PORT = port
     return _SERVE_PORT
+
+
+def assert_embeddings_ok(response: Any, count: int, dim: int) -> list[list[float]]:
+    """`response` (httpx) is a 200 embeddings answer with `count` rows of `dim` floats (float
+    encoding) in order; returns the rows."""
+    assert response.status_code == 200, (response.status_code, response.text[:500])
+    body = response.json()
+    assert body["object"] == "list" and isinstance(body["model"], str), body
+    assert [row["index"] for row in body["data"]] == list(range(count)), body["data"]
+    rows = [row["embedding"] for row in body["data"]]
+    assert all(len(row) == dim for row in rows), [len(row) for row in rows]
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == usage["total_tokens"] > 0, usage
+    return rows
