@@ -23,6 +23,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from .bounded_read import read_bounded
 from .config import ServeAppConfig
 from .errors import ApiError, install_error_handlers, validation_error
 from .inputs import find_media, load_media, split_input
@@ -57,16 +58,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         413, f"the request body is larger than the limit of {limit} bytes", code="request_too_large"
     )
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_bounded(request.stream(), declared, limit, too_large)
 
 
 def render_json(payload: Any) -> bytes:

@@ -25,6 +25,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from .bounded_read import read_bounded
 from .config import MediaPolicy
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -194,17 +195,8 @@ class SafeMediaFetcher:
             413,
         )
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
         # aiter_bytes yields decoded (decompressed) bytes: the limit holds against gzip bombs too.
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_bounded(response.aiter_bytes(), declared, limit, too_large)
 
     async def check_url(self, url: str) -> _Target:
         """Everything about one hop that is decided before connecting; FetchRefused otherwise."""
