@@ -68,6 +68,7 @@ class EmbedSettings:
     dtype: str
     max_length: int | None
     batch_tokens: int
+    ledger: str | None = None  # the run's ledger actor (see `ledger`); None outside a job
 
 
 # ------------------------------------------------------------------------------- guard
@@ -277,8 +278,12 @@ class EmbedWorker:
     """A model replica. Ray Data builds one per actor; heavy imports happen here, not at import."""
 
     def __init__(self, settings: EmbedSettings):
+        from transformers.utils import logging as transformers_logging
+
         from qwen3_embed import Embedder
 
+        # A replica's "Loading weights" bar, relayed to the driver's terminal, is noise there.
+        transformers_logging.disable_progress_bar()
         self.settings = settings
         self.embedder = Embedder.from_pretrained(
             settings.model,
@@ -288,10 +293,18 @@ class EmbedWorker:
             max_batch_tokens=settings.batch_tokens,
         )
         self.dim = self.embedder.validate_dim(settings.dim)
+        from .ledger import CrashGuard
+
+        self.guard = CrashGuard(settings.ledger)  # bounds replica deaths per batch / row
+        self.guard.replica_ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return run_guarded(
-            "embed", self._embed_block, table, embedded_schema(self.dim), CODE_EMBED_FAILED
+        schema = embedded_schema(self.dim)
+        return self.guard.run(
+            table,
+            lambda block: run_guarded("embed", self._embed_block, block, schema, CODE_EMBED_FAILED),
+            lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
+            lambda block: STATUS_OK in block.column("status").to_pylist(),
         )
 
     def _embed_block(self, table: pa.Table) -> pa.Table:
