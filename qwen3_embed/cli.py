@@ -18,6 +18,9 @@ from .registry import SEED_MODELS
 # command name -> module that provides add_parser(subparsers) and run(args) -> int
 LAYER_COMMANDS = {"embed": "pipelines.cli", "serve": "deployments.cli"}
 
+# Wide enough that the README's `dimensions: 256` examples run against a tiny model offline.
+TINY_TEXT_HIDDEN_SIZE = 256
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     rows = [
@@ -46,7 +49,13 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
 
     from .testing import make_tiny_model
 
-    kwargs = {} if args.family == "vl" else {"append_eos": not args.no_eos_postprocessor}
+    if args.family == "vl":
+        kwargs = {"text_hidden_size": args.hidden_size or 128}
+    else:
+        kwargs = {
+            "append_eos": not args.no_eos_postprocessor,
+            "hidden_size": args.hidden_size or TINY_TEXT_HIDDEN_SIZE,
+        }
     # A one-shard, instant write: transformers' "Writing model shards" bar says nothing.
     transformers_logging.disable_progress_bar()
     directory = make_tiny_model(args.directory, family=args.family, **kwargs)
@@ -75,6 +84,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         "--no-eos-postprocessor",
         action="store_true",
         help="text only: a tokenizer without the <|endoftext|> post-processor (older hub revisions)",
+    )
+    tiny.add_argument(
+        "--hidden-size",
+        type=int,
+        default=None,
+        help=f"hidden size, the largest MRL dim (default: {TINY_TEXT_HIDDEN_SIZE} text, 128 vl; "
+        "multiple of 4 for text, of 16 for vl)",
     )
     tiny.set_defaults(handler=_cmd_make_tiny_model)
 

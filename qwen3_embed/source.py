@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 HUB_OFFLINE_HINT = (
@@ -40,9 +41,28 @@ def resolve_model_dir(source: str | os.PathLike, revision: str | None = None) ->
         return local
     if is_url(text):
         return _copy_from_fsspec(text)
-    if text.startswith((".", "/", "~")) or os.sep in text.strip("/").replace("/", "", 1):
-        raise FileNotFoundError(f"model directory {text!r} does not exist")
+    if looks_like_path(text):
+        raise FileNotFoundError(
+            f"no such local directory: model directory {text!r} does not exist "
+            f"(relative paths are resolved against the working directory, {os.getcwd()})"
+        )
     return _download_from_hub(text, revision)
+
+
+def looks_like_path(source: str) -> bool:
+    """True when `source` cannot be a hub id (`name` or `namespace/name`), so it must have been
+    meant as a local directory: `./x`, `/x`, `~/x`, `x/` (trailing slash), `a/b/c`, a Windows path,
+    or anything with characters a hub id may not hold."""
+    if source.startswith((".", "/", "~")) or source.endswith(("/", os.sep)):
+        return True
+    if os.sep != "/" and os.sep in source:
+        return True
+    parts = source.split("/")
+    return len(parts) > 2 or not all(_HUB_NAME.fullmatch(part) for part in parts)
+
+
+# A hub repo name or namespace: alphanumerics, '-', '_', '.', not starting or ending with '-'/'.'
+_HUB_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 
 
 def _copy_from_fsspec(url: str) -> Path:

@@ -125,3 +125,23 @@ def test_cli_make_tiny_model_and_models(tmp_path):
     listed = _cli("models", "--json")
     assert listed.returncode == 0, listed.stderr
     assert {row["model"] for row in json.loads(listed.stdout)} == set(SEED_MODELS)
+
+
+@pytest.mark.parametrize(
+    "source", ["no-such-dir/", "./no-such-dir", "models/tiny/qwen3", "~/no-such-dir", "bad name"]
+)
+def test_a_missing_path_is_not_reported_as_a_hub_failure(source, monkeypatch, tmp_path):
+    """A source that cannot be a hub id means a local directory that is not there: say so, with
+    the directory relative paths resolve against, and never blame the hub."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such local directory") as info:
+        Embedder.from_pretrained(source)
+    assert "hub" not in str(info.value).lower()
+    assert str(tmp_path) in str(info.value)
+
+
+@pytest.mark.parametrize("source", ["Qwen/Qwen3-Embedding-0.6B", "bert-base-uncased"])
+def test_hub_shaped_sources_still_go_to_the_hub(source):
+    from qwen3_embed.source import looks_like_path
+
+    assert not looks_like_path(source)

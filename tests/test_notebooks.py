@@ -3,6 +3,7 @@ committed without outputs."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -67,3 +68,28 @@ def test_notebook_runs_in_a_real_kernel(name, request, monkeypatch, tmp_path):
         if "image/png" in o.get("data", {})
     ]
     assert images, f"{name} drew no plot"
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_FOR))
+def test_relative_model_dir_is_relative_to_where_jupyter_started(name, monkeypatch, tmp_path):
+    """`QWEN3_EMBED_MODEL=tiny-qwen3/ jupyter lab notebooks/` means the folder beside the user's
+    shell, although each kernel runs inside notebooks/: the setup cell resolves it against $PWD."""
+    started_in, kernel_dir = tmp_path / "repo", tmp_path / "repo" / "notebooks"
+    (started_in / "tiny-qwen3").mkdir(parents=True)
+    kernel_dir.mkdir()
+    monkeypatch.setenv("QWEN3_EMBED_MODEL", "tiny-qwen3/")
+    monkeypatch.setenv("PWD", str(started_in))
+    source = next(
+        cell.source
+        for cell in nbformat.read(NOTEBOOKS / name, as_version=4).cells
+        if cell.cell_type == "code" and "QWEN3_EMBED_MODEL" in cell.source
+    )
+    setup = "\n".join(
+        line for line in source.splitlines() if line.startswith(("import os", "MODEL", "if ", "    MODEL"))
+    )
+    probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup + "\nprint(MODEL)")])
+    NotebookClient(
+        probe, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(kernel_dir)}}
+    ).execute()
+    printed = probe.cells[0].outputs[0]["text"].strip()
+    assert os.path.normpath(printed) == str(started_in / "tiny-qwen3")

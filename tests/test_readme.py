@@ -1,13 +1,18 @@
-"""The README stays true: every `qwen3-embed` command in its shell blocks parses with the real
-argument parser, and the offline quick start runs as written."""
+"""The README stays true: every command block says whether a test runs it as written
+(`# tested: KEY`) or what it needs that CI has not (`# needs: ...`); every `qwen3-embed` command
+parses with the real argument parser; the offline quick start, the offline server and the HTTP
+client examples run as written."""
 
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -23,6 +28,27 @@ def shell_blocks(text: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
 
 
+def command_blocks(text: str) -> list[str]:
+    """Every bash and python block (plain ``` blocks are diagrams, not commands)."""
+    return re.findall(r"```(?:bash|python)\n(.*?)```", text, flags=re.DOTALL)
+
+
+# `# tested: KEY` -> the test that runs the block tagged KEY exactly as written
+TESTED_BY = {
+    "offline-batch": "test_offline_quick_start_runs_as_written (and .ci/clean-install-check)",
+    "offline-serve": "test_offline_server_and_http_examples_run_as_written (and .ci/clean-install-check)",
+    "http-examples": "test_offline_server_and_http_examples_run_as_written",
+    "python-api": "test_python_api_blocks_run",
+    "ci": ".ci/run itself",
+}
+
+
+def tagged(key: str) -> list[str]:
+    blocks = [block for block in command_blocks(README) if block.startswith(f"# tested: {key} ")]
+    assert blocks, f"no README block is tagged '# tested: {key}'"
+    return blocks
+
+
 def qwen3_embed_commands(text: str) -> list[list[str]]:
     """Each `qwen3-embed ...` command of the shell blocks, as argv (after `qwen3-embed`)."""
     commands = []
@@ -33,7 +59,9 @@ def qwen3_embed_commands(text: str) -> list[list[str]]:
             # Command substitutions stand for a path; the parser only needs a word there.
             line = re.sub(r'"\$\(.*?\)"', "SUBSTITUTED_PATH", line)
             for part in line.split("&&"):
-                words = shlex.split(part)
+                words = shlex.split(part, comments=True)
+                while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+                    words = words[1:]  # VAR=value prefixes set the environment
                 if words and words[0] == "qwen3-embed":
                     commands.append(words[1:])
     return commands
@@ -44,23 +72,35 @@ def test_readme_has_the_two_quick_start_commands():
     assert "qwen3-embed embed" in blocks[0] and "bash .ci/run" in "".join(blocks)
 
 
+def test_every_command_block_is_tested_or_says_what_it_needs():
+    for block in command_blocks(README):
+        first = block.splitlines()[0]
+        tested = re.fullmatch(r"# tested: (\S+)( .*)?", first)
+        assert tested or first.startswith("# needs: "), (
+            f"README block without '# tested: KEY' or '# needs: ...' first line:\n{block}"
+        )
+        if tested:
+            assert tested.group(1) in TESTED_BY, f"unknown test key in {first!r}"
+
+
 @pytest.mark.parametrize("argv", qwen3_embed_commands(README), ids=lambda argv: " ".join(argv)[:60])
 def test_every_readme_command_parses(argv):
     args = build_parser(argv).parse_args(argv)
     assert callable(args.handler)
 
 
-def test_offline_quick_start_runs_as_written(ray_cluster, tmp_path):
-    quick_start = README.split("## Quick start", 1)[1]
-    offline = next(
-        block for block in shell_blocks(quick_start) if "make-tiny-model" in block
-    ).strip()
-    env = {
+def _env(**extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,  # the session's cluster
         "HF_HUB_OFFLINE": "1",
+        **extra,
     }
+
+
+def test_offline_quick_start_runs_as_written(ray_cluster, tmp_path):
+    (offline,) = tagged("offline-batch")
+    env = _env(RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)  # the session's cluster
     result = subprocess.run(
         ["bash", "-c", offline], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
@@ -71,52 +111,96 @@ def test_offline_quick_start_runs_as_written(ray_cluster, tmp_path):
     assert "embedded" in result.stdout
 
 
-def test_http_examples_run_against_the_served_app(ray_cluster, tmp_path):
-    """The README's curl and `openai` examples, run as written against the Serve app (a tiny
-    model under the README's served name, with the README's key; only the address differs)."""
+def test_python_api_blocks_run(tmp_path, monkeypatch):
+    """The runnable block as written; the hub block with the tiny model for the hub id."""
+    (runnable,) = tagged("python-api")
+    monkeypatch.chdir(tmp_path)
+    result = subprocess.run(
+        ["bash", "-c", runnable], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.Size([1, 32])" in result.stdout
+    hub_block = next(
+        block
+        for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+        if "Embedder.from_pretrained(" in block and "Qwen3-Embedding-0.6B" in block
+    )
+    namespace: dict = {}
+    exec(hub_block.replace('"Qwen/Qwen3-Embedding-0.6B"', '"/tmp/tiny-qwen3"'), namespace)  # noqa: S102
+    assert namespace["documents"].embeddings.shape == (1, 256)
+    assert namespace["out"].embeddings.shape == (2, namespace["embedder"].hidden_size)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_offline_server_and_http_examples_run_as_written(tmp_path):
+    """The Quick start's offline `qwen3-embed serve` (its own private Ray, as a user gets it; only
+    the port is moved off 8000), then the README's curl and `openai` examples against it, then
+    Ctrl-C: a clean exit."""
     import json
 
-    from ray import serve
-    from test_serve_support import start_serve_once
-
-    from deployments.app import build_app
-    from qwen3_embed.testing import make_tiny_text_model
-
-    model_dir = make_tiny_text_model(
-        tmp_path / "model", hidden_size=256
-    )  # the examples ask for 256 dims
-    keys = tmp_path / "keys"
-    keys.write_text("key1\nkey2\n")  # a key file holds one key per line
-    app = build_app(
-        {
-            "models": [
-                {
-                    "model": str(model_dir),
-                    "served_model_name": "qwen3-0.6b",
-                    "cpus_per_replica": 0.25,
-                }
-            ],
-            "auth": {"api_key_file": str(keys)},
-            "ingress": {"cpus_per_replica": 0.1},
-        }
+    subprocess.run(
+        ["bash", "-c", tagged("offline-batch")[0].split("&&")[0]],  # make-tiny-model, as written
+        cwd=tmp_path,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
-    port = start_serve_once()
-    serve.run(app, name="readme", route_prefix="/readme")
-    base = f"http://127.0.0.1:{port}/readme"
+    (serve_block,) = tagged("offline-serve")
+    port = _free_port()
+    env = _env()
+    env.pop("RAY_ADDRESS", None)
+    server = subprocess.Popen(
+        ["bash", "-c", f"{serve_block.strip().splitlines()[-1]} --port {port} --num-cpus 2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
     try:
-        curl = next(block for block in shell_blocks(README) if block.lstrip().startswith("curl"))
-        curl = curl.replace("http://127.0.0.1:8000", base)
-        result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120)
+        _wait_ready(server, f"{base}/ready", timeout_s=240)
+        curl = next(block for block in tagged("http-examples") if "curl" in block)
+        result = subprocess.run(
+            ["bash", "-c", curl.replace("http://127.0.0.1:8000", base)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         body = json.loads(result.stdout)
         assert "data" in body, body
         assert len(body["data"]) == 1 and len(body["data"][0]["embedding"]) == 256
 
-        python = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
-        example = next(block for block in python if "OpenAI(" in block)
+        example = next(block for block in tagged("http-examples") if "OpenAI(" in block)
         namespace: dict = {}
         exec(example.replace("http://127.0.0.1:8000/v1", f"{base}/v1"), namespace)  # noqa: S102
         assert len(namespace["documents"].data[0].embedding) == 256
         assert len(namespace["query"].data[0].embedding) == 256
     finally:
-        serve.delete("readme")
+        server.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        output, _ = server.communicate(timeout=120)
+    assert server.returncode == 0, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+
+
+def _wait_ready(server: subprocess.Popen, url: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited early:\n{server.stdout.read()[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} not ready after {timeout_s} s")
