@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .ledger import CrashGuard
 from .readers import CODE_READ_ERROR, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 
 logger = logging.getLogger(__name__)
@@ -277,6 +278,10 @@ def decode_media(blob: bytes | None) -> dict[str, np.ndarray]:
 class EmbedWorker:
     """A model replica. Ray Data builds one per actor; heavy imports happen here, not at import."""
 
+    # Without a run's ledger (a worker used outside a job, or built without __init__ in tests)
+    # batches run unguarded: outside a job nothing restarts a dead replica to repeat them.
+    guard = CrashGuard(None)
+
     def __init__(self, settings: EmbedSettings):
         from transformers.utils import logging as transformers_logging
 
@@ -293,8 +298,6 @@ class EmbedWorker:
             max_batch_tokens=settings.batch_tokens,
         )
         self.dim = self.embedder.validate_dim(settings.dim)
-        from .ledger import CrashGuard
-
         self.guard = CrashGuard(settings.ledger)  # bounds replica deaths per batch / row
         self.guard.replica_ready()
 
