@@ -137,15 +137,32 @@ def _parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .noop import finish_if_nothing_to_do
+
+    try:
+        config = config_from_args(args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"qwen3-embed embed: error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    # Nothing left to do is decided first, before Ray, torch or the tokenizer are imported.
+    looked = time.monotonic()
+    result = finish_if_nothing_to_do(config, {"imports": looked - _IMPORTED_AT})
+    if result is not None:
+        print(json.dumps(result.manifest, indent=2) if args.json else result.summary())
+        return EXIT_OK if result.consistent else EXIT_INCONSISTENT
+    checked = time.monotonic()
     from .job import plan_job, run_embedding_job  # imports Ray
 
     imported = time.monotonic()
     try:
-        plan = plan_job(config_from_args(args))
+        plan = plan_job(config)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"qwen3-embed embed: error: {error}", file=sys.stderr)
         return EXIT_REFUSED
-    phases = {"imports": imported - _IMPORTED_AT, "plan": time.monotonic() - imported}
+    phases = {
+        "imports": looked - _IMPORTED_AT + imported - checked,
+        "plan": checked - looked + time.monotonic() - imported,
+    }
     result = run_embedding_job(plan, phases)
     print(json.dumps(result.manifest, indent=2) if args.json else result.summary())
     return EXIT_OK if result.consistent else EXIT_INCONSISTENT

@@ -31,6 +31,7 @@ from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
 from .ledger import start_ledger
 from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest
+from .noop import read_settings
 from .readers import ReadSpec
 from .resume import (
     check_output,
@@ -115,14 +116,8 @@ def plan_job(config: JobConfig) -> JobPlan:
 
 
 def _input_fingerprint(plan: JobPlan) -> str | None:
-    config = plan.config
-    read = {
-        "root": plan.inputs.prefix + plan.inputs.root,
-        "id_column": config.id_column,
-        "text_column": config.text_column,
-        "image_column": config.image_column if plan.family == "vl" else None,
-    }
-    return input_fingerprint(plan.inputs.files, read)
+    root = plan.inputs.prefix + plan.inputs.root
+    return input_fingerprint(plan.inputs.files, read_settings(plan.config, root, plan.family))
 
 
 def run_embedding_job(

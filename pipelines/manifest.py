@@ -81,10 +81,9 @@ def nothing_to_do_manifest(
         **common,
         "status": "complete",
         "nothing_to_do": True,
-        "previous_run": {
-            "run_id": previous.get("run_id"),
-            "finished_at": previous.get("finished_at"),
-        },
+        # The run that did the work (a chain of no-op reruns keeps pointing at it).
+        "done_by_run": previous.get("done_by_run")
+        or {"run_id": previous.get("run_id"), "finished_at": previous.get("finished_at")},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "replicas": 0,
         "gpus_per_replica": 0.0,
@@ -206,7 +205,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
 
 
 def _format_nothing_to_do(manifest: dict[str, Any]) -> str:
-    previous = manifest.get("previous_run", {}).get("finished_at") or "an earlier run"
+    previous = manifest.get("done_by_run", {}).get("finished_at") or "an earlier run"
     lines = [
         f"qwen3-embed embed: nothing to do ({manifest['wall_seconds']:.1f} s): all "
         f"{manifest['rows_in']:,} input rows are already in OUTPUT",

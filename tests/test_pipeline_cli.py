@@ -105,7 +105,7 @@ def test_cli_on_the_sample_corpus(cluster_env, tiny_text_model_dir, tmp_path):
     assert "Starting execution" not in again.stderr and again.stderr == "", again.stderr
     rerun = json.loads((output / "_manifest.json").read_text())
     assert rerun["nothing_to_do"] and rerun["run_id"] != manifest["run_id"]
-    assert rerun["previous_run"]["run_id"] == manifest["run_id"]
+    assert rerun["done_by_run"]["run_id"] == manifest["run_id"]
     assert rerun["this_run"]["rows_skipped"] == len(expected) and rerun["consistent"]
     assert set(rerun["phases"]) == {"imports", "plan"}
     print("no-op rerun:", {"seconds": round(elapsed, 1), "first run": manifest["wall_seconds"]})

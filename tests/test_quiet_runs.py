@@ -113,7 +113,7 @@ def test_nothing_to_do_manifest_and_summary():
     common = {"run_id": "new", "config": {}, "producer": "p", "started_at": "s"}
     now = nothing_to_do_manifest(previous, common, 1.25, {"imports": 1.0})
     assert now["nothing_to_do"] and now["run_id"] == "new" and now["status"] == "complete"
-    assert now["previous_run"] == {"run_id": "old", "finished_at": "2026-01-01T00:00:00+00:00"}
+    assert now["done_by_run"] == {"run_id": "old", "finished_at": "2026-01-01T00:00:00+00:00"}
     assert now["this_run"] == {
         "rows_embedded": 0,
         "rows_failed": 0,
@@ -122,6 +122,8 @@ def test_nothing_to_do_manifest_and_summary():
         "files_written": 0,
     }
     assert (now["rows_in"], now["rows_embedded"], now["phases"]) == (10, 10, {"imports": 1.0})
+    again = nothing_to_do_manifest(now, {**common, "run_id": "newer"}, 0.5, {})
+    assert again["done_by_run"]["run_id"] == "old"  # still the run that did the work
     text = format_summary(now)
     assert text.startswith(
         "qwen3-embed embed: nothing to do (1.2 s): all 10 input rows are already in OUTPUT"
@@ -300,3 +302,62 @@ def test_cli_filter_covers_children_and_keeps_crash_output(tmp_path):
         env={**os.environ, "PYTHONPATH": str(REPO), "QWEN3_EMBED_RAW_STDERR": "1"},
     )
     assert raw.returncode != 0 and "AssertionError" in raw.stderr  # off: install() says so
+
+
+def test_cli_first_look_decides_nothing_to_do_without_ray_or_torch(tmp_path):
+    """`pipelines.noop` (the CLI's first look) imports neither Ray nor torch, and answers only
+    for the same model, dim and instruction over unchanged inputs and OUTPUT."""
+    from pipelines.config import JobConfig
+    from pipelines.manifest import write_manifest
+    from pipelines.noop import finish_if_nothing_to_do, read_settings
+
+    probe = "import sys, pipelines.noop; assert not {'ray', 'torch'} & set(sys.modules)"
+    subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    corpus, out, model = tmp_path / "in.jsonl", tmp_path / "out", tmp_path / "model"
+    corpus.write_text('{"text": "one"}\n')
+    out.mkdir()
+    model.mkdir()
+    pq.write_table(
+        pa.table({"id": ["e"], "error": ["x"], "code": ["c"]}, schema=ERRORS_SCHEMA),
+        out / part_name(["e"]),
+    )
+    config = JobConfig(input=str(corpus), output=str(out), model=str(model))
+    inputs = discover((str(corpus),))
+    fingerprint = input_fingerprint(
+        inputs.files, read_settings(config, inputs.prefix + inputs.root, "text")
+    )
+    identity = {"model": str(model), "dim": 64, "instruction": None, "normalized": True}
+    done = manifest(
+        run_id="worker",
+        finished_at="then",
+        identity=identity,
+        config=config.to_dict(),
+        inputs={
+            "files": 1,
+            "formats": ["jsonl"],
+            "root": str(tmp_path),
+            "fingerprint": fingerprint,
+        },
+        output_fingerprint=output_fingerprint(resolve(str(out))),
+        rows_in=1,
+        rows_embedded=0,
+        rows_failed=1,
+    )
+    write_manifest(resolve(str(out)), {**done, "status": "running"})
+    assert finish_if_nothing_to_do(config, {}) is None  # the last run did not complete
+    write_manifest(resolve(str(out)), done)
+    other_dim = JobConfig(input=str(corpus), output=str(out), model=str(model), dim=32)
+    other_model = JobConfig(input=str(corpus), output=str(out), model=str(tmp_path))
+    assert finish_if_nothing_to_do(other_dim, {}) is None
+    assert finish_if_nothing_to_do(other_model, {}) is None
+    result = finish_if_nothing_to_do(config, {"imports": 0.25})
+    assert result is not None and result.manifest["nothing_to_do"] and result.consistent
+    assert result.manifest["done_by_run"] == {"run_id": "worker", "finished_at": "then"}
+    assert set(result.manifest["phases"]) == {"imports", "plan"}
+    (out / "notes.txt").write_text("not ours")  # the full checks refuse such an OUTPUT
+    assert finish_if_nothing_to_do(config, {}) is None
