@@ -7,7 +7,9 @@
 Everything streams: Ray Data's backpressure bounds what is in flight, the driver only plans,
 and counts come back as a few numbers per write task plus one scan of OUTPUT's id column.
 Everything that can be checked without a cluster (inputs exist, model and dim are valid, OUTPUT
-belongs to this job) is checked first.
+belongs to this job) is checked first; a rerun that finds every input row already in OUTPUT
+(`resume.nothing_to_do`) stops there. The replicas report to a per-run ledger actor (`ledger`)
+that bounds replica deaths per batch and times their start-up for the summary's phases.
 """
 
 from __future__ import annotations
