@@ -7,12 +7,14 @@ Imported by `qwen3_embed.cli` only when `serve` is on the command line. Ray is i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +238,26 @@ def _check_keys_here(config: ServeAppConfig) -> None:
         read_api_keys(config.auth)
 
 
+class _DropReconnectNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Connecting to existing Serve app")
+
+
+@contextlib.contextmanager
+def _serve_run_reconnect_notice_dropped() -> Iterator[None]:
+    """`serve.run` reconnects to the Serve instance that `serve.start` has just started with our
+    HTTP options, and logs "Connecting to existing Serve app ... New http_options will not be
+    applied": it passes none, ours are applied. Only that call's notice goes; the one from
+    `serve.start` (Serve already running on a shared cluster, with its own options) stays."""
+    serve_logger = logging.getLogger("ray.serve")
+    notice = _DropReconnectNotice()
+    serve_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        serve_logger.removeFilter(notice)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -280,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
                 "request_timeout_s": args.request_timeout_s,
             }
         )
-        serve.run(build_application(config), name=args.app_name, route_prefix=args.route_prefix)
+        with _serve_run_reconnect_notice_dropped():
+            serve.run(build_application(config), name=args.app_name, route_prefix=args.route_prefix)
         base = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
         names = ", ".join(model.name for model in config.models)
         serving.set()
@@ -295,10 +318,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         started = time.monotonic()
         try:
-            if address:
-                serve.delete(args.app_name)  # a shared cluster keeps running; only our app goes
-            else:
-                serve.shutdown()
+            # Only our app goes (its replicas drain). A shared cluster keeps its Serve; a private
+            # one goes with ray.shutdown(). Not serve.shutdown(): its controller kills itself
+            # inside its own graceful_shutdown call, and the raylet then logs that call as
+            # failed ("Task ServeController.graceful_shutdown failed ...") on every clean exit.
+            serve.delete(args.app_name)
         finally:
             ray.shutdown()
         logger.info("stopped in %.1fs", time.monotonic() - started)

@@ -2,7 +2,8 @@
 
 Ray is imported only when the command runs, so `qwen3-embed --help` stays fast.
 
-Exit codes: 0 done (rows that failed validation are in `_errors/`, not a job failure);
+Exit codes: 0 done (rows that failed validation are in `_errors/`, not a job failure; also a
+rerun that finds every input row already in OUTPUT and so starts no cluster);
 2 the job was refused before it started (bad config, missing input, OUTPUT of another job);
 3 the job ran but its counts do not add up (see the summary); 1 anything else.
 """
@@ -12,10 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from .config import INPUT_FORMATS, JobConfig
+
+_IMPORTED_AT = time.monotonic()  # "imports" in the summary count from here (argument parsing on)
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INCONSISTENT = 0, 1, 2, 3
 DESCRIPTION = (
@@ -133,14 +137,33 @@ def _parse_storage_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .job import plan_job, run_embedding_job  # imports Ray
+    from .noop import finish_if_nothing_to_do
 
     try:
-        plan = plan_job(config_from_args(args))
+        config = config_from_args(args)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"qwen3-embed embed: error: {error}", file=sys.stderr)
         return EXIT_REFUSED
-    result = run_embedding_job(plan)
+    # Nothing left to do is decided first, before Ray, torch or the tokenizer are imported.
+    looked = time.monotonic()
+    result = finish_if_nothing_to_do(config, {"imports": looked - _IMPORTED_AT})
+    if result is not None:
+        print(json.dumps(result.manifest, indent=2) if args.json else result.summary())
+        return EXIT_OK if result.consistent else EXIT_INCONSISTENT
+    checked = time.monotonic()
+    from .job import plan_job, run_embedding_job  # imports Ray
+
+    imported = time.monotonic()
+    try:
+        plan = plan_job(config)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"qwen3-embed embed: error: {error}", file=sys.stderr)
+        return EXIT_REFUSED
+    phases = {
+        "imports": looked - _IMPORTED_AT + imported - checked,
+        "plan": checked - looked + time.monotonic() - imported,
+    }
+    result = run_embedding_job(plan, phases)
     print(json.dumps(result.manifest, indent=2) if args.json else result.summary())
     return EXIT_OK if result.consistent else EXIT_INCONSISTENT
 
@@ -149,4 +172,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    from qwen3_embed.stderr_filter import install
+
+    install()  # before Ray starts any thread: keeps Ray Data's benign error line off stderr
     return run(args)

@@ -34,6 +34,7 @@ class InputFile:
     relpath: str  # relative to the inputs' root; the stem of derived ids
     format: str  # parquet | jsonl | csv | txt | images
     size: int
+    mtime_ns: int | None = None  # None where the filesystem does not say (some HTTP servers)
 
 
 @dataclass(frozen=True)
@@ -115,18 +116,23 @@ def discover(
     root = roots[0] if len(roots) == 1 else _common_root(roots)
     first = found[0][0]
     files: dict[str, InputFile] = {}
-    sizes = {}
+    sizes, mtimes = {}, {}
     unknown: list[str] = []
     for location, _, paths in found:
         for info in location.fs.get_file_info(paths):
             sizes[info.path] = info.size or 0
+            mtimes[info.path] = info.mtime_ns
     for path in sorted(sizes):
         file_format = fmt if fmt != "auto" else detect_format(path)
         if file_format is None:
             unknown.append(path)
             continue
         files[path] = InputFile(
-            path=path, relpath=_relative(path, root), format=file_format, size=sizes[path]
+            path=path,
+            relpath=_relative(path, root),
+            format=file_format,
+            size=sizes[path],
+            mtime_ns=mtimes[path],
         )
     if unknown:
         shown = ", ".join(first.uri(path) for path in unknown[:5]) + (

@@ -7,11 +7,14 @@
 Everything streams: Ray Data's backpressure bounds what is in flight, the driver only plans,
 and counts come back as a few numbers per write task plus one scan of OUTPUT's id column.
 Everything that can be checked without a cluster (inputs exist, model and dim are valid, OUTPUT
-belongs to this job) is checked first.
+belongs to this job) is checked first; a rerun that finds every input row already in OUTPUT
+(`resume.nothing_to_do`) stops there. The replicas report to a per-run ledger actor (`ledger`)
+that bounds replica deaths per batch and times their start-up for the summary's phases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -28,22 +31,29 @@ from .config import DEFAULT_BATCH_ROWS, JobConfig
 from .datasource import CorpusDatasource
 from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
-from .manifest import JobResult, finished_manifest, write_manifest
+from .ledger import start_ledger
+from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest
+from .noop import read_settings
 from .readers import ReadSpec
-from .resume import check_output, part_files, scan_output
-from .sink import EmbeddingSink, SinkSettings
+from .resume import (
+    check_output,
+    input_fingerprint,
+    nothing_to_do,
+    output_fingerprint,
+    part_files,
+    scan_output,
+)
+from .sink import EmbeddingSink, SinkSettings, WriteTally
 from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
 from .storage import ATOMIC_PUT_FILESYSTEMS, Location, resolve
 
 logger = logging.getLogger(__name__)
 
 PREPARE_TASK_MEMORY = 1024**3
-# A replica that dies (killed, preempted, out of memory) is restarted, as often as it takes, and
-# its unfinished batches are retried on it, each at most this many times: a batch that kills
-# every replica it reaches fails the job instead of looping forever. (Ray Data's own defaults are
-# -1 and -1, i.e. unbounded; they are spelled out here so a Ray upgrade cannot change them.)
-REPLICA_MAX_RESTARTS = -1
-REPLICA_TASK_RETRIES = 3
+# Replica deaths: Ray Data's defaults (restart a dead replica, retry its batches, without limit)
+# stay; the bound against a batch that kills every replica it reaches is the run's ledger
+# (see `ledger`): such a batch goes row by row, and the row that keeps killing replicas becomes
+# a `replica_crashed` error row.
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class JobPlan:
     family: str
     dim: int
     normalized: bool
+    previous: dict[str, Any] | None = None  # OUTPUT's manifest when the job started, if any
 
     @property
     def batch_rows(self) -> int:
@@ -103,28 +114,61 @@ def plan_job(config: JobConfig) -> JobPlan:
                 "the vectors back as input; put OUTPUT elsewhere"
             )
     plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize)
-    check_output(output, plan.identity)
-    return plan
+    return dataclasses.replace(plan, previous=check_output(output, plan.identity))
 
 
-def run_embedding_job(config: JobConfig | JobPlan) -> JobResult:
+def _input_fingerprint(plan: JobPlan) -> str | None:
+    root = plan.inputs.prefix + plan.inputs.root
+    return input_fingerprint(plan.inputs.files, read_settings(plan.config, root, plan.family))
+
+
+def run_embedding_job(
+    config: JobConfig | JobPlan, phases: dict[str, float] | None = None
+) -> JobResult:
     """Run (or resume) the job and return its result. Attaches to the running Ray cluster
-    (`ray.init` already called, `config.ray_address` or `$RAY_ADDRESS`) or starts a local one."""
+    (`ray.init` already called, `config.ray_address` or `$RAY_ADDRESS`) or starts a local one.
+    `phases` (seconds, e.g. the caller's imports) head the start-up times in the manifest.
+
+    When the last run over OUTPUT completed and neither the inputs nor OUTPUT changed since,
+    there is nothing to do: the manifest is updated to say so, and no cluster is touched."""
     from qwen3_embed import __version__
 
-    started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    plan = config if isinstance(config, JobPlan) else plan_job(config)
+    phases = dict(phases or {})
+    # The caller's phases (its imports and checks) count in the run's wall time.
+    started = time.monotonic() - sum(phases.values())
+    started_at = datetime.fromtimestamp(time.time() - sum(phases.values()), timezone.utc).isoformat(
+        timespec="seconds"
+    )
+    if not isinstance(config, JobPlan):
+        mark = time.monotonic()
+        config = plan_job(config)
+        phases["plan"] = time.monotonic() - mark
+    plan = config
     config, inputs, output, dim = plan.config, plan.inputs, plan.output, plan.dim
     identity = plan.identity
-
-    _connect_ray(config)
-    gpus = _gpus_per_replica(config)
+    fingerprint = _input_fingerprint(plan)
     run_id = uuid.uuid4().hex
+    common = {
+        "run_id": run_id,
+        "config": config.to_dict(),
+        "producer": f"qwen3-embed {__version__}",
+        "started_at": started_at,
+    }
+    if plan.previous is not None and nothing_to_do(plan.previous, fingerprint, output):
+        manifest = nothing_to_do_manifest(
+            plan.previous, common, time.monotonic() - started, _rounded(phases)
+        )
+        write_manifest(output, manifest)
+        return JobResult.from_manifest(manifest)
+
+    mark = time.monotonic()
+    started_local = _connect_ray(config)
+    gpus = _gpus_per_replica(config, started_local)
+    phases["ray_start"] = time.monotonic() - mark
     _prepare_output_folder(output)
     base = {
         "status": "running",
-        "run_id": run_id,
+        **common,
         "identity": identity,
         "model": plan.model,
         "family": plan.family,
@@ -136,24 +180,24 @@ def run_embedding_job(config: JobConfig | JobPlan) -> JobResult:
             "files": len(inputs.files),
             "formats": inputs.formats(),
             "root": inputs.prefix + inputs.root,
+            "fingerprint": fingerprint,
         },
-        "config": config.to_dict(),
         "replicas": config.replicas,
         "gpus_per_replica": gpus,
-        "producer": f"qwen3-embed {__version__}",
-        "started_at": started_at,
     }
     # Claims OUTPUT for this run (see sink.StaleWriterError) before anything is written.
     write_manifest(output, base)
 
     # Scans run as Ray tasks, so the id digests (16 bytes a row) live in the object store, not in
     # the driver, and reach the read tasks zero-copy.
+    mark = time.monotonic()
     scan_remote = ray.remote(num_returns=2)(scan_output)
     done_ref = None
     vectors, errors = part_files(output)
     if vectors or errors:
         done_ref, before_ref = scan_remote.remote(output)
         before = ray.get(before_ref)
+        phases["resume_scan"] = time.monotonic() - mark
         logger.warning(
             "resuming: %d rows embedded and %d failed are already in %s and will be skipped",
             before.rows_embedded,
@@ -161,14 +205,48 @@ def run_embedding_job(config: JobConfig | JobPlan) -> JobResult:
             output.uri(),
         )
 
+    ledger, ledger_name = start_ledger(run_id)
+    try:
+        tally, execute_seconds, timings = _execute(
+            plan, run_id, gpus, done_ref, ledger, ledger_name
+        )
+    finally:
+        ray.kill(ledger)
+    phases.update(timings)
+    phases["pipeline"] = execute_seconds
+
+    # Counts of what OUTPUT holds come from its files, not from memory.
+    _, after_ref = scan_remote.remote(output)
+    manifest = finished_manifest(
+        base,
+        tally,
+        ray.get(after_ref),
+        time.monotonic() - started,
+        execute_seconds,
+    )
+    manifest["output_fingerprint"] = output_fingerprint(output)
+    manifest["phases"] = _rounded(phases)
+    write_manifest(output, manifest)
+    _remove_temporary_folders(output)
+    return JobResult.from_manifest(manifest)
+
+
+def _execute(
+    plan: JobPlan, run_id: str, gpus: float, done_ref: Any, ledger: Any, ledger_name: str
+) -> tuple[WriteTally, float, dict[str, float]]:
+    """Build and run the streaming pipeline; returns the sink's tally, the pipeline's seconds,
+    and the replicas' start-up times (seconds from the pipeline's start)."""
+    config, dim = plan.config, plan.dim
     DataContext.get_current().enable_progress_bars = config.progress
+    if not config.progress:  # the user turned them off: Ray's "how to enable" is not news
+        logging.getLogger("ray.data._internal.progress").addFilter(_PROGRESS_DISABLED_NOTICE)
     spec = ReadSpec(
         id_column=config.id_column,
         text_column=config.text_column,
         image_column=config.image_column if plan.family == "vl" else None,
         block_rows=min(1024, config.rows_per_file),
     )
-    dataset = read_datasource(CorpusDatasource(inputs, spec, done_ref))
+    dataset = read_datasource(CorpusDatasource(plan.inputs, spec, done_ref))
     dataset = dataset.map_batches(
         prepare_batch,
         fn_kwargs={
@@ -198,6 +276,7 @@ def run_embedding_job(config: JobConfig | JobPlan) -> JobResult:
                 config.dtype,
                 config.max_length,
                 config.batch_tokens,
+                ledger_name,
             )
         },
         compute=ActorPoolStrategy(size=config.replicas),
@@ -205,13 +284,11 @@ def run_embedding_job(config: JobConfig | JobPlan) -> JobResult:
         batch_size=plan.batch_rows,
         num_cpus=config.cpus_per_replica,
         num_gpus=gpus,
-        max_restarts=REPLICA_MAX_RESTARTS,
-        max_task_retries=REPLICA_TASK_RETRIES,
     )
     metadata = schema_metadata(plan.model, dim, config.instruction, plan.normalized, plan.family)
     sink = EmbeddingSink(
         SinkSettings(
-            output.uri(),  # absolute: workers do not share the driver's working directory
+            plan.output.uri(),  # absolute: workers do not share the driver's working directory
             config.storage_options,
             dim,
             tuple(metadata.items()),
@@ -219,18 +296,28 @@ def run_embedding_job(config: JobConfig | JobPlan) -> JobResult:
             run_id,
         )
     )
-    executing = time.monotonic()
+    executing, executing_at = time.monotonic(), time.time()
     dataset.write_datasink(sink)  # runs the whole streaming pipeline
     execute_seconds = time.monotonic() - executing
+    reported = ray.get(ledger.timings.remote())
+    timings = {
+        name: max(0.0, reported[key] - executing_at)
+        for name, key in (("replica_ready", "first_ready"), ("first_batch", "first_batch"))
+        if reported[key] is not None
+    }
+    return sink.tally, execute_seconds, timings
 
-    # Counts of what OUTPUT holds come from its files, not from memory.
-    _, after_ref = scan_remote.remote(output)
-    manifest = finished_manifest(
-        base, sink.tally, ray.get(after_ref), time.monotonic() - started, execute_seconds
-    )
-    write_manifest(output, manifest)
-    _remove_temporary_folders(output)
-    return JobResult.from_manifest(manifest)
+
+class _DropProgressDisabledNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Progress bars disabled.")
+
+
+_PROGRESS_DISABLED_NOTICE = _DropProgressDisabledNotice()  # one instance: addFilter de-duplicates
+
+
+def _rounded(phases: dict[str, float]) -> dict[str, float]:
+    return {name: round(seconds, 3) for name, seconds in phases.items()}
 
 
 def _check_inputs_fit(inputs: InputSet, family: str, config: JobConfig) -> None:
@@ -247,20 +334,22 @@ def _check_inputs_fit(inputs: InputSet, family: str, config: JobConfig) -> None:
         )
 
 
-def _connect_ray(config: JobConfig) -> None:
+def _connect_ray(config: JobConfig) -> bool:
+    """Connects; True when this call started a local cluster (one with no autoscaler)."""
     if ray.is_initialized():
-        return
+        return False
     address = config.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        ray.init(num_cpus=config.num_cpus, logging_level=logging.WARNING)
+        return False
+    ray.init(num_cpus=config.num_cpus, logging_level=logging.WARNING)
+    return True
 
 
-def _gpus_per_replica(config: JobConfig) -> float:
+def _gpus_per_replica(config: JobConfig, started_local: bool = False) -> float:
     available = ray.cluster_resources().get("GPU", 0)
     if config.gpus_per_replica is None:
-        if available < 1:
+        if available < 1 and not started_local:
             # "auto" sees the cluster as it is now: one that autoscales GPU nodes from zero looks
             # GPU-less, and the replicas would silently run on CPUs.
             logger.warning(

@@ -69,6 +69,39 @@ def finished_manifest(
     }
 
 
+def nothing_to_do_manifest(
+    previous: dict[str, Any], common: dict[str, Any], wall_seconds: float, phases: dict[str, float]
+) -> dict[str, Any]:
+    """The manifest of a rerun that found every input row already in OUTPUT (see
+    `resume.nothing_to_do`): OUTPUT's counts are the last run's, verified unchanged by its
+    listing; this run started no replica and embedded nothing."""
+    rows_in = previous["rows_in"]
+    return {
+        **previous,
+        **common,
+        "status": "complete",
+        "nothing_to_do": True,
+        # The run that did the work (a chain of no-op reruns keeps pointing at it).
+        "done_by_run": previous.get("done_by_run")
+        or {"run_id": previous.get("run_id"), "finished_at": previous.get("finished_at")},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "replicas": 0,
+        "gpus_per_replica": 0.0,
+        "wall_seconds": round(wall_seconds, 3),
+        "execute_seconds": 0.0,
+        "rows_per_second": 0.0,
+        "tokens_per_second": 0.0,
+        "phases": phases,
+        "this_run": {
+            "rows_embedded": 0,
+            "rows_failed": 0,
+            "rows_skipped": rows_in,
+            "tokens": 0,
+            "files_written": 0,
+        },
+    }
+
+
 def is_consistent(rows_in: int, rows_embedded: int, rows_failed: int, duplicate_ids: int) -> bool:
     """Every input row is in exactly one place."""
     return rows_in == rows_embedded + rows_failed and duplicate_ids == 0
@@ -109,8 +142,34 @@ class JobResult:
         return format_summary(self.manifest)
 
 
+PHASE_NAMES = {
+    "imports": "imports",
+    "plan": "checks",
+    "ray_start": "Ray start",
+    "resume_scan": "resume scan",
+    "replica_ready": "first replica ready",
+    "first_batch": "first batch embedded",
+    "pipeline": "pipeline",
+}
+
+
+def format_phases(phases: dict[str, float]) -> str:
+    """`imports 2.1 s, checks 0.4 s, ...` in the order things happen. The replica and batch
+    times count from the pipeline's start, so they overlap `pipeline`."""
+    return ", ".join(
+        f"{label} {phases[name]:.1f} s" for name, label in PHASE_NAMES.items() if name in phases
+    )
+
+
 def format_summary(manifest: dict[str, Any]) -> str:
+    if manifest.get("nothing_to_do"):
+        return _format_nothing_to_do(manifest)
     run = manifest["this_run"]
+    skipped = f"{run['rows_skipped']:,} skipped as already done" + (
+        " (Ray's 'rows ... written' line counts these too: they pass through the sink to be counted)"
+        if run["rows_skipped"]
+        else ""
+    )
     lines = [
         f"qwen3-embed embed: {manifest['status']} in {manifest['wall_seconds']:.1f} s",
         f"  model        {manifest['model']} ({manifest['family']}, dim {manifest['dim']}, "
@@ -119,10 +178,15 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"  input        {manifest['inputs']['files']} file(s) ({', '.join(manifest['inputs']['formats'])}) "
         f"under {manifest['inputs']['root']}: {manifest['rows_in']:,} rows",
         f"  output       {manifest['output']}",
-        f"  embedded     {manifest['rows_embedded']:,} rows (this run {run['rows_embedded']:,}; "
-        f"{run['rows_skipped']:,} skipped as already done)",
-        f"  failed       {manifest['rows_failed']:,} rows -> {manifest['output'].rstrip('/')}/_errors",
+        f"  embedded     {manifest['rows_embedded']:,} rows (this run {run['rows_embedded']:,}; {skipped})",
     ]
+    if manifest["rows_failed"]:
+        lines.append(
+            f"  failed       {manifest['rows_failed']:,} rows (this run {run['rows_failed']:,}) -> "
+            f"{manifest['output'].rstrip('/')}/_errors"
+        )
+    else:
+        lines.append("  failed       0 rows")
     if manifest["error_codes"]:
         reasons = ", ".join(
             f"{code} {count:,}" for code, count in list(manifest["error_codes"].items())[:4]
@@ -134,6 +198,32 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"over the whole run; pipeline {manifest['execute_seconds']:.1f} s "
         f"({manifest['replicas']} replica(s), {manifest['gpus_per_replica']:g} GPU each)",
     ]
+    if manifest.get("phases"):
+        lines.append(f"  start-up     {format_phases(manifest['phases'])}")
+    lines += _checks(manifest)
+    return "\n".join(lines)
+
+
+def _format_nothing_to_do(manifest: dict[str, Any]) -> str:
+    previous = manifest.get("done_by_run", {}).get("finished_at") or "an earlier run"
+    lines = [
+        f"qwen3-embed embed: nothing to do ({manifest['wall_seconds']:.1f} s): all "
+        f"{manifest['rows_in']:,} input rows are already in OUTPUT",
+        f"  output       {manifest['output']}",
+        f"  unchanged    inputs and OUTPUT's files are as the run finished at {previous} left them; "
+        "no replica was started",
+        f"  embedded     {manifest['rows_embedded']:,} rows",
+        f"  failed       {manifest['rows_failed']:,} rows"
+        + (f" -> {manifest['output'].rstrip('/')}/_errors" if manifest["rows_failed"] else ""),
+    ]
+    if manifest.get("phases"):
+        lines.append(f"  start-up     {format_phases(manifest['phases'])}")
+    lines += _checks(manifest)
+    return "\n".join(lines)
+
+
+def _checks(manifest: dict[str, Any]) -> list[str]:
+    lines = []
     total = manifest["rows_embedded"] + manifest["rows_failed"]
     if manifest["consistent"]:
         lines.append(
@@ -149,4 +239,4 @@ def format_summary(manifest: dict[str, Any]) -> str:
             f"  check        FAILED: rows_in {manifest['rows_in']:,} but embedded + failed {total:,} "
             "(did the input change since OUTPUT was started?)"
         )
-    return "\n".join(lines)
+    return lines

@@ -142,6 +142,45 @@ def scan_output(output: Location) -> tuple[np.ndarray, OutputScan]:
     return unique, scan
 
 
+# ---------------------------------------------------------------------- nothing to do
+def input_fingerprint(files: Sequence[object], read_config: dict[str, object]) -> str | None:
+    """A digest of every input file's relative path, size and modification time, and of the
+    settings that decide row ids; None when some file's modification time is unknown (then a
+    rerun cannot tell unchanged inputs from changed ones without reading them)."""
+    entries = []
+    for file in files:
+        if getattr(file, "mtime_ns", None) is None:
+            return None
+        entries.append([file.relpath, file.format, file.size, file.mtime_ns])  # type: ignore[attr-defined]
+    payload = json.dumps({"files": entries, "read": read_config}, sort_keys=True)
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def output_fingerprint(output: Location) -> str:
+    """A digest of OUTPUT's committed part files (names and sizes). Part names are digests of
+    their ids (see `layout`), so an unchanged listing means unchanged ids."""
+    entries = sorted(
+        [folder, info.base_name, info.size]
+        for folder, location in (("", output), (ERRORS_DIR, output.child(ERRORS_DIR)))
+        for info in list_files(location, recursive=False)
+        if is_part_file(info.base_name)
+    )
+    return hashlib.blake2b(json.dumps(entries).encode(), digest_size=16).hexdigest()
+
+
+def nothing_to_do(previous: dict | None, inputs: str | None, output: Location) -> bool:
+    """True when the last run over OUTPUT completed with every input row in it, and neither the
+    inputs nor OUTPUT's files changed since: a rerun would read every row only to skip it."""
+    if not previous or inputs is None:
+        return False
+    return (
+        previous.get("status") == "complete"
+        and previous.get("consistent") is True
+        and previous.get("inputs", {}).get("fingerprint") == inputs
+        and previous.get("output_fingerprint") == output_fingerprint(output)
+    )
+
+
 # ----------------------------------------------------------------------- output identity
 class OutputMismatchError(ValueError):
     """OUTPUT already holds something this job must not add to."""

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .ledger import CrashGuard
 from .readers import CODE_READ_ERROR, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class EmbedSettings:
     dtype: str
     max_length: int | None
     batch_tokens: int
+    ledger: str | None = None  # the run's ledger actor (see `ledger`); None outside a job
 
 
 # ------------------------------------------------------------------------------- guard
@@ -276,9 +278,17 @@ def decode_media(blob: bytes | None) -> dict[str, np.ndarray]:
 class EmbedWorker:
     """A model replica. Ray Data builds one per actor; heavy imports happen here, not at import."""
 
+    # Without a run's ledger (a worker used outside a job, or built without __init__ in tests)
+    # batches run unguarded: outside a job nothing restarts a dead replica to repeat them.
+    guard = CrashGuard(None)
+
     def __init__(self, settings: EmbedSettings):
+        from transformers.utils import logging as transformers_logging
+
         from qwen3_embed import Embedder
 
+        # A replica's "Loading weights" bar, relayed to the driver's terminal, is noise there.
+        transformers_logging.disable_progress_bar()
         self.settings = settings
         self.embedder = Embedder.from_pretrained(
             settings.model,
@@ -288,10 +298,16 @@ class EmbedWorker:
             max_batch_tokens=settings.batch_tokens,
         )
         self.dim = self.embedder.validate_dim(settings.dim)
+        self.guard = CrashGuard(settings.ledger)  # bounds replica deaths per batch / row
+        self.guard.replica_ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return run_guarded(
-            "embed", self._embed_block, table, embedded_schema(self.dim), CODE_EMBED_FAILED
+        schema = embedded_schema(self.dim)
+        return self.guard.run(
+            table,
+            lambda block: run_guarded("embed", self._embed_block, block, schema, CODE_EMBED_FAILED),
+            lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
+            lambda block: STATUS_OK in block.column("status").to_pylist(),
         )
 
     def _embed_block(self, table: pa.Table) -> pa.Table:

@@ -45,6 +45,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from .testing import make_tiny_model
 
     if args.family == "vl":
@@ -54,6 +56,8 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
             "append_eos": not args.no_eos_postprocessor,
             "hidden_size": args.hidden_size or TINY_TEXT_HIDDEN_SIZE,
         }
+    # A one-shard, instant write: transformers' "Writing model shards" bar says nothing.
+    transformers_logging.disable_progress_bar()
     directory = make_tiny_model(args.directory, family=args.family, **kwargs)
     print(
         f"wrote a tiny RANDOM-WEIGHT {args.family} model to {directory} (for smoke tests; its vectors mean nothing)"
@@ -103,6 +107,10 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    if args.command in LAYER_COMMANDS:
+        from .stderr_filter import install
+
+        install()  # before Ray starts any thread: keeps Ray Data's benign error line off stderr
     return int(args.handler(args) or 0)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,27 +61,26 @@ def test_cli_on_the_sample_corpus(cluster_env, tiny_text_model_dir, tmp_path):
     job.write_text(
         f"input: {sample}\noutput: sample-vectors\nmodel: {model}\nid_column: id\ndim: 48\nprogress: false\n"
     )
+    command = [
+        str(BIN / "qwen3-embed"),
+        "embed",
+        "--config",
+        str(job),
+        "--dim",
+        "32",
+        "--batch-rows",
+        "64",
+    ]
     done = subprocess.run(
-        [
-            str(BIN / "qwen3-embed"),
-            "embed",
-            "--config",
-            str(job),
-            "--dim",
-            "32",
-            "--batch-rows",
-            "64",
-        ],
-        env=cluster_env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command, env=cluster_env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stdout
     assert "qwen3-embed embed: complete" in summary and f"{len(expected)} rows" in summary
     assert "check        ok" in summary
+    assert_quiet(done.stderr)
+    assert "_errors" not in summary  # nothing failed, and there is no _errors/ folder
+    assert not (output / "_errors").exists()
     manifest = json.loads((output / "_manifest.json").read_text())
     assert (
         manifest["dim"] == 32 and manifest["config"]["batch_rows"] == 64
@@ -91,6 +91,24 @@ def test_cli_on_the_sample_corpus(cluster_env, tiny_text_model_dir, tmp_path):
         0,
     )
     assert sorted(ids_in(output)) == sorted(expected)
+
+    # The same command again: nothing to do, decided before Ray is touched (no cluster join,
+    # no replica, no weights), and said so; the manifest records the no-op run.
+    started = time.monotonic()
+    again = subprocess.run(
+        command, env=cluster_env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    elapsed = time.monotonic() - started
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.startswith("qwen3-embed embed: nothing to do (")
+    assert f"all {len(expected)} input rows are already in OUTPUT" in again.stdout
+    assert "Starting execution" not in again.stderr and again.stderr == "", again.stderr
+    rerun = json.loads((output / "_manifest.json").read_text())
+    assert rerun["nothing_to_do"] and rerun["run_id"] != manifest["run_id"]
+    assert rerun["done_by_run"]["run_id"] == manifest["run_id"]
+    assert rerun["this_run"]["rows_skipped"] == len(expected) and rerun["consistent"]
+    assert set(rerun["phases"]) == {"imports", "plan"}
+    print("no-op rerun:", {"seconds": round(elapsed, 1), "first run": manifest["wall_seconds"]})
 
     refused = subprocess.run(
         [
@@ -107,6 +125,17 @@ def test_cli_on_the_sample_corpus(cluster_env, tiny_text_model_dir, tmp_path):
     )
     assert refused.returncode == 2
     assert "already holds embeddings from a different job: dim 32 (this job: 48)" in refused.stderr
+
+
+def assert_quiet(stderr: str) -> None:
+    """A successful run prints no error-level line (Ray's C++ `E` lines, Python's ERROR) and no
+    deprecation warning; Ray's benign one is filtered by the CLI (qwen3_embed.stderr_filter)."""
+    for line in stderr.splitlines():
+        assert not re.match(r"^\[[^\]]* E \d+ \d+\]", line), line
+        assert "core_worker.cc" not in line and "ERROR" not in line, line
+        assert "Deprecat" not in line and "Traceback" not in line, line
+        assert "Progress bars disabled" not in line, line  # the user asked for none
+        assert "Loading weights" not in line, line  # a replica's progress bar
 
 
 def test_killed_driver_then_rerun_gives_every_id_once(cluster_env, tiny_text_model_dir, tmp_path):

@@ -116,6 +116,10 @@ def test_vectors_equal_the_core(document_job, documents, tiny_text_embedder, tin
     for key in ("model", "config", "wall_seconds", "rows_per_second", "tokens_per_second"):
         assert key in manifest
     assert manifest["config"]["id_column"] == "id"
+    phases = manifest["phases"]  # where a small job's time went, from the replicas' own reports
+    assert {"ray_start", "replica_ready", "first_batch", "pipeline"} <= set(phases)
+    assert 0 < phases["replica_ready"] <= phases["first_batch"] <= phases["pipeline"]
+    assert manifest["inputs"]["fingerprint"] and manifest["output_fingerprint"]
 
 
 def test_instruction_and_dim(
@@ -328,9 +332,21 @@ def test_s3_input_and_output(ray_cluster, s3, tiny_text_model_dir, tiny_text_emb
     )
     assert manifest["status"] == "complete" and manifest["rows_embedded"] == 12
 
-    # Rerun on S3: everything is found and skipped; another job's dim is refused.
+    # Rerun on S3 with nothing changed: recognised from the listings alone (no Ray Data run).
     again = run_embedding_job(config)
+    assert again.manifest["nothing_to_do"] and "ray_start" not in again.manifest["phases"]
     assert again.manifest["this_run"]["rows_skipped"] == 13 and again.rows_embedded == 12
     assert again.consistent
+    # One more input object: the rerun reads everything, skips the 13 done rows (found by the
+    # scan of OUTPUT on S3) and embeds the new one. Another job's dim is refused.
+    client.put_object(
+        Bucket="corpus",
+        Key="in/part-d.jsonl",
+        Body=json.dumps({"id": "s3-new", "text": "a late arrival"}).encode() + b"\n",
+    )
+    more = run_embedding_job(config)
+    assert not more.manifest.get("nothing_to_do")
+    assert more.manifest["this_run"]["rows_skipped"] == 13 and more.rows_embedded == 13
+    assert more.consistent
     with pytest.raises(OutputMismatchError, match=r"dim 64 \(this job: 32\)"):
         plan_job(dataclasses.replace(config, dim=32))

@@ -4,6 +4,7 @@ tiny model, an API key from an environment variable; then Ctrl-C (SIGINT) and a 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,7 +84,15 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0, log.read_text()[-4000:]
-        assert "shutting down" in log.read_text()
+        text = log.read_text()
+        assert "shutting down" in text
+        # A clean start and Ctrl-C print nothing misleading: no "new http_options will not be
+        # applied" (they were: serve.start set them), no failed graceful_shutdown task, no
+        # error-level line.
+        assert "Connecting to existing Serve app" not in text
+        assert "graceful_shutdown failed" not in text and "Traceback" not in text
+        for line in text.splitlines():
+            assert not re.match(r"^\[[^\]]* E \d+ \d+\]", line) and " ERROR " not in line, line
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{base}/health", timeout=2)  # the proxy went away with it
     finally:

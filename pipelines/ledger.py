@@ -1,0 +1,182 @@
+"""The job's ledger: one small named actor per run that bounds replica crashes and times start-up.
+
+Ray Data restarts a dead replica and retries its unfinished batches as often as it takes (its
+defaults, max_restarts=-1 and max_task_retries=-1, which this job keeps: Ray 2.64 removes the
+`**ray_remote_args` that could change them). A batch that kills every replica it reaches would
+then loop forever, so the replicas count their own deaths here: each batch is `begin`-ed before
+its forward pass and `finish`-ed after, and a batch begun more often than finished was in
+progress when its replica died. After `REPLICA_CRASHES_PER_BATCH` such deaths the batch is
+embedded row by row, and a row that was in progress at as many deaths becomes an error row
+(`replica_crashed`) instead of costing another replica. A one-off kill or preemption never
+writes a row off.
+
+The replicas also report when they finished loading and their first batch, so the summary can
+say where a small job's time went.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+logger = logging.getLogger(__name__)
+
+REPLICA_CRASHES_PER_BATCH = 2  # deaths of a batch's replicas before it is split into rows
+CODE_REPLICA_CRASHED = "replica_crashed"
+LEDGER_NAMESPACE = "qwen3-embed"
+
+
+class Ledger:
+    """Counts per key, and the replicas' start-up times (wall clock, `time.time()`). Run as a
+    Ray actor with `num_cpus=0`; also usable in-process (tests)."""
+
+    def __init__(self) -> None:
+        self.started: Counter[str] = Counter()
+        self.finished: Counter[str] = Counter()
+        self.ready: list[float] = []
+        self.first_batch: list[float] = []
+
+    def begin(self, key: str) -> int:
+        """Starts an attempt at `key`; returns how many earlier attempts never finished."""
+        crashed = self.started[key] - self.finished[key]
+        self.started[key] += 1
+        return crashed
+
+    def finish(self, key: str) -> None:
+        self.finished[key] += 1
+
+    def replica_ready(self, at: float) -> None:
+        self.ready.append(at)
+
+    def replica_first_batch(self, at: float) -> None:
+        self.first_batch.append(at)
+
+    def timings(self) -> dict[str, Any]:
+        return {
+            "first_ready": min(self.ready, default=None),
+            "first_batch": min(self.first_batch, default=None),
+            "replica_starts": len(self.ready),
+        }
+
+
+def start_ledger(run_id: str) -> tuple[Any, str]:
+    """The run's ledger actor (named, so replicas find it whatever restarted them), pinned to
+    the driver's node: it lives and dies with the driver. Returns (handle, name)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = f"qwen3-embed-ledger-{run_id}"
+    handle = (
+        ray.remote(Ledger)
+        .options(
+            name=name,
+            namespace=LEDGER_NAMESPACE,
+            num_cpus=0,
+            max_restarts=0,  # its counts are its value: a restarted, empty ledger would lie
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False
+            ),
+        )
+        .remote()
+    )
+    ray.get(handle.timings.remote())  # up before any replica asks for it
+    return handle, name
+
+
+class CrashGuard:
+    """Runs a replica's batches through the ledger (see the module docstring)."""
+
+    def __init__(self, ledger_name: str | None, ledger: Any = None):
+        self.ledger = ledger
+        self.remote = ledger is None and ledger_name is not None
+        if self.remote:
+            import ray
+
+            self.ledger = ray.get_actor(ledger_name, namespace=LEDGER_NAMESPACE)
+        self.reported_first_batch = False
+
+    def _call(self, method: str, *args: Any, wait: bool = True) -> Any:
+        if self.ledger is None:
+            return 0
+        if not self.remote:
+            return getattr(self.ledger, method)(*args)
+        import ray
+
+        ref = getattr(self.ledger, method).remote(*args)
+        return ray.get(ref) if wait else None
+
+    def replica_ready(self) -> None:
+        self._call("replica_ready", time.time(), wait=False)
+
+    def run(
+        self,
+        table: pa.Table,
+        call: Callable[[pa.Table], pa.Table],
+        failed_rows: Callable[[pa.Table, str, str], pa.Table],
+        has_work: Callable[[pa.Table], bool],
+    ) -> pa.Table:
+        """`call(table)`, unless the batch already went down with REPLICA_CRASHES_PER_BATCH
+        replicas: then row by row, a row that did too becoming `failed_rows(row, reason, code)`.
+        Batches without work (every row skipped or failed earlier) bypass the ledger."""
+        if self.ledger is None or not has_work(table):
+            return call(table)
+        ids = table.column("id").to_pylist()
+        key = "batch:" + _digest(ids)
+        crashed = self._call("begin", key)
+        if crashed < REPLICA_CRASHES_PER_BATCH:
+            out = call(table)
+        elif table.num_rows == 1:
+            out = failed_rows(table, _reason(crashed), CODE_REPLICA_CRASHED)
+        else:
+            logger.warning(
+                "a batch of %d rows was in progress when %d replicas died; embedding it row by row",
+                table.num_rows,
+                crashed,
+            )
+            out = pa.concat_tables(
+                [self._row(table.slice(i, 1), call, failed_rows) for i in range(table.num_rows)]
+            )
+        self._call("finish", key, wait=False)
+        self._first_batch_done()
+        return out
+
+    def _row(self, row: pa.Table, call: Callable, failed_rows: Callable) -> pa.Table:
+        key = "row:" + _digest(row.column("id").to_pylist())
+        crashed = self._call("begin", key)
+        if crashed >= REPLICA_CRASHES_PER_BATCH:
+            logger.warning(
+                "row %r took down %d replicas: written off as an error row",
+                row.column("id")[0].as_py(),
+                crashed,
+            )
+            out = failed_rows(row, _reason(crashed), CODE_REPLICA_CRASHED)
+        else:
+            out = call(row)
+        self._call("finish", key, wait=False)
+        return out
+
+    def _first_batch_done(self) -> None:
+        if not self.reported_first_batch:
+            self.reported_first_batch = True
+            self._call("replica_first_batch", time.time(), wait=False)
+
+
+def _digest(ids: list[str]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for row_id in ids:
+        digest.update(row_id.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def _reason(crashed: int) -> str:
+    return (
+        f"the embedding replica died {crashed} times while this row was being embedded alone "
+        "(after its batch had taken down as many); written off rather than costing more replicas"
+    )

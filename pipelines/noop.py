@@ -1,0 +1,82 @@
+"""A rerun with nothing left to do, recognised before Ray, torch or the tokenizer are imported.
+
+`run_embedding_job` recognises it too (after its checks, before touching a cluster); this is the
+CLI's cheaper first look, from OUTPUT's manifest and two listings: the last run over OUTPUT
+completed with every input row in it, for the same model, dim and instruction (so the same
+identity: the full checks passed then and would pass again), and neither the inputs nor OUTPUT's
+files changed since. Anything else returns None and the job is planned and run as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from .config import JobConfig
+from .inputs import discover
+from .manifest import JobResult, nothing_to_do_manifest, write_manifest
+from .resume import check_output, input_fingerprint, nothing_to_do, read_manifest
+from .storage import resolve
+
+
+def read_settings(config: JobConfig, root: str, family: str) -> dict[str, Any]:
+    """What decides the row ids, besides the files themselves (see `input_fingerprint`)."""
+    return {
+        "root": root,
+        "id_column": config.id_column,
+        "text_column": config.text_column,
+        "image_column": config.image_column if family == "vl" else None,
+    }
+
+
+def finish_if_nothing_to_do(config: JobConfig, phases: dict[str, float]) -> JobResult | None:
+    """The no-op run's result (its manifest written) when there is nothing to do, else None.
+    Raises nothing of its own: any doubt (no manifest, another model, a listing error) is None."""
+    from qwen3_embed import __version__
+
+    started = time.monotonic()
+    try:
+        storage = config.storage_options_dict
+        output = resolve(config.output, storage)
+        previous = read_manifest(output)
+        if not previous or previous.get("status") != "complete":
+            return None
+        model = os.path.abspath(config.model) if os.path.isdir(config.model) else config.model
+        identity = previous.get("identity") or {}
+        same_job = (
+            identity.get("model") == model
+            and previous.get("config", {}).get("dim") == config.dim
+            and identity.get("instruction") == config.instruction
+        )
+        if not same_job:
+            return None
+        inputs = discover(config.input, config.format, storage)
+        fingerprint = input_fingerprint(
+            inputs.files,
+            read_settings(config, inputs.prefix + inputs.root, previous.get("family", "")),
+        )
+        if not nothing_to_do(previous, fingerprint, output):
+            return None
+        check_output(output, identity)  # files that are not ours: the full checks refuse them
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the full checks decide, and report what is wrong
+    phases = {**phases, "plan": time.monotonic() - started}
+    common = {
+        "run_id": uuid.uuid4().hex,
+        "config": config.to_dict(),
+        "producer": f"qwen3-embed {__version__}",
+        "started_at": datetime.fromtimestamp(
+            time.time() - sum(phases.values()), timezone.utc
+        ).isoformat(timespec="seconds"),
+    }
+    manifest = nothing_to_do_manifest(
+        previous,
+        common,
+        sum(phases.values()),
+        {name: round(seconds, 3) for name, seconds in phases.items()},
+    )
+    write_manifest(output, manifest)
+    return JobResult.from_manifest(manifest)
