@@ -347,6 +347,53 @@ def test_find_media_refuses_media_for_text_models_and_counts_frames():
     assert (info.value.status, info.value.code) == (413, "too_many_media")
 
 
+def test_find_media_reads_lists_like_the_core():
+    """image lists; a video list starting with an image is one video's frames, any other list is
+    several videos (files or frame lists), each medium named by its place in the item."""
+    frame = _data_uri(png_bytes())
+    clip = _data_uri(b"\x00\x00\x00\x18ftypmp42", "video/mp4")
+    items = [
+        {"image": [frame, frame], "text": ["p1", "p2"]},
+        {"video": [frame, frame]},
+        {"video": [clip, [frame, frame]], "fps": 2, "max_frames": 8},
+    ]
+    slots = find_media(items, "vl", "m", MediaPolicy())
+    assert [(slot.param, slot.is_image) for slot in slots] == [
+        ("input[0].image[0]", True), ("input[0].image[1]", True),
+        ("input[1].video[0]", True), ("input[1].video[1]", True),
+        ("input[2].video[0]", False), ("input[2].video[1][0]", True), ("input[2].video[1][1]", True),
+    ]  # fmt: skip
+    with pytest.raises(ApiError) as info:
+        find_media([{"video": [clip, ["/etc/passwd"]]}], "vl", "m", MediaPolicy())
+    assert (info.value.code, info.value.param) == ("media_source_forbidden", "input[0].video[1][0]")
+    loaded = run(load_media(items, slots, MediaPolicy(), None))
+    assert loaded[2]["video"] == [b"\x00\x00\x00\x18ftypmp42", [png_bytes(), png_bytes()]]
+    assert items[2]["video"][1][0] == frame  # the request itself is left as sent
+    assert split_input(items, None, LIMITS) == items  # text lists count their characters
+    with pytest.raises(ApiError) as info:
+        split_input([{"text": ["ok", 3]}], None, LIMITS)
+    assert (info.value.code, info.value.param) == ("invalid_input", "input[0].text[1]")
+
+
+def test_load_media_checks_each_medium_and_the_items_total():
+    image = png_bytes(8, 8)
+    policy = MediaPolicy(max_media_bytes=len(image), max_item_media_bytes=2 * len(image))
+    fine = [{"image": [_data_uri(image)] * 2}, {"image": [_data_uri(image)] * 2}]
+    assert len(run(load_media(fine, find_media(fine, "vl", "m", policy), policy, None))) == 2
+    heavy = [{"image": [_data_uri(image)] * 2, "video": [_data_uri(image)]}]
+    with pytest.raises(ApiError) as info:
+        run(load_media(heavy, find_media(heavy, "vl", "m", policy), policy, None))
+    assert (info.value.status, info.value.code, info.value.param) == (
+        413, "media_too_large", "input[0]",
+    )  # fmt: skip
+    # A list read as several video files whose first "file" is an image would be read as frames
+    # by the model: refused.
+    sneaky = [{"video": [_data_uri(image, "video/mp4"), _data_uri(image, "video/mp4")]}]
+    with pytest.raises(ApiError) as info:
+        run(load_media(sneaky, find_media(sneaky, "vl", "m", MediaPolicy()), MediaPolicy(), None))
+    assert (info.value.code, info.value.param) == ("invalid_media", "input[0].video[0]")
+
+
 def test_load_media_decodes_data_uris_to_bytes_and_checks_images():
     image = png_bytes(8, 8)
     policy = MediaPolicy(max_media_bytes=10_000, max_image_pixels=10_000)
