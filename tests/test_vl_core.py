@@ -42,6 +42,8 @@ from qwen3_embed import (  # noqa: E402
     PreparedInput,
     Preparer,
 )
+from qwen3_embed.vl.items import conversation  # noqa: E402
+from qwen3_embed.vl.limits import ItemBudget  # noqa: E402
 from qwen3_embed.vl.media import MediaOptions  # noqa: E402
 
 ATOL = 1e-5
@@ -479,13 +481,50 @@ def test_prepared_rows_round_trip(tiny_vl_embedder, media):
         [{"text": "t", "image": media.photo}, {"video": media.clip_path}, "text"]
     )
     rows = [item.to_row() for item in prepared]
-    assert set(rows[0]) == {"input_ids", "media_pixel_values", "media_image_grid_thw"}
-    assert set(rows[1]) == {"input_ids", "media_pixel_values_videos", "media_video_grid_thw"}
+    assert set(rows[0]) == {
+        "input_ids", "media_image_pixels", "media_image_shapes", "media_image_grid_thw",
+    }  # fmt: skip
+    assert set(rows[1]) == {
+        "input_ids", "media_video_pixels", "media_video_shapes", "media_video_grid_thw",
+    }  # fmt: skip
     restored = [PreparedInput.from_row(row) for row in rows]
     assert torch.equal(
         tiny_vl_embedder.embed_prepared(prepared).embeddings,
         tiny_vl_embedder.embed_prepared(restored).embeddings,
     )
+
+
+def test_uint8_pixels_normalised_by_the_backend_equal_the_processors_patches(
+    tiny_vl_embedder, media
+):
+    """The CPU stage ships resized uint8 pixels; the backend's patches equal those the processor
+    computes from the same media in one call (the float32 arrays shipped before), bit for bit
+    on CPU, and the shipped bytes are 1/8 (images) and 1/4 (videos) of the float32 patches."""
+    from qwen3_embed.vl.pixels import media_tensors
+
+    impl = tiny_vl_embedder.preparer.impl
+    item = {"video": [media.clip_path, media.frames], "image": [media.photo, media.rgba]}
+    parsed = impl_parse(impl, item)
+    prompt = impl.processor.apply_chat_template(
+        conversation(parsed), add_generation_prompt=True, tokenize=False
+    )
+    loaded = impl._load_media(parsed, ItemBudget(10**12, 10**9))
+    expected = impl._process(prompt, loaded, truncation=False, max_length=None)
+    (prepared,) = tiny_vl_embedder.prepare([item])
+    got = media_tensors([prepared.media], impl.processor, torch.device("cpu"))
+    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+        assert torch.equal(got[key], expected[key]), key
+    assert prepared.media["image_pixels"].dtype == np.uint8
+    assert expected["pixel_values"].numpy().nbytes == 8 * prepared.media["image_pixels"].nbytes
+    assert (
+        expected["pixel_values_videos"].numpy().nbytes == 4 * prepared.media["video_pixels"].nbytes
+    )
+
+
+def impl_parse(impl, item):
+    from qwen3_embed.vl.items import parse_item
+
+    return parse_item(item, None)
 
 
 def test_num_tokens_count_vision_tokens(tiny_vl_embedder, media):
@@ -531,9 +570,7 @@ def test_video_sources_are_equivalent(tiny_vl_embedder, media, http_media):
     ):
         prepared = tiny_vl_embedder.prepare([{"video": source}])[0]
         assert prepared.input_ids == expected.input_ids
-        assert np.array_equal(
-            prepared.media["pixel_values_videos"], expected.media["pixel_values_videos"]
-        )
+        assert np.array_equal(prepared.media["video_pixels"], expected.media["video_pixels"])
     # 12 frames at 4 fps = 3 s -> fps=1 gives 3, raised to min_frames 4: grid_t = 4 / temporal patch 2
     assert expected.media["video_grid_thw"][0, 0] == 2
     # frame paths work like frame images
@@ -543,7 +580,7 @@ def test_video_sources_are_equivalent(tiny_vl_embedder, media, http_media):
         tiny_vl_embedder, {"video": [str(media.dir / f"frame{i}.png") for i in range(5)]}
     )
     from_images = pixel_arrays(tiny_vl_embedder, {"video": media.frames})
-    assert np.array_equal(from_paths["pixel_values_videos"], from_images["pixel_values_videos"])
+    assert np.array_equal(from_paths["video_pixels"], from_images["video_pixels"])
 
 
 def test_media_policy(tiny_vl_embedder, media, http_media, monkeypatch):

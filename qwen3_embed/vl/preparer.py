@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..backend import InputPreparer, PreparedInput, PrepareResult
 from ..errors import InputError, InputTooLongError
 from ..model_info import ModelInfo
@@ -23,9 +21,9 @@ from .extra import require_vl_extra
 from .items import VLItem, conversation, describe_media, parse_item
 from .limits import ItemBudget
 from .media import MediaOptions
+from .pixels import MEDIA_KEYS, pack_media
 
-# Processor outputs kept per item; names are simple so they survive PreparedInput.to_row.
-MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+__all__ = ["MEDIA_KEYS", "VLPreparer"]
 
 
 class VLPreparer(InputPreparer):
@@ -89,10 +87,8 @@ class VLPreparer(InputPreparer):
             self._check_media_survives(input_ids, max_length)
             encoded = self._process(prompt, media, truncation=True, max_length=max_length)
             input_ids = encoded["input_ids"][0].tolist()
-        arrays = {
-            key: np.ascontiguousarray(encoded[key].numpy()) for key in MEDIA_KEYS if key in encoded
-        }
-        return PreparedInput(input_ids=input_ids, media=arrays)
+        # uint8 pixels, normalised on the device by the backend (see pixels.py)
+        return PreparedInput(input_ids=input_ids, media=pack_media(**media, encoded=encoded))
 
     def _load_media(self, item: VLItem, budget: ItemBudget) -> dict[str, list[Any]]:
         """Videos then images, in the item's order (the order of their pad tokens in the prompt);
