@@ -9,10 +9,13 @@ own (SSRF rules, `max_media_bytes`, `max_image_pixels`), and an item's media tog
 `max_item_media_bytes`. Everything else about an item (empty text, bad instruction, undecodable
 video, too many media) is the core's to judge, in the model replica.
 
-A `video` list is read with the core's own rule (`qwen3_embed.vl.items.split_videos`, the official
-`is_video_input`: a list starting with an image is one video given as frames, any other list is
-several videos), applied to what the client sent — the only part of the core the ingress imports
-(no torch).
+A `video` list is read with the core's own rule (`qwen3_embed.vl.items.looks_like_image`, the
+official `is_video_input`: a list whose first element is an image is one video given as frames,
+any other list is several videos, each a file or a nested frame list). The model replica gets
+bytes, and tells an image from a video file by its content; so does the ingress, once the first
+element is loaded, and only then checks each frame as an image: both read the list the same way,
+whatever name or MIME type the client gave. That function is the only part of the core the
+ingress imports (numpy + PIL, no torch).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import base64
 import binascii
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -121,8 +124,9 @@ class MediaSlot:
     path: tuple[int, ...]
     source: str
     is_url: bool
-    is_image: bool  # an image or a video frame (checked as an image), else a video file
-    first_of_videos: bool = False  # the first of several video files (see load_media)
+    # True: an image or a video frame (checked as an image); False: a video file; None: an element
+    # of a `video` list, a frame or a file depending on the list's first element (load_media)
+    is_image: bool | None
 
     @property
     def param(self) -> str:
@@ -168,22 +172,15 @@ def _media_slots(index: int, key: str, value: Any, policy: MediaPolicy) -> list[
         return [
             _classify(index, key, (i,), one, policy, is_image=True) for i, one in enumerate(value)
         ]
-    from qwen3_embed.vl.items import looks_like_image  # the core's rule, without torch
-
-    if value and looks_like_image(value[0]):  # one video, given as frames
-        return [
-            _classify(index, key, (i,), one, policy, is_image=True) for i, one in enumerate(value)
-        ]
     slots = []
-    for position, video in enumerate(value):  # several videos: files or frame lists
-        if isinstance(video, list):
+    for position, video in enumerate(value):
+        if isinstance(video, list):  # a nested list is a frame list (or, inside frames, an error)
             slots += [
                 _classify(index, key, (position, i), one, policy, is_image=True)
                 for i, one in enumerate(video)
             ]
-        else:
-            slot = _classify(index, key, (position,), video, policy, is_image=False)
-            slots.append(replace(slot, first_of_videos=position == 0))  # see load_media
+        else:  # a frame or a file: decided by the list's first element, once loaded
+            slots.append(_classify(index, key, (position,), video, policy, is_image=None))
     return slots
 
 
@@ -317,8 +314,6 @@ async def load_media(
             data = await asyncio.to_thread(decode_data_uri, slot, policy)
         if slot.is_image:
             await asyncio.to_thread(check_image, data, slot, policy)
-        elif slot.first_of_videos:
-            await asyncio.to_thread(_check_not_an_image, data, slot)
         return data
 
     tasks = [asyncio.ensure_future(load(slot)) for slot in slots]
@@ -328,6 +323,10 @@ async def load_media(
         for task in tasks:  # one refused source ends the request: stop the other fetches
             task.cancel()
     _check_item_totals(slots, loaded, policy)
+    frames = await asyncio.to_thread(_undecided_frames, slots, loaded)
+    for slot, data in zip(slots, loaded, strict=True):
+        if frames.get(slot, False):
+            await asyncio.to_thread(check_image, data, slot, policy)
     # Deep copies of the media values: the parsed request stays as the client sent it.
     resolved: list[Any] = [
         {key: _copy_lists(value) for key, value in item.items()} if isinstance(item, dict) else item
@@ -348,20 +347,18 @@ def _copy_lists(value: Any) -> Any:
     return [_copy_lists(one) for one in value] if isinstance(value, list) else value
 
 
-def _check_not_an_image(data: bytes, slot: MediaSlot) -> None:
-    """The client's list reads as several videos (its first element is no image by its name), but
-    the model reads bytes by their content: had the first one been an image, the replica would
-    take the whole list for one video's frames. Refuse rather than embed something else."""
+def _undecided_frames(slots: Sequence[MediaSlot], loaded: Sequence[bytes]) -> dict[MediaSlot, bool]:
+    """For each element of a `video` list: a frame (True) when the list's first element is an
+    image by its content, as the model replica will read it; else a video file (False)."""
     from qwen3_embed.vl.items import looks_like_image
 
-    if looks_like_image(data):
-        raise ApiError(
-            400,
-            f"{slot.param}: is an image, but the list reads as several video files; send a "
-            "video given as frames with data:image/... URIs or image URLs (.png, .jpg, ...)",
-            code="invalid_media",
-            param=slot.param,
-        )
+    first: dict[tuple[int, str], bool] = {}  # (item, key) -> the list holds frames
+    for slot, data in zip(slots, loaded, strict=True):
+        if slot.is_image is None and slot.path == (0,):
+            first[(slot.item, slot.key)] = looks_like_image(data)
+    return {
+        slot: first.get((slot.item, slot.key), False) for slot in slots if slot.is_image is None
+    }
 
 
 def _check_item_totals(

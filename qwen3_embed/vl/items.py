@@ -74,6 +74,8 @@ def looks_like_image(value: Any) -> bool:
         try:
             with Image.open(io.BytesIO(bytes(value[:65536]))):  # the header is enough
                 return True
+        except Image.DecompressionBombError:
+            return True  # an image, too large: refused as such when it is loaded
         except Exception:  # noqa: BLE001 - PIL raises many types for "not an image I know"
             return False
     return False
