@@ -135,6 +135,11 @@ class MediaPolicy(_Frozen):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="width x height of one image or frame (413 beyond)"
     )
+    max_item_media_bytes: int = Field(
+        64 * MiB,
+        ge=1,
+        description="bytes of all images, videos and frames of one item (413 beyond)",
+    )
     max_media_per_request: int = Field(
         32, ge=0, description="images + videos (+ frames) in one request (413 beyond)"
     )

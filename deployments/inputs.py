@@ -1,10 +1,21 @@
 """The API's `input` field -> core items, enforcing the per-request limits.
 
 Text models take strings (or `{text, instruction}` objects); VL models also take objects with
-`image` / `video`. Media arrive as base64 data URIs or, when enabled, http(s) URLs; this module
-turns both into bytes here, in the ingress, so no path or URL ever reaches a model replica. Local
-paths and file:// URLs are refused whatever the configuration. Everything else about an item
-(empty text, bad instruction, undecodable video) is the core's to judge, in the model replica.
+`image` / `video` (each a single value or a list, `text` too) and `fps` / `max_frames`. Media
+arrive as base64 data URIs or, when enabled, http(s) URLs; this module turns both into bytes
+here, in the ingress, so no path or URL ever reaches a model replica. Local paths and file:// URLs
+are refused whatever the configuration. Every medium (image, video file, frame) is checked on its
+own (SSRF rules, `max_media_bytes`, `max_image_pixels`), and an item's media together against
+`max_item_media_bytes`. Everything else about an item (empty text, bad instruction, undecodable
+video, too many media) is the core's to judge, in the model replica.
+
+A `video` list is read with the core's own rule (`qwen3_embed.vl.items.looks_like_image`, the
+official `is_video_input`: a list whose first element is an image is one video given as frames,
+any other list is several videos, each a file or a nested frame list). The model replica gets
+bytes, and tells an image from a video file by its content; so does the ingress, once the first
+element is loaded, and only then checks each frame as an image: both read the list the same way,
+whatever name or MIME type the client gave. That function is the only part of the core the
+ingress imports (numpy + PIL, no torch).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from .config import MediaPolicy, RequestLimits
 from .errors import ApiError
 from .media_fetch import FetchRefused, SafeMediaFetcher
 
-ITEM_KEYS = ("text", "image", "video", "instruction")
+ITEM_KEYS = ("text", "image", "video", "instruction", "fps", "max_frames")
 MEDIA_KEYS = ("image", "video")
 
 
@@ -70,16 +81,26 @@ def _item_chars(item: Any, index: int) -> int:
                 code="invalid_input",
                 param=f"input[{index}]",
             )
-        for key in ("text", "instruction"):
-            value = item.get(key)
+        texts = item.get("text")
+        texts = texts if isinstance(texts, list) else [texts]
+        for position, value in enumerate(texts):
             if value is not None and not isinstance(value, str):
+                where = f"input[{index}].text" + (f"[{position}]" if len(texts) > 1 else "")
                 raise ApiError(
                     400,
-                    f"input[{index}].{key} must be a string, got {type(value).__name__}",
+                    f"{where} must be a string or a list of strings, got {_json_type(value)}",
                     code="invalid_input",
-                    param=f"input[{index}].{key}",
+                    param=where,
                 )
-        return len(item.get("text") or "") + len(item.get("instruction") or "")
+        instruction = item.get("instruction")
+        if instruction is not None and not isinstance(instruction, str):
+            raise ApiError(
+                400,
+                f"input[{index}].instruction must be a string, got {_json_type(instruction)}",
+                code="invalid_input",
+                param=f"input[{index}].instruction",
+            )
+        return sum(len(text or "") for text in texts) + len(instruction or "")
     if isinstance(item, (int, list)) and not isinstance(item, bool):
         reason = "token-id inputs are not supported; send text"
     else:
@@ -95,23 +116,21 @@ def _json_type(value: Any) -> str:
 
 @dataclass(frozen=True)
 class MediaSlot:
-    """One media source in the request: item, key, frame position (video frame lists)."""
+    """One media source in the request: its item, key and position inside that key's value as
+    the client wrote it (`video[1][3]` = frame 3 of the item's second video)."""
 
     item: int
     key: str  # "image" | "video"
-    frame: int | None
+    path: tuple[int, ...]
     source: str
     is_url: bool
+    # True: an image or a video frame (checked as an image); False: a video file; None: an element
+    # of a `video` list, a frame or a file depending on the list's first element (load_media)
+    is_image: bool | None
 
     @property
     def param(self) -> str:
-        return f"input[{self.item}].{self.key}" + (
-            f"[{self.frame}]" if self.frame is not None else ""
-        )
-
-    @property
-    def is_image(self) -> bool:
-        return self.key == "image" or self.frame is not None  # frames are images
+        return f"input[{self.item}].{self.key}" + "".join(f"[{p}]" for p in self.path)
 
 
 def find_media(
@@ -134,20 +153,7 @@ def find_media(
                     code="unsupported_input",
                     param=f"input[{index}].{key}",
                 )
-            if key == "video" and isinstance(value, list):
-                if not value:
-                    raise ApiError(
-                        400,
-                        f"input[{index}].video: the frame list is empty",
-                        code="invalid_media",
-                        param=f"input[{index}].video",
-                    )
-                slots += [
-                    _classify(index, key, frame, source, policy)
-                    for frame, source in enumerate(value)
-                ]
-            else:
-                slots.append(_classify(index, key, None, value, policy))
+            slots += _media_slots(index, key, value, policy)
     if len(slots) > policy.max_media_per_request:
         raise ApiError(
             413,
@@ -158,10 +164,30 @@ def find_media(
     return slots
 
 
+def _media_slots(index: int, key: str, value: Any, policy: MediaPolicy) -> list[MediaSlot]:
+    """The slots of one item's `image` or `video` value (empty lists are the core's to refuse)."""
+    if not isinstance(value, list):
+        return [_classify(index, key, (), value, policy, is_image=key == "image")]
+    if key == "image":
+        return [
+            _classify(index, key, (i,), one, policy, is_image=True) for i, one in enumerate(value)
+        ]
+    slots = []
+    for position, video in enumerate(value):
+        if isinstance(video, list):  # a nested list is a frame list (or, inside frames, an error)
+            slots += [
+                _classify(index, key, (position, i), one, policy, is_image=True)
+                for i, one in enumerate(video)
+            ]
+        else:  # a frame or a file: decided by the list's first element, once loaded
+            slots.append(_classify(index, key, (position,), video, policy, is_image=None))
+    return slots
+
+
 def _classify(
-    index: int, key: str, frame: int | None, source: Any, policy: MediaPolicy
+    index: int, key: str, path: tuple[int, ...], source: Any, policy: MediaPolicy, is_image: bool
 ) -> MediaSlot:
-    where = f"input[{index}].{key}" + (f"[{frame}]" if frame is not None else "")
+    where = f"input[{index}].{key}" + "".join(f"[{p}]" for p in path)
     if not isinstance(source, str):
         raise ApiError(
             400,
@@ -171,7 +197,7 @@ def _classify(
         )
     text = source.strip()
     if text[:5].lower() == "data:":
-        return MediaSlot(index, key, frame, text, is_url=False)
+        return MediaSlot(index, key, path, text, is_url=False, is_image=is_image)
     scheme = urlsplit(text).scheme.lower() if "://" in text else ""
     if scheme in ("http", "https"):
         if not policy.allow_url_fetch:
@@ -181,7 +207,7 @@ def _classify(
                 code="media_url_disabled",
                 param=where,
             )
-        return MediaSlot(index, key, frame, text, is_url=True)
+        return MediaSlot(index, key, path, text, is_url=True, is_image=is_image)
     raise ApiError(
         400,
         f"{where}: local paths and file:// or other non-http(s) URLs are not accepted; send a base64 "
@@ -296,16 +322,57 @@ async def load_media(
     finally:
         for task in tasks:  # one refused source ends the request: stop the other fetches
             task.cancel()
-    # Copies, with video frame lists copied too: the parsed request stays as the client sent it.
+    _check_item_totals(slots, loaded, policy)
+    frames = await asyncio.to_thread(_undecided_frames, slots, loaded)
+    for slot, data in zip(slots, loaded, strict=True):
+        if frames.get(slot, False):
+            await asyncio.to_thread(check_image, data, slot, policy)
+    # Deep copies of the media values: the parsed request stays as the client sent it.
     resolved: list[Any] = [
-        {key: list(value) if isinstance(value, list) else value for key, value in item.items()}
-        if isinstance(item, dict)
-        else item
+        {key: _copy_lists(value) for key, value in item.items()} if isinstance(item, dict) else item
         for item in items
     ]
     for slot, data in zip(slots, loaded, strict=True):
-        if slot.frame is None:
+        if not slot.path:
             resolved[slot.item][slot.key] = data
-        else:
-            resolved[slot.item][slot.key][slot.frame] = data
+            continue
+        container = resolved[slot.item][slot.key]
+        for position in slot.path[:-1]:
+            container = container[position]
+        container[slot.path[-1]] = data
     return resolved
+
+
+def _copy_lists(value: Any) -> Any:
+    return [_copy_lists(one) for one in value] if isinstance(value, list) else value
+
+
+def _undecided_frames(slots: Sequence[MediaSlot], loaded: Sequence[bytes]) -> dict[MediaSlot, bool]:
+    """For each element of a `video` list: a frame (True) when the list's first element is an
+    image by its content, as the model replica will read it; else a video file (False)."""
+    from qwen3_embed.vl.items import looks_like_image
+
+    first: dict[tuple[int, str], bool] = {}  # (item, key) -> the list holds frames
+    for slot, data in zip(slots, loaded, strict=True):
+        if slot.is_image is None and slot.path == (0,):
+            first[(slot.item, slot.key)] = looks_like_image(data)
+    return {
+        slot: first.get((slot.item, slot.key), False) for slot in slots if slot.is_image is None
+    }
+
+
+def _check_item_totals(
+    slots: Sequence[MediaSlot], loaded: Sequence[bytes], policy: MediaPolicy
+) -> None:
+    totals: dict[int, int] = {}
+    for slot, data in zip(slots, loaded, strict=True):
+        totals[slot.item] = totals.get(slot.item, 0) + len(data)
+    for item, total in sorted(totals.items()):
+        if total > policy.max_item_media_bytes:
+            raise ApiError(
+                413,
+                f"input[{item}]: its media add up to {total} bytes, more than the limit of "
+                f"{policy.max_item_media_bytes} per item",
+                code="media_too_large",
+                param=f"input[{item}]",
+            )

@@ -24,7 +24,10 @@ class EmbeddingRequest(BaseModel):
 
     input: StrictStr | list[Any] = Field(
         ...,
-        description="a string, or a list of strings (VL models: also objects {text, image, video, instruction})",
+        description=(
+            "a string, or a list of strings (VL models: also objects {text, image, video, "
+            "instruction, fps, max_frames}; text, image and video may each be a list)"
+        ),
     )
     model: StrictStr | None = Field(
         None, description="served model name; may be omitted when one model is served"

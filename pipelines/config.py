@@ -15,7 +15,8 @@ from typing import Any
 
 INPUT_FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "images")
 DEFAULT_BATCH_TOKENS = 16384  # the core's default padded-token budget per forward pass
-# A prepared image is up to ~45 MB of float32 patches (1.8 megapixels), so VL batches stay small.
+# A prepared image is up to ~5.5 MB of uint8 pixels (1.8 megapixels; normalised on the replica),
+# so VL batches stay small.
 DEFAULT_BATCH_ROWS = {"text": 256, "vl": 16}
 
 

@@ -52,6 +52,9 @@ CODE_EMPTY_FILE = "empty_file"  # a 0-byte file: one row reports it
 FILE_ERRORS = (pa.ArrowInvalid, OSError)
 READ_ATTEMPTS = 3
 
+IMAGE_ELEMENT = pa.struct([("bytes", pa.binary()), ("ref", pa.string())])
+MAX_IMAGES_PER_ROW = 1024  # far beyond the core's media limit per item: a sanity bound only
+
 READ_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -61,6 +64,9 @@ READ_SCHEMA = pa.schema(
         pa.field("text", pa.string()),
         pa.field("image", pa.binary()),  # image bytes (image folders, binary columns)
         pa.field("image_ref", pa.string()),  # an image path / URL / data URI from a table
+        # Several images for one row (a list column, a JSON array): the pages of a document, in
+        # order; each element holds bytes or a reference, like `image` / `image_ref` above.
+        pa.field("images", pa.list_(IMAGE_ELEMENT)),
     ]
 )
 
@@ -96,12 +102,14 @@ class RowBuffer:
         text: Any = None,
         image: bytes | None = None,
         image_ref: str | None = None,
+        images: list[dict[str, Any]] | None = None,
     ) -> None:
         self.payload_bytes += len(text or "") + len(image or b"")
-        self._append(row_id, STATUS_OK, None, None, text, image, image_ref)
+        self.payload_bytes += sum(len(element["bytes"] or b"") for element in images or ())
+        self._append(row_id, STATUS_OK, None, None, text, image, image_ref, images)
 
     def add_error(self, row_id: str, reason: str, code: str) -> None:
-        self._append(row_id, STATUS_ERROR, reason, code, None, None, None)
+        self._append(row_id, STATUS_ERROR, reason, code, None, None, None, None)
 
     def _append(self, *values: Any) -> None:
         for name, value in zip(READ_SCHEMA.names, values, strict=True):
@@ -149,13 +157,33 @@ class RowSource:
             )
             buffer.add_error(row_id, reason, CODE_INVALID_INPUT)
             return
-        image_bytes, image_ref = None, None
+        image_bytes, image_ref, images = None, None, None
         if self.spec.image_column is not None and image is not None:
-            image_bytes, image_ref, problem = self._image_value(image)
+            if isinstance(image, (list, tuple)):
+                images, problem = self._image_list(image)
+            else:
+                image_bytes, image_ref, problem = self._image_value(image)
             if problem is not None:
                 buffer.add_error(row_id, problem, CODE_INVALID_INPUT)
                 return
-        buffer.add(row_id, text=text, image=image_bytes, image_ref=image_ref)
+        buffer.add(row_id, text=text, image=image_bytes, image_ref=image_ref, images=images)
+
+    def _image_list(self, values: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """A list of images for one row (one item with several images, in list order)."""
+        if len(values) > MAX_IMAGES_PER_ROW:
+            return None, (
+                f"column {self.spec.image_column!r} holds {len(values)} images in one row, more "
+                f"than {MAX_IMAGES_PER_ROW}"
+            )
+        elements = []
+        for position, value in enumerate(values):
+            data, reference, problem = self._image_value(value)
+            if problem is None and data is None and reference is None:
+                problem = "is empty"  # a page that is missing must not shift the others
+            if problem is not None:
+                return None, f"{self.spec.image_column}[{position}]: {problem}"
+            elements.append({"bytes": data, "ref": reference})
+        return elements, None
 
     def _image_value(self, value: Any) -> tuple[bytes | None, str | None, str | None]:
         if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
@@ -169,7 +197,7 @@ class RowSource:
         return (
             None,
             None,
-            f"column {self.spec.image_column!r} must hold paths, URLs or bytes, got {type(value).__name__}",
+            f"column {self.spec.image_column!r} must hold paths, URLs or bytes (or a list of them), got {type(value).__name__}",
         )
 
     def resolve_reference(self, value: str) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from .ledger import CrashGuard
+from .media_fetch import CODE_MEDIA_UNAVAILABLE, FetchFailed, fetch_reference
 from .readers import CODE_READ_ERROR, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
     preparer = _preparer(settings.model, settings.max_length)
     columns = {
         name: table.column(name).to_pylist()
-        for name in ("id", "status", "error", "code", "text", "image", "image_ref")
+        for name in ("id", "status", "error", "code", "text", "image", "image_ref", "images")
     }
     count = table.num_rows
     status, error, code = list(columns["status"]), list(columns["error"]), list(columns["code"])
@@ -191,11 +192,11 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
             continue
         try:
             item = _item(preparer.info.family, columns, index, settings)
-        except (
-            OSError,
-            ValueError,
-            ImportError,
-        ) as failure:  # unreadable object, bad URL, no fsspec driver
+        except FetchFailed as failure:  # the message says transient (retried) or final
+            status[index], error[index] = STATUS_ERROR, f"cannot read image: {failure}"
+            code[index] = CODE_MEDIA_UNAVAILABLE if failure.transient else CODE_READ_ERROR
+            continue
+        except (OSError, ValueError, ImportError) as failure:  # bad URL, no fsspec driver
             status[index], error[index], code[index] = (
                 STATUS_ERROR,
                 f"cannot read image: {failure}",
@@ -239,24 +240,25 @@ def _item(family: str, columns: dict[str, list], index: int, settings: PrepareSe
         item["text"] = text
     image = columns["image"][index]
     reference = columns["image_ref"][index]
-    if image is not None:
+    images = columns["images"][index]
+    if images is not None:  # several images: one item, pages in order
+        item["image"] = [
+            element["bytes"] if element["bytes"] is not None else _fetch(element["ref"], settings)
+            for element in images
+        ]
+    elif image is not None:
         item["image"] = image
     elif reference is not None:
-        item["image"] = _fetch_reference(reference, settings.storage_options)
+        item["image"] = _fetch(reference, settings)
     return item
 
 
-def _fetch_reference(reference: str, storage_options: tuple[tuple[str, Any], ...]) -> str | bytes:
-    """Images on object stores are fetched here as bytes; local paths, http(s) URLs and data URIs
-    go to the core unchanged (it loads them)."""
-    scheme = reference.partition("://")[0].lower() if "://" in reference else ""
-    if scheme in ("", "http", "https"):
-        return reference
-    if scheme == "file":
-        return reference[len("file://") :]
-    from .storage import read_bytes, resolve
+def _fetch(reference: str, settings: PrepareSettings) -> str | bytes:
+    """Remote images (http(s), object stores) are fetched here as bytes, retried when the failure
+    is transient (see media_fetch); local paths and data URIs go to the core unchanged."""
+    from qwen3_embed.vl.media import DEFAULT_MAX_BYTES
 
-    return read_bytes(resolve(reference, dict(storage_options)))
+    return fetch_reference(reference, dict(settings.storage_options), DEFAULT_MAX_BYTES)
 
 
 def encode_media(row: dict[str, Any]) -> bytes:

@@ -122,3 +122,120 @@ def test_image_folder_and_table(ray_cluster, tiny_vl_model_dir, tiny_vl_embedder
     assert_close(vectors, dict(zip(items, reference, strict=True)))
     assert set(errors) == {"p3", "p4"}
     assert "no such file" in errors["p3"][0] and "empty" in errors["p4"][0]
+
+
+class FlakyMedia:
+    """Loopback HTTP: `/flaky.png` answers 503 twice then the image, `/down.png` always 503,
+    `/gone.png` 404, `/reset.png` drops the connection once then answers."""
+
+    def __init__(self, image: bytes):
+        import http.server
+        import threading
+
+        self.image, self.hits = image, {}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                count = outer.hits[self.path] = outer.hits.get(self.path, 0) + 1
+                if self.path == "/reset.png" and count == 1:
+                    self.connection.close()  # no answer at all: a reset for the client
+                    return
+                status = {
+                    "/flaky.png": 503 if count <= 2 else 200,
+                    "/down.png": 503,
+                    "/gone.png": 404,
+                }.get(self.path, 200)
+                body = outer.image if status == 200 else b"nope"
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_image_lists_per_row_and_fetch_retries(
+    ray_cluster, tiny_vl_model_dir, tiny_vl_embedder, tmp_path
+):
+    """A document's pages in one row (parquet list columns, JSON arrays) embed as one item with
+    several images; transient fetch failures are retried, 4xx are final at once."""
+    pages = {name: png(color, (40 + 8 * i, 56)) for i, (name, color) in enumerate(
+        [("p1.png", (250, 0, 0)), ("p2.png", (0, 250, 0)), ("p3.png", (0, 0, 250))]
+    )}  # fmt: skip
+    corpus = tmp_path / "docs"
+    (corpus / "pages").mkdir(parents=True)
+    for name, data in pages.items():
+        (corpus / "pages" / name).write_bytes(data)
+    server = FlakyMedia(pages["p1.png"])
+    try:
+        hf_image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        pq.write_table(
+            pa.table(
+                {
+                    "id": ["doc-bytes", "doc-hf", "doc-bad-page", "doc-empty"],
+                    "text": ["report", None, None, "empty list"],
+                    "image": pa.array(
+                        [
+                            [{"bytes": pages["p1.png"], "path": None}, {"bytes": pages["p2.png"], "path": None}],
+                            [{"bytes": None, "path": "pages/p3.png"}, {"bytes": pages["p1.png"], "path": None}],
+                            [{"bytes": pages["p1.png"], "path": None}, {"bytes": b"junk", "path": None}],
+                            [],
+                        ],
+                        pa.list_(hf_image),
+                    ),
+                }
+            ),
+            corpus / "docs.parquet",
+        )  # fmt: skip
+        rows = [
+            {"id": "json-doc", "text": "three pages", "image": [f"pages/{n}" for n in pages]},
+            {"id": "flaky", "image": [f"{server.url}/flaky.png", "pages/p2.png"]},
+            {"id": "reset", "image": f"{server.url}/reset.png"},
+            {"id": "down", "image": ["pages/p2.png", f"{server.url}/down.png"]},
+            {"id": "gone", "image": f"{server.url}/gone.png"},
+        ]
+        (corpus / "docs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        output = tmp_path / "out"
+        result = run_embedding_job(
+            JobConfig(
+                input=[str(corpus / "docs.parquet"), str(corpus / "docs.jsonl")],
+                output=str(output),
+                model=str(tiny_vl_model_dir),
+                id_column="id",
+                progress=False,
+                batch_rows=4,
+            )
+        )
+        assert result.consistent and (result.rows_in, result.rows_embedded) == (9, 5)
+        vectors, errors = outputs(output)
+        p1, p2, p3 = pages.values()
+        items = {
+            "doc-bytes": {"text": "report", "image": [p1, p2]},
+            "doc-hf": {"image": [p3, p1]},
+            "json-doc": {"text": "three pages", "image": [p1, p2, p3]},
+            "flaky": {"image": [p1, p2]},
+            "reset": {"image": p1},
+        }
+        reference = tiny_vl_embedder.embed(list(items.values())).embeddings.numpy()
+        assert_close(vectors, dict(zip(items, reference, strict=True)))
+        assert server.hits["/flaky.png"] == 3 and server.hits["/reset.png"] == 2
+        assert errors["doc-bad-page"][0].startswith("image[1]: could not decode")
+        assert "image is an empty list" in errors["doc-empty"][0]
+        reason, code = errors["down"]
+        assert code == "media_unavailable" and "transient failure on all 4 attempts" in reason
+        assert server.hits["/down.png"] == 4
+        reason, code = errors["gone"]
+        assert code == "read_error" and "HTTP Error 404" in reason and "not retried" in reason
+        assert server.hits["/gone.png"] == 1
+    finally:
+        server.close()

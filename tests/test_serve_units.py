@@ -347,6 +347,59 @@ def test_find_media_refuses_media_for_text_models_and_counts_frames():
     assert (info.value.status, info.value.code) == (413, "too_many_media")
 
 
+def test_find_media_reads_lists_like_the_core():
+    """image lists; a video list whose first element is an image (by content, once loaded, as the
+    model replica reads it) is one video's frames, any other list is several videos (files or
+    nested frame lists), each medium named by its place in the item."""
+    frame = _data_uri(png_bytes())
+    clip_bytes = b"\x00\x00\x00\x18ftypmp42"
+    clip = _data_uri(clip_bytes, "video/mp4")
+    items = [
+        {"image": [frame, frame], "text": ["p1", "p2"]},
+        {"video": [frame, frame]},
+        {"video": [clip, [frame, frame]], "fps": 2, "max_frames": 8},
+    ]
+    slots = find_media(items, "vl", "m", MediaPolicy())
+    assert [(slot.param, slot.is_image) for slot in slots] == [
+        ("input[0].image[0]", True), ("input[0].image[1]", True),
+        ("input[1].video[0]", None), ("input[1].video[1]", None),  # decided once loaded
+        ("input[2].video[0]", None), ("input[2].video[1][0]", True), ("input[2].video[1][1]", True),
+    ]  # fmt: skip
+    with pytest.raises(ApiError) as info:
+        find_media([{"video": [clip, ["/etc/passwd"]]}], "vl", "m", MediaPolicy())
+    assert (info.value.code, info.value.param) == ("media_source_forbidden", "input[0].video[1][0]")
+    loaded = run(load_media(items, slots, MediaPolicy(), None))
+    assert loaded[1]["video"] == [png_bytes(), png_bytes()]
+    assert loaded[2]["video"] == [clip_bytes, [png_bytes(), png_bytes()]]
+    assert items[2]["video"][1][0] == frame  # the request itself is left as sent
+    assert split_input(items, None, LIMITS) == items  # text lists count their characters
+    with pytest.raises(ApiError) as info:
+        split_input([{"text": ["ok", 3]}], None, LIMITS)
+    assert (info.value.code, info.value.param) == ("invalid_input", "input[0].text[1]")
+
+
+def test_load_media_checks_each_medium_and_the_items_total():
+    image = png_bytes(8, 8)
+    policy = MediaPolicy(max_media_bytes=len(image), max_item_media_bytes=2 * len(image))
+    fine = [{"image": [_data_uri(image)] * 2}, {"image": [_data_uri(image)] * 2}]
+    assert len(run(load_media(fine, find_media(fine, "vl", "m", policy), policy, None))) == 2
+    heavy = [{"image": [_data_uri(image)] * 2, "video": [_data_uri(image)]}]
+    with pytest.raises(ApiError) as info:
+        run(load_media(heavy, find_media(heavy, "vl", "m", policy), policy, None))
+    assert (info.value.status, info.value.code, info.value.param) == (
+        413, "media_too_large", "input[0]",
+    )  # fmt: skip
+    # Frames are told by content, whatever the MIME type: a frame list labelled as videos is
+    # still checked frame by frame (here: one over the pixel limit).
+    small = MediaPolicy(max_image_pixels=100)
+    labelled = [
+        {"video": [_data_uri(image, "video/mp4"), _data_uri(png_bytes(20, 20), "video/mp4")]}
+    ]
+    with pytest.raises(ApiError) as info:
+        run(load_media(labelled, find_media(labelled, "vl", "m", small), small, None))
+    assert (info.value.status, info.value.param) == (413, "input[0].video[1]")
+
+
 def test_load_media_decodes_data_uris_to_bytes_and_checks_images():
     image = png_bytes(8, 8)
     policy = MediaPolicy(max_media_bytes=10_000, max_image_pixels=10_000)

@@ -76,6 +76,7 @@ def served(ray_cluster, tiny_vl_model_dir: Path):
                 # Only the test media server is exempt from the private-address ban; 127.0.0.1 is not.
                 "url_allowed_networks": ["127.0.0.2/32"],
                 "max_media_bytes": 200_000,
+                "max_media_per_request": 128,  # the 70-frame list
                 "url_fetch_timeout_s": 5,
             },
             "ingress": {"cpus_per_replica": 0.1},
@@ -114,6 +115,62 @@ def test_text_and_image_items_match_the_core(served, media, tiny_vl_embedder):
     assert float(np.max(np.abs(rows - reference.embeddings.numpy()))) <= TOL
     assert body["usage"]["prompt_tokens"] == sum(reference.sequence_lengths)
     assert media.requests and media.requests[-1][0] == "/photo.png"
+
+
+def test_multi_media_items_match_the_core(served, media, tiny_vl_embedder, tmp_path):
+    """Lists of images, texts, frames and videos, and per-item fps / max_frames, through HTTP:
+    the same vectors as the core on the same bytes (a batch mixing them with single items)."""
+    from test_vl_core import write_mp4
+
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(0, 255, 64, dtype=np.float32)
+    clip = np.stack(
+        [np.stack([np.add.outer(ramp[:48] * 0.5, ramp + 8 * t) % 256] * 3, -1) for t in range(12)]
+    ).astype(np.uint8)
+    write_mp4(tmp_path / "clip.mp4", clip, fps=4)
+    clip_bytes = (tmp_path / "clip.mp4").read_bytes()
+    pages = [png_bytes(64, 90, tuple(int(v) for v in rng.integers(0, 256, 3))) for _ in range(3)]
+    frames = [png_bytes(32, 24, tuple(int(v) for v in rng.integers(0, 256, 3))) for _ in range(70)]
+    video = data_uri(clip_bytes, "video/mp4")
+    uris = [data_uri(frame) for frame in frames]
+    items = [
+        {"image": [data_uri(page) for page in pages], "text": "Q3 report, pages 1-3"},
+        {"image": data_uri(pages[0]), "text": ["page one", "page two"]},
+        {"video": uris[:4]},
+        {"video": uris},  # 70 frames: sampled down to 64
+        {"video": [video, uris[:4]], "fps": 4, "max_frames": 6},
+        {"video": video, "fps": 2},
+        "a single text",
+        {"image": media.url("/photo.png")},  # fetched: the SSRF rules apply per medium
+    ]
+    response = _embed(served, items)
+    assert response.status_code == 200, response.text
+    reference_items = [
+        {"image": pages, "text": "Q3 report, pages 1-3"},
+        {"image": pages[0], "text": ["page one", "page two"]},
+        {"video": frames[:4]},
+        {"video": frames},
+        {"video": [clip_bytes, frames[:4]], "fps": 4, "max_frames": 6},
+        {"video": clip_bytes, "fps": 2},
+        "a single text",
+        {"image": media.image},
+    ]
+    reference = tiny_vl_embedder.embed(reference_items)
+    rows = np.asarray([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
+    assert float(np.max(np.abs(rows - reference.embeddings.numpy()))) <= TOL
+    assert response.json()["usage"]["prompt_tokens"] == sum(reference.sequence_lengths)
+
+    errors = [
+        ([{"image": [data_uri(pages[0]), "file:///etc/passwd"]}], 400, "media_source_forbidden"),
+        ([{"video": [video, [uris[0], "http://10.0.0.1/x.png"]]}], 400, "media_url_forbidden"),
+        ([{"video": [video, video], "fps": 0}], 400, "invalid_input"),  # the core's rule
+        ([{"video": uris[:2], "max_frames": 4}], 400, "invalid_input"),  # frames ignore it
+        ([{"image": []}], 400, "invalid_input"),
+    ]
+    for bad, status, code in errors:
+        error = assert_openai_error(_embed(served, bad), status, code)
+        if code.startswith("media_"):
+            assert error["param"] in ("input[0].image[1]", "input[0].video[1][1]")
 
 
 def test_vl_input_errors(served):

@@ -42,6 +42,8 @@ from qwen3_embed import (  # noqa: E402
     PreparedInput,
     Preparer,
 )
+from qwen3_embed.vl.items import conversation  # noqa: E402
+from qwen3_embed.vl.limits import ItemBudget  # noqa: E402
 from qwen3_embed.vl.media import MediaOptions  # noqa: E402
 
 ATOL = 1e-5
@@ -56,58 +58,73 @@ OFFICIAL_DEFAULT_INSTRUCTION = "Represent the user's input."
 
 
 # --------------------------------------------------------------------------- reference code
-def official_sample_frames(frames: list, num_segments: int, max_segments: int) -> list:
-    """The official `sample_frames`."""
-    frame_ids = np.linspace(0, len(frames) - 1, num_segments, dtype=int).tolist()
-    sampled = [frames[i] for i in frame_ids]
-    while len(sampled) < num_segments:
-        sampled.append(frames[frame_ids[-1]])
-    return sampled[:max_segments]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tiff", ".svg")
 
 
-def official_format_model_input(text=None, image=None, video=None, instruction=None) -> list[dict]:
-    """The official `format_model_input` (minus its "NULL" substitute for empty items)."""
+def official_sample_frames(frames: list, max_segments: int) -> list:
+    """The official `sample_frames` (January 2026): short lists as they are, long ones spread."""
+    if len(frames) <= max_segments:
+        return frames
+    return [frames[i] for i in np.linspace(0, len(frames) - 1, max_segments, dtype=int).tolist()]
+
+
+def official_is_video_input(video) -> bool:
+    """The official `is_video_input`: a string, or a list starting with a frame (PIL image or a
+    path with an image suffix), is ONE video."""
+    if isinstance(video, str):
+        return True
+    if isinstance(video, list) and video:
+        first = video[0]
+        if isinstance(first, Image.Image):
+            return True
+        if isinstance(first, str):
+            return Path(first.lower()).suffix in IMAGE_SUFFIXES
+    return False
+
+
+def official_format_model_input(
+    text=None, image=None, video=None, instruction=None, fps=None, max_frames=None
+) -> list[dict]:
+    """The official `format_model_input` (January 2026), minus its "NULL" substitute for empty
+    items: every value may be a list; content = videos, images, texts."""
     if instruction:
         instruction = instruction.strip()
         if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
             instruction = instruction + "."
+    texts = [] if text is None else [text] if isinstance(text, str) else list(text)
+    images = [] if image is None else image if isinstance(image, list) else [image]
+    videos = [] if video is None else [video] if official_is_video_input(video) else video
     content: list[dict] = []
-    conversation = [
-        {
-            "role": "system",
-            "content": [{"type": "text", "text": instruction or OFFICIAL_DEFAULT_INSTRUCTION}],
-        },
-        {"role": "user", "content": content},
-    ]
-    if video:
-        if isinstance(video, list):
-            frames = official_sample_frames(video, OFFICIAL_MAX_FRAMES, OFFICIAL_MAX_FRAMES)
+    for one in videos:
+        if isinstance(
+            one, list
+        ):  # frames: sampled with the embedder's max_frames, never the item's
+            frames = official_sample_frames(one, OFFICIAL_MAX_FRAMES)
             frames = ["file://" + frame if isinstance(frame, str) else frame for frame in frames]
             content.append(
                 {"type": "video", "video": frames, "total_pixels": OFFICIAL_TOTAL_PIXELS}
             )
-        else:
+        else:  # a file: the item's fps / max_frames, else the embedder's; no total_pixels
             content.append(
                 {
                     "type": "video",
-                    "video": "file://" + video,
-                    "fps": OFFICIAL_FPS,
-                    "max_frames": OFFICIAL_MAX_FRAMES,
+                    "video": "file://" + one,
+                    "fps": fps or OFFICIAL_FPS,
+                    "max_frames": max_frames or OFFICIAL_MAX_FRAMES,
                 }
             )
-    if image:
-        image_content = image if isinstance(image, Image.Image) else "file://" + image
+    for one in images:
         content.append(
             {
                 "type": "image",
-                "image": image_content,
+                "image": one if isinstance(one, Image.Image) else "file://" + one,
                 "min_pixels": OFFICIAL_MIN_PIXELS,
                 "max_pixels": OFFICIAL_MAX_PIXELS,
             }
         )
-    if text:
-        content.append({"type": "text", "text": text})
-    return conversation
+    content += [{"type": "text", "text": one} for one in texts]
+    system = {"type": "text", "text": instruction or OFFICIAL_DEFAULT_INSTRUCTION}
+    return [{"role": "system", "content": [system]}, {"role": "user", "content": content}]
 
 
 def decord_like_reader(element: dict):
@@ -227,6 +244,13 @@ def media(tmp_path_factory) -> SimpleNamespace:
             Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)) for _ in range(5)
         ],
         clip_path=str(directory / "clip.mp4"),
+        # 70 tiny frames: more than the 64 a frame list keeps, so it is sampled down.
+        many_frames=[
+            Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)) for _ in range(70)
+        ],
+        pages=[
+            Image.fromarray(rng.integers(0, 256, (90, 64, 3), dtype=np.uint8)) for _ in range(3)
+        ],
     )
 
 
@@ -268,20 +292,94 @@ PARITY_CASES = {
     "video (frame list)": lambda m: {"video": m.frames},
     "video (file)": lambda m: {"video": m.clip_path},
     "video + image + text": lambda m: {"text": "all three", "image": m.photo, "video": m.clip_path},
+    # Several media and texts in one item (the January 2026 official embedder).
+    "2 images": lambda m: {"image": [m.photo, m.rgba]},
+    "image + text + text": lambda m: {"image": m.photo_path, "text": ["page one", "page two"]},
+    "multi-page document": lambda m: {"image": m.pages, "text": "Q3 report", "instruction": "Doc"},
+    "4-frame list (kept as is)": lambda m: {"video": m.frames[:4]},
+    "70-frame list (sampled to 64)": lambda m: {"video": m.many_frames},
+    "frame list given as one-element list of lists": lambda m: {"video": [m.frames[:3]]},
+    "2 videos: file + frame list": lambda m: {"video": [m.clip_path, m.frames[:4]]},
+    "2 videos: frame lists": lambda m: {"video": [m.frames[:2], m.frames[1:]], "text": "two"},
+    "per-item fps / max_frames on a file": lambda m: {
+        "video": m.clip_path,
+        "fps": 4,
+        "max_frames": 6,
+    },
+    "per-item fps on a file beside a frame list": lambda m: {
+        "video": [m.frames[:2], m.clip_path],
+        "fps": 2.5,
+    },
+    "everything": lambda m: {
+        "video": [m.clip_path, m.frames],
+        "image": [m.photo, m.rgba],
+        "text": ["a", "b"],
+        "max_frames": 4,
+    },
 }
 
 
+# ~4,900 tokens (32 temporal patches of at least 128 tokens): padding a whole batch to it is slow
+# on CPU, so the reference embeds it in a batch of its own.
+LONG_CASES = ("70-frame list (sampled to 64)",)
+
+
 def test_parity_with_official_embedder(tiny_vl_embedder, reference, media):
-    names = list(PARITY_CASES)
+    names = [name for name in PARITY_CASES if name not in LONG_CASES] + list(LONG_CASES)
     items = [PARITY_CASES[name](media) for name in names]
     ours = tiny_vl_embedder.embed(["A dog on a beach"] + items).embeddings
-    expected = official_embed(reference, [official_format_model_input(**item) for item in items])
+    conversations = [official_format_model_input(**item) for item in items]
+    split = len(names) - len(LONG_CASES)
+    expected = torch.cat(
+        [
+            official_embed(reference, conversations[:split]),
+            official_embed(reference, conversations[split:]),
+        ]
+    )
     assert torch.equal(ours[0], ours[1]), "a plain string is the same item as {'text': ...}"
     diffs = (ours[1:] - expected).abs().max(dim=1).values
     report = {name: f"{diff:.2e}" for name, diff in zip(names, diffs.tolist(), strict=True)}
     assert (diffs <= ATOL).all(), report
     assert torch.allclose(ours.norm(dim=1), torch.ones(len(ours)), atol=1e-6)
     assert ours.dtype == torch.float32
+
+
+def test_multi_media_items_batched_equal_alone(tiny_vl_embedder, media):
+    """One padded batch mixing every multi-media case with single-medium items: each row equals
+    the item embedded alone."""
+    names = [
+        "text",
+        "image (path)",
+        "video (file)",
+        "2 images",
+        "image + text + text",
+        "4-frame list (kept as is)",
+        "70-frame list (sampled to 64)",
+        "2 videos: file + frame list",
+        "per-item fps / max_frames on a file",
+        "everything",
+    ]
+    prepared = tiny_vl_embedder.prepare([PARITY_CASES[name](media) for name in names])
+    together = tiny_vl_embedder.forward_pooled(prepared)
+    alone = torch.cat([tiny_vl_embedder.forward_pooled([item]) for item in prepared])
+    assert (together - alone).abs().max() <= ATOL
+
+
+def test_frame_lists_keep_short_lists_and_sample_long_ones(tiny_vl_embedder, media):
+    """4 frames stay 4 (2 temporal patches); 70 become 64 (32); a file follows the item's fps."""
+    four, five, seventy, clip, clip_fast = tiny_vl_embedder.prepare(
+        [
+            {"video": media.frames[:4]},
+            {"video": media.frames},  # odd: qwen-vl-utils repeats the last frame -> 6
+            {"video": media.many_frames},
+            {"video": media.clip_path},
+            {"video": media.clip_path, "fps": 4, "max_frames": 6},
+        ]
+    )
+    grid_t = [p.media["video_grid_thw"][0, 0] for p in (four, five, seventy, clip, clip_fast)]
+    assert grid_t == [2, 3, 32, 2, 3]
+    two = tiny_vl_embedder.prepare([{"video": [media.frames[:2], media.clip_path]}])[0]
+    assert two.media["video_grid_thw"].shape == (2, 3)
 
 
 def test_call_instruction_matches_official_item_instruction(tiny_vl_embedder, reference, media):
@@ -383,13 +481,50 @@ def test_prepared_rows_round_trip(tiny_vl_embedder, media):
         [{"text": "t", "image": media.photo}, {"video": media.clip_path}, "text"]
     )
     rows = [item.to_row() for item in prepared]
-    assert set(rows[0]) == {"input_ids", "media_pixel_values", "media_image_grid_thw"}
-    assert set(rows[1]) == {"input_ids", "media_pixel_values_videos", "media_video_grid_thw"}
+    assert set(rows[0]) == {
+        "input_ids", "media_image_pixels", "media_image_shapes", "media_image_grid_thw",
+    }  # fmt: skip
+    assert set(rows[1]) == {
+        "input_ids", "media_video_pixels", "media_video_shapes", "media_video_grid_thw",
+    }  # fmt: skip
     restored = [PreparedInput.from_row(row) for row in rows]
     assert torch.equal(
         tiny_vl_embedder.embed_prepared(prepared).embeddings,
         tiny_vl_embedder.embed_prepared(restored).embeddings,
     )
+
+
+def test_uint8_pixels_normalised_by_the_backend_equal_the_processors_patches(
+    tiny_vl_embedder, media
+):
+    """The CPU stage ships resized uint8 pixels; the backend's patches equal those the processor
+    computes from the same media in one call (the float32 arrays shipped before), bit for bit
+    on CPU, and the shipped bytes are 1/8 (images) and 1/4 (videos) of the float32 patches."""
+    from qwen3_embed.vl.pixels import media_tensors
+
+    impl = tiny_vl_embedder.preparer.impl
+    item = {"video": [media.clip_path, media.frames], "image": [media.photo, media.rgba]}
+    parsed = impl_parse(impl, item)
+    prompt = impl.processor.apply_chat_template(
+        conversation(parsed), add_generation_prompt=True, tokenize=False
+    )
+    loaded = impl._load_media(parsed, ItemBudget(10**12, 10**9))
+    expected = impl._process(prompt, loaded, truncation=False, max_length=None)
+    (prepared,) = tiny_vl_embedder.prepare([item])
+    got = media_tensors([prepared.media], impl.processor, torch.device("cpu"))
+    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw"):
+        assert torch.equal(got[key], expected[key]), key
+    assert prepared.media["image_pixels"].dtype == np.uint8
+    assert expected["pixel_values"].numpy().nbytes == 8 * prepared.media["image_pixels"].nbytes
+    assert (
+        expected["pixel_values_videos"].numpy().nbytes == 4 * prepared.media["video_pixels"].nbytes
+    )
+
+
+def impl_parse(impl, item):
+    from qwen3_embed.vl.items import parse_item
+
+    return parse_item(item, None)
 
 
 def test_num_tokens_count_vision_tokens(tiny_vl_embedder, media):
@@ -435,9 +570,7 @@ def test_video_sources_are_equivalent(tiny_vl_embedder, media, http_media):
     ):
         prepared = tiny_vl_embedder.prepare([{"video": source}])[0]
         assert prepared.input_ids == expected.input_ids
-        assert np.array_equal(
-            prepared.media["pixel_values_videos"], expected.media["pixel_values_videos"]
-        )
+        assert np.array_equal(prepared.media["video_pixels"], expected.media["video_pixels"])
     # 12 frames at 4 fps = 3 s -> fps=1 gives 3, raised to min_frames 4: grid_t = 4 / temporal patch 2
     assert expected.media["video_grid_thw"][0, 0] == 2
     # frame paths work like frame images
@@ -447,7 +580,7 @@ def test_video_sources_are_equivalent(tiny_vl_embedder, media, http_media):
         tiny_vl_embedder, {"video": [str(media.dir / f"frame{i}.png") for i in range(5)]}
     )
     from_images = pixel_arrays(tiny_vl_embedder, {"video": media.frames})
-    assert np.array_equal(from_paths["pixel_values_videos"], from_images["pixel_values_videos"])
+    assert np.array_equal(from_paths["video_pixels"], from_images["video_pixels"])
 
 
 def test_media_policy(tiny_vl_embedder, media, http_media, monkeypatch):
@@ -486,7 +619,7 @@ ERROR_CASES = {
     "only None values": (lambda m: {"text": None, "image": None}, r"the item is empty"),
     "unknown key": (
         lambda m: {"text": "x", "img": "a.png"},
-        r"unknown key\(s\) \['img'\]; valid keys are: text, image, video, instruction",
+        r"unknown key\(s\) \['img'\]; valid keys are: text, image, video, instruction, fps, max_frames",
     ),
     "item of wrong type": (lambda m: 42, r"an item must be a string or a dict"),
     "text of wrong type": (lambda m: {"text": 3}, r"text must be a string"),
@@ -543,7 +676,41 @@ ERROR_CASES = {
         lambda m: {"text": "x", "instruction": "<|video_pad|>"},
         r"text and instruction must not contain the reserved token <\|video_pad\|>",
     ),
-    "empty frame list": (lambda m: {"video": []}, r"video: video frame list is empty"),
+    "empty video list": (lambda m: {"video": []}, r"video is an empty list"),
+    "empty frame list among videos": (
+        lambda m: {"video": [m.clip_path, []]},
+        r"video\[1\] is an empty frame list",
+    ),
+    "empty image list": (lambda m: {"image": [], "text": "x"}, r"image is an empty list"),
+    "empty text list": (lambda m: {"text": [], "image": m.photo}, r"text is an empty list"),
+    "empty text in a list": (lambda m: {"text": ["ok", " "]}, r"text\[1\] is empty"),
+    "text list of wrong type": (lambda m: {"text": ["ok", 3]}, r"text\[1\] must be a string"),
+    "bad second image names it": (
+        lambda m: {"image": [m.photo, b"junk"]},
+        r"image\[1\]: could not decode the image",
+    ),
+    "bad second video names it": (
+        lambda m: {"video": [m.clip_path, "/no/such/clip.mp4"]},
+        r"video\[1\]: no such file",
+    ),
+    "fps of 0 (the official code would silently use 1)": (
+        lambda m: {"video": m.clip_path, "fps": 0},
+        r"fps must be > 0",
+    ),
+    "fps of wrong type": (lambda m: {"video": m.clip_path, "fps": "2"}, r"fps must be a finite"),
+    "max_frames of 1": (
+        lambda m: {"video": m.clip_path, "max_frames": 1},
+        r"max_frames must be an integer >= 2",
+    ),
+    "max_frames on a frame list only": (
+        lambda m: {"video": m.frames, "max_frames": 8},
+        r"fps and max_frames apply to video files only",
+    ),
+    "fps without a video": (lambda m: {"text": "x", "fps": 2}, r"fps and max_frames apply"),
+    "reserved token with two images": (
+        lambda m: {"text": "<|image_pad|>", "image": [m.photo, m.photo]},
+        r"text and instruction must not contain the reserved token <\|image_pad\|>",
+    ),
     "corrupt frame": (
         lambda m: {"video": [m.photo, b"junk"]},
         r"video: video frame 1: could not decode the image",
@@ -588,6 +755,62 @@ def test_size_limits(tiny_vl_embedder, media, monkeypatch):
         tiny_vl_embedder.prepare([{"video": media.frames}])
     with pytest.raises(ValueError, match="max_bytes"):
         MediaOptions(max_bytes=0)
+
+
+def test_per_item_media_limits(tiny_vl_embedder, tiny_vl_model_dir, media, monkeypatch):
+    impl = tiny_vl_embedder.preparer.impl
+    monkeypatch.setattr(impl, "media_options", MediaOptions(max_media_per_item=2))
+    assert tiny_vl_embedder.prepare([{"image": [media.photo], "video": media.frames}])
+    with pytest.raises(
+        InputError,
+        match=r"input\[0\]: the item has 2 image\(s\) and 1 video\(s\), more than the limit of 2 media per item",
+    ):
+        tiny_vl_embedder.prepare([{"image": [media.photo, media.photo], "video": media.frames}])
+    # photo 150x100 = 15,000 decoded pixels: two fit in 30,000, three do not
+    monkeypatch.setattr(impl, "media_options", MediaOptions(max_item_pixels=30_000))
+    assert tiny_vl_embedder.prepare([{"image": [media.photo, media.photo]}])
+    with pytest.raises(
+        InputError, match=r"input\[0\]: image\[2\]: the item's media add up to more than 30000"
+    ):
+        tiny_vl_embedder.prepare([{"image": [media.photo] * 3}])
+    with pytest.raises(InputError, match=r"video: the item's media add up to more than 30000"):
+        tiny_vl_embedder.prepare([{"video": media.clip_path, "max_frames": 12, "fps": 4}])
+    # Vision tokens: 100x150 -> 15 tokens + 2 per image; the item is refused before the processor
+    # runs, whether truncation is on or off, as soon as its media alone pass max_length.
+    monkeypatch.undo()
+    short = Embedder(
+        Preparer.from_model_dir("tiny-vl", tiny_vl_model_dir, tiny_vl_embedder.info, 60),
+        tiny_vl_embedder.backend,
+    )
+    assert short.prepare([{"image": [media.photo, media.photo]}])
+    for truncate in (True, False):
+        with pytest.raises(
+            InputTooLongError,
+            match=r"input\[0\]: image\[3\]: the item's media need at least 68 tokens, more than max_length=60",
+        ):
+            short.prepare([{"image": [media.photo] * 4}], truncate=truncate)
+
+
+def test_video_list_rule_follows_the_official_is_video_input(tiny_vl_embedder, media):
+    """A list starting with an image is one video (frames); any other list is several videos."""
+    from qwen3_embed.vl.items import split_videos
+
+    frame_paths = [str(media.dir / f"f{i}.png") for i in range(3)]
+    for index, path in enumerate(frame_paths):
+        media.frames[index].save(path)
+    assert split_videos(media.clip_path) == [media.clip_path]
+    assert split_videos(frame_paths) == [frame_paths]  # image suffix: frames
+    assert split_videos(media.frames) == [media.frames]
+    assert split_videos([media.clip_path, media.clip_path]) == [media.clip_path] * 2
+    assert split_videos([frame_paths, media.clip_path]) == [frame_paths, media.clip_path]
+    assert len(split_videos([media.photo_bytes, media.photo_bytes])) == 1  # PNG bytes: frames
+    clip = Path(media.clip_path).read_bytes()
+    assert split_videos([clip, clip]) == [clip, clip]  # mp4 bytes: two videos
+    data_uri = "data:image/png;base64," + base64.b64encode(media.photo_bytes).decode()
+    assert len(split_videos([data_uri, data_uri])) == 1
+    assert split_videos(["https://x.test/a.JPG?size=2", "https://x.test/b.jpg"]) == [
+        ["https://x.test/a.JPG?size=2", "https://x.test/b.jpg"]
+    ]
 
 
 def test_prepare_each_keeps_the_good_items(tiny_vl_embedder, media):
@@ -671,7 +894,9 @@ def test_cli_builds_a_loadable_tiny_vl_model(tmp_path):
 
 
 def test_media_options_through_from_pretrained(tiny_vl_model_dir, media):
-    locked = Preparer.from_pretrained(tiny_vl_model_dir, media_options=MediaOptions(allow_local_paths=False))
+    locked = Preparer.from_pretrained(
+        tiny_vl_model_dir, media_options=MediaOptions(allow_local_paths=False)
+    )
     (result,) = locked.prepare_each([{"image": str(media.photo_path)}])
     assert isinstance(result, InputError) and "local" in result.reason
     assert locked.prepare([{"image": media.photo_bytes}])[0].num_tokens > 0

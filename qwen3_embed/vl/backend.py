@@ -3,8 +3,9 @@
 The backbone is transformers' `Qwen3VLModel` (text + vision towers, no LM head) loaded straight
 from the published `Qwen3VLForConditionalGeneration` checkpoint; its `last_hidden_state` is taken
 after the final norm, as the official embedder does. A batch is collated like the processor's own
-right-padded batch: ids padded right, media arrays concatenated in item order (the model scatters
-image and video features into the pad tokens row by row, in that order).
+right-padded batch: ids padded right, media in item order (the model scatters image and video
+features into the pad tokens row by row, in that order). Media arrive as resized uint8 pixels and
+are normalised into patches here, on the device (`pixels.media_tensors`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..backend import Backend, PreparedInput
-from .preparer import MEDIA_KEYS, VLPreparer
+from .pixels import IMAGE_KEYS, VIDEO_KEYS, media_tensors
+from .preparer import VLPreparer
 
 # Processor convention for `mm_token_type_ids`, which drives the 3-D (M-RoPE) positions.
 TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
@@ -37,6 +38,7 @@ class VLBackend(Backend):
         self.pad_id = preparer.pad_id
         self.image_token_id = preparer.image_token_id
         self.video_token_id = preparer.video_token_id
+        self.processor = preparer.processor  # its image / video processors normalise the pixels
         self.model = Qwen3VLModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
         # An embedder never decodes: no KV cache to allocate for every batch.
         self.model.language_model.config.use_cache = False
@@ -61,10 +63,7 @@ class VLBackend(Backend):
             "attention_mask": attention_mask,
             "mm_token_type_ids": token_types,
         }
-        for key in MEDIA_KEYS:
-            arrays = [item.media[key] for item in batch if key in item.media]
-            if arrays:
-                inputs[key] = torch.from_numpy(np.concatenate(arrays, axis=0))
+        inputs.update(media_tensors([item.media for item in batch], self.processor, self.device))
         return inputs
 
     @torch.inference_mode()
@@ -79,14 +78,11 @@ def _check_media_matches_tokens(
 ) -> None:
     """Vision pad tokens without their pixels (or pixels without tokens) would silently embed the
     wrong thing, or shift another item's media into this one: refuse such an item loudly."""
-    for token_id, pixels, grid in (
-        (image_token_id, "pixel_values", "image_grid_thw"),
-        (video_token_id, "pixel_values_videos", "video_grid_thw"),
-    ):
+    for token_id, keys in ((image_token_id, IMAGE_KEYS), (video_token_id, VIDEO_KEYS)):
         has_tokens = token_id in item.input_ids
-        has_media = pixels in item.media and grid in item.media
-        if has_tokens != has_media or (pixels in item.media) != (grid in item.media):
+        present = [key in item.media for key in keys]
+        if any(present) != all(present) or has_tokens != all(present):
             raise ValueError(
                 f"prepared input is inconsistent: vision tokens {'present' if has_tokens else 'absent'} "
-                f"but media keys {sorted(item.media)}; expected {pixels!r} and {grid!r} together with the tokens"
+                f"but media keys {sorted(item.media)}; expected {', '.join(keys)} together with the tokens"
             )

@@ -29,6 +29,10 @@ from ..errors import InputError
 DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 30.0
+# Per item: images + videos (a frame list counts as one video), and decoded pixels over all of
+# them (256 Mpx: 64 pages of 2000 x 2000, ~0.8 GB of RGB at most while the item is loaded).
+DEFAULT_MAX_MEDIA_PER_ITEM = 64
+DEFAULT_MAX_ITEM_PIXELS = 256 * 1024 * 1024
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -46,9 +50,11 @@ class MediaOptions:
     max_bytes: int = DEFAULT_MAX_BYTES  # per encoded image / video payload
     max_pixels: int = DEFAULT_MAX_PIXELS  # per image or video frame, checked before decoding
     timeout_s: float = DEFAULT_TIMEOUT_S  # per http(s) fetch
+    max_media_per_item: int = DEFAULT_MAX_MEDIA_PER_ITEM  # images + videos in one item
+    max_item_pixels: int = DEFAULT_MAX_ITEM_PIXELS  # decoded pixels over one item's media
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels"):
+        for name in ("max_bytes", "max_pixels", "max_media_per_item", "max_item_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MediaOptions.{name} must be an integer >= 1, got {value!r}")

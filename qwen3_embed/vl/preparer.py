@@ -14,17 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..backend import InputPreparer, PreparedInput, PrepareResult
 from ..errors import InputError, InputTooLongError
 from ..model_info import ModelInfo
 from .extra import require_vl_extra
-from .items import VLItem, conversation, parse_item
+from .items import VLItem, conversation, describe_media, parse_item
+from .limits import ItemBudget
 from .media import MediaOptions
+from .pixels import MEDIA_KEYS, pack_media
 
-# Processor outputs kept per item; names are simple so they survive PreparedInput.to_row.
-MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+__all__ = ["MEDIA_KEYS", "VLPreparer"]
 
 
 class VLPreparer(InputPreparer):
@@ -65,11 +64,18 @@ class VLPreparer(InputPreparer):
         self, item: Any, instruction: str | None, truncate: bool, max_length: int
     ) -> PreparedInput:
         parsed = parse_item(item, instruction)
+        limit = self.media_options.max_media_per_item
+        if parsed.num_media > limit:
+            raise InputError(
+                f"the item has {len(parsed.images)} image(s) and {len(parsed.videos)} video(s), "
+                f"more than the limit of {limit} media per item"
+            )
         prompt = self.processor.apply_chat_template(
             conversation(parsed), add_generation_prompt=True, tokenize=False
         )
         self._check_no_reserved_tokens(prompt, parsed)
-        media = self._load_media(parsed)
+        budget = ItemBudget(self.media_options.max_item_pixels, max_length - self.added_tokens)
+        media = self._load_media(parsed, budget)
         encoded = self._process(prompt, media, truncation=False, max_length=None)
         input_ids = encoded["input_ids"][0].tolist()
         if len(input_ids) > max_length:
@@ -81,49 +87,62 @@ class VLPreparer(InputPreparer):
             self._check_media_survives(input_ids, max_length)
             encoded = self._process(prompt, media, truncation=True, max_length=max_length)
             input_ids = encoded["input_ids"][0].tolist()
-        arrays = {
-            key: np.ascontiguousarray(encoded[key].numpy()) for key in MEDIA_KEYS if key in encoded
-        }
-        return PreparedInput(input_ids=input_ids, media=arrays)
+        # uint8 pixels, normalised on the device by the backend (see pixels.py)
+        return PreparedInput(input_ids=input_ids, media=pack_media(**media, encoded=encoded))
 
-    def _load_media(self, item: VLItem) -> dict[str, Any]:
-        from qwen_vl_utils.vision_process import fetch_image
-
-        from .constants import IMAGE_PATCH_SIZE, MAX_PIXELS, MIN_PIXELS
-        from .media import load_image
+    def _load_media(self, item: VLItem, budget: ItemBudget) -> dict[str, list[Any]]:
+        """Videos then images, in the item's order (the order of their pad tokens in the prompt);
+        an error names the medium (`image[2]: ...`) and is raised before the rest is read."""
         from .video import load_video
 
-        media: dict[str, Any] = {}
-        if item.video is not None:
+        labels = iter(describe_media(item))
+        videos = []
+        for video in item.videos:
+            label = next(labels)
             try:
-                media["video"] = load_video(item.video, self.media_options)
+                videos.append(
+                    load_video(video, self.media_options, budget, item.fps, item.max_frames)
+                )
             except InputError as error:
-                raise InputError(f"video: {error.reason}") from None
-        if item.image is not None:
+                raise type(error)(f"{label}: {error.reason}") from None
+        images = []
+        for image in item.images:
+            label = next(labels)
             try:
-                image = load_image(item.image, self.media_options)
-                element = {
-                    "type": "image",
-                    "image": image,
-                    "min_pixels": MIN_PIXELS,
-                    "max_pixels": MAX_PIXELS,
-                }
-                media["image"] = fetch_image(element, image_patch_size=IMAGE_PATCH_SIZE)
+                images.append(self._load_image(image, budget))
             except InputError as error:
-                raise InputError(f"image: {error.reason}") from None
+                raise type(error)(f"{label}: {error.reason}") from None
             except (ValueError, OSError) as error:  # aspect ratio over 200; lazy PIL data failing
-                raise InputError(f"image: cannot be used ({error})") from None
-        return media
+                raise InputError(f"{label}: cannot be used ({error})") from None
+        return {"images": images, "videos": videos}
+
+    def _load_image(self, source: Any, budget: ItemBudget) -> Any:
+        from qwen_vl_utils.vision_process import fetch_image
+
+        from .constants import IMAGE_FACTOR, IMAGE_PATCH_SIZE, MAX_PIXELS, MIN_PIXELS
+        from .media import load_image
+
+        image = load_image(source, self.media_options)
+        budget.add_pixels(image.width * image.height)
+        element = {
+            "type": "image",
+            "image": image,
+            "min_pixels": MIN_PIXELS,
+            "max_pixels": MAX_PIXELS,
+        }
+        resized = fetch_image(element, image_patch_size=IMAGE_PATCH_SIZE)
+        budget.add_tokens((resized.width // IMAGE_FACTOR) * (resized.height // IMAGE_FACTOR) + 2)
+        return resized
 
     def _process(
-        self, prompt: str, media: dict[str, Any], truncation: bool, max_length: int | None
+        self, prompt: str, media: dict[str, list[Any]], truncation: bool, max_length: int | None
     ) -> Any:
-        video = media.get("video")
+        images, videos = media["images"], media["videos"]
         return self.processor(
             text=[prompt],
-            images=[media["image"]] if "image" in media else None,
-            videos=[video.frames] if video is not None else None,
-            video_metadata=[video.metadata] if video is not None else None,
+            images=images or None,
+            videos=[video.frames for video in videos] or None,
+            video_metadata=[video.metadata for video in videos] or None,
             truncation=truncation,
             max_length=max_length,
             do_resize=False,  # media were resized above, as qwen_vl_utils does
@@ -135,10 +154,10 @@ class VLPreparer(InputPreparer):
         """A literal <|image_pad|> or <|video_pad|> in a text or instruction would become a vision
         placeholder with no features behind it, and break every batch the item joins."""
         for token, media in (
-            (self.processor.image_token, item.image),
-            (self.processor.video_token, item.video),
+            (self.processor.image_token, item.images),
+            (self.processor.video_token, item.videos),
         ):
-            if prompt.count(token) != (0 if media is None else 1):
+            if prompt.count(token) != len(media):
                 raise InputError(
                     f"text and instruction must not contain the reserved token {token}"
                 )

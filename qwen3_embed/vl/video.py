@@ -1,11 +1,12 @@
 """Videos, read and sampled exactly as the official embedder feeds them to the processor.
 
-- A frame list is resampled to exactly `MAX_FRAMES` positions with
-  `np.linspace(0, n - 1, MAX_FRAMES, dtype=int)` (short lists repeat frames, as the official
-  `sample_frames` does), then handed to `qwen_vl_utils.fetch_video` with
-  `total_pixels=MAX_TOTAL_PIXELS`.
-- A video file (path, URL, bytes) is sampled at `FPS` frame/s, at most `MAX_FRAMES` frames
-  (`qwen_vl_utils.smart_nframes`, indices `linspace(0, total - 1, n).round()`), and resized as
+- A frame list is kept as it is when it has at most `MAX_FRAMES` frames, and sampled down to
+  `np.linspace(0, n - 1, MAX_FRAMES, dtype=int)` beyond (the official `sample_frames`; the
+  embedder's own `MAX_FRAMES`, never the item's), then handed to `qwen_vl_utils.fetch_video` with
+  `total_pixels=MAX_TOTAL_PIXELS` (which pads an odd count by repeating the last frame).
+- A video file (path, URL, bytes) is sampled at `fps` frame/s, at most `max_frames` frames (the
+  item's values, else `FPS` / `MAX_FRAMES`; `qwen_vl_utils.smart_nframes`, indices
+  `linspace(0, total - 1, n).round()`), and resized as
   `qwen_vl_utils.fetch_video` does (no `total_pixels` is given for files, so its default applies).
   qwen-vl-utils reads files with torchcodec or decord (its torchvision fallback no longer exists in
   torchvision >= 0.24); here PyAV decodes them, streaming, so only the sampled frames are kept.
@@ -23,7 +24,15 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .constants import FPS, IMAGE_FACTOR, IMAGE_PATCH_SIZE, MAX_FRAMES, MAX_TOTAL_PIXELS
+from .constants import (
+    FPS,
+    IMAGE_FACTOR,
+    IMAGE_PATCH_SIZE,
+    MAX_FRAMES,
+    MAX_TOTAL_PIXELS,
+    TEMPORAL_PATCH,
+)
+from .limits import ItemBudget
 from .media import MediaOptions, check_pixels, is_remote_url, load_image, local_path, read_bytes
 
 
@@ -35,28 +44,44 @@ class Video:
     metadata: dict[str, Any]  # fps, frames_indices, total_num_frames: the processor's timestamps
 
 
-def load_video(source: Any, options: MediaOptions) -> Video:
+def load_video(
+    source: Any,
+    options: MediaOptions,
+    budget: ItemBudget,
+    fps: float | None = None,
+    max_frames: int | None = None,
+) -> Video:
+    """`fps` / `max_frames` (per item) apply to files only, as in the official `format_model_input`."""
     if isinstance(source, (list, tuple)):
-        return video_from_frames(source, options)
-    return video_from_file(source, options)
+        return video_from_frames(source, options, budget)
+    return video_from_file(source, options, budget, fps or FPS, max_frames or MAX_FRAMES)
+
+
+def video_tokens(num_frames: int, height: int, width: int) -> int:
+    """Vision tokens of a resized clip: temporal patches of 2 frames x merged 32x32 blocks."""
+    return -(-num_frames // TEMPORAL_PATCH) * (height // IMAGE_FACTOR) * (width // IMAGE_FACTOR)
 
 
 # ----------------------------------------------------------------------------- frame lists
-def sample_frame_positions(num_frames: int, num_segments: int = MAX_FRAMES) -> list[int]:
-    """The official `sample_frames`: always `num_segments` positions, repeating when short."""
-    return np.linspace(0, num_frames - 1, num_segments, dtype=int).tolist()
+def sample_frame_positions(num_frames: int, max_frames: int = MAX_FRAMES) -> list[int]:
+    """The official `sample_frames`: every frame when there are at most `max_frames`, else
+    `max_frames` positions spread evenly (first and last included)."""
+    if num_frames <= max_frames:
+        return list(range(num_frames))
+    return np.linspace(0, num_frames - 1, max_frames, dtype=int).tolist()
 
 
-def video_from_frames(frames: Sequence[Any], options: MediaOptions) -> Video:
+def video_from_frames(frames: Sequence[Any], options: MediaOptions, budget: ItemBudget) -> Video:
     from qwen_vl_utils.vision_process import fetch_video
 
     if len(frames) == 0:
         raise InputError("video frame list is empty")
     positions = sample_frame_positions(len(frames))
     loaded = {}
-    for position in sorted(set(positions)):  # only the sampled frames are ever read
+    for position in positions:  # only the sampled frames are ever read
         try:
             loaded[position] = load_image(frames[position], options)
+            budget.add_pixels(loaded[position].width * loaded[position].height)
         except InputError as error:
             raise InputError(f"video frame {position}: {error.reason}") from None
     sizes = {image.size for image in loaded.values()}
@@ -76,6 +101,7 @@ def video_from_frames(frames: Sequence[Any], options: MediaOptions) -> Video:
         )
     except (ValueError, OSError) as error:  # an aspect ratio over 200; a lazy PIL frame failing
         raise InputError(f"video frames cannot be used: {error}") from None
+    budget.add_tokens(video_tokens(*video.shape[:1], *video.shape[2:]) + 2)
     return Video(video, metadata)
 
 
@@ -118,12 +144,12 @@ def _target_size(num_frames: int, height: int, width: int) -> tuple[int, int]:
     )
 
 
-def _frame_indices(total_frames: int, video_fps: float) -> list[int]:
+def _frame_indices(total_frames: int, video_fps: float, fps: float, max_frames: int) -> list[int]:
     from qwen_vl_utils.vision_process import smart_nframes
 
     try:
         num_frames = smart_nframes(
-            {"fps": FPS, "max_frames": MAX_FRAMES}, total_frames=total_frames, video_fps=video_fps
+            {"fps": fps, "max_frames": max_frames}, total_frames=total_frames, video_fps=video_fps
         )
     except ValueError:
         raise InputError(f"video has {total_frames} frame(s); at least 2 are needed") from None
@@ -175,7 +201,9 @@ def _decode_resized(
     return kept, count
 
 
-def video_from_file(source: Any, options: MediaOptions) -> Video:
+def video_from_file(
+    source: Any, options: MediaOptions, budget: ItemBudget, fps: float, max_frames: int
+) -> Video:
     import av
 
     try:
@@ -191,8 +219,11 @@ def video_from_file(source: Any, options: MediaOptions) -> Video:
         if total_frames <= 0:
             total_frames = _count_frames(open_container)
         for _ in range(2):
-            indices = _frame_indices(total_frames, video_fps)
+            indices = _frame_indices(total_frames, video_fps, fps, max_frames)
             size = _target_size(len(indices), height, width)
+            # Both limits are known before a frame is decoded: check them first.
+            budget.check_pixels(len(set(indices)) * width * height)
+            budget.check_tokens(video_tokens(len(indices), *size) + 2)
             kept, decoded = _decode_resized(open_container, indices, size)
             if len(kept) == len(set(indices)):
                 break
@@ -203,6 +234,8 @@ def video_from_file(source: Any, options: MediaOptions) -> Video:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as error:
         raise InputError(f"could not decode the video ({error})") from None
+    budget.add_pixels(len(set(indices)) * width * height)
+    budget.add_tokens(video_tokens(len(indices), *size) + 2)
     frames = torch.stack([kept[index] for index in indices]).float()  # (T, C, H, W)
     metadata = {
         "fps": video_fps,
