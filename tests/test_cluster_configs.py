@@ -322,7 +322,7 @@ RAYSERVICE_SPEC = {
 CLUSTER_SPEC = {
     "suspend", "managedBy", "autoscalerOptions", "headServiceAnnotations",
     "enableInTreeAutoscaling", "gcsFaultToleranceOptions", "headGroupSpec", "rayVersion",
-    "workerGroupSpecs",
+    "workerGroupSpecs", "authOptions",
 }  # fmt: skip
 HEAD_SPEC = {"template", "headService", "enableIngress", "rayStartParams", "serviceType"}
 WORKER_SPEC = {
@@ -528,3 +528,18 @@ def test_serve_config_serves_on_local_ray(ray_cluster, tiny_text_model_dir, tmp_
             )
     finally:
         serve.delete(name)
+
+
+@pytest.mark.parametrize("name", (RAYJOB, RAYSERVICE))
+def test_kuberay_clusters_use_ray_token_authentication(name: str):
+    """Ray 2.60 heads expect a token; KubeRay (>= 1.5.1) makes one and hands it to every pod."""
+    assert _cluster_spec(name)["authOptions"] == {"mode": "token"}
+
+
+@pytest.mark.parametrize("name", ("aws.yaml", "gcp.yaml"))
+def test_launcher_nodes_share_one_ray_token(name: str):
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [command for command in config[key] if "ray start" in command]
+        assert starts and all("RAY_AUTH_MODE=token ray start" in command for command in starts)

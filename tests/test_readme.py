@@ -40,6 +40,7 @@ TESTED_BY = {
     "http-examples": "test_offline_server_and_http_examples_run_as_written",
     "python-api": "test_python_api_blocks_run",
     "ci": ".ci/run itself",
+    "cluster-submit": "tests/test_cluster_submit.py (a real head on 127.0.0.1, free ports)",
 }
 
 
