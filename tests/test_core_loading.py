@@ -121,7 +121,9 @@ def test_cli_make_tiny_model_and_models(tmp_path):
     made = _cli("make-tiny-model", str(tmp_path / "tiny"))
     assert made.returncode == 0, made.stderr
     assert "RANDOM-WEIGHT" in made.stdout
-    assert Embedder.from_pretrained(tmp_path / "tiny").embed(["hi"]).embeddings.shape == (1, 64)
+    embedder = Embedder.from_pretrained(tmp_path / "tiny")
+    assert embedder.hidden_size == 256  # wide enough for the README's dim=256 examples
+    assert embedder.embed(["hi"], dim=256).embeddings.shape == (1, 256)
     listed = _cli("models", "--json")
     assert listed.returncode == 0, listed.stderr
     assert {row["model"] for row in json.loads(listed.stdout)} == set(SEED_MODELS)

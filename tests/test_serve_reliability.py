@@ -370,7 +370,7 @@ def test_declared_decompression_bomb_is_413_not_400():
     from deployments.errors import ApiError
     from deployments.inputs import MediaSlot, check_image
 
-    slot = MediaSlot(0, "image", None, "data:", is_url=False)
+    slot = MediaSlot(0, "image", (), "data:", is_url=False, is_image=True)
     with pytest.raises(ApiError) as info:
         check_image(_image(20_000, 20_000, "1"), slot, MediaPolicy())
     assert (info.value.status, info.value.code) == (413, "media_too_large")
