@@ -77,8 +77,9 @@ class InfinityServer:
         }
         env.pop("PYTHONPATH", None)  # its own libraries only
         self.log = open(cache_dir() / "infinity-server.log", "w")  # noqa: SIM115 (closed in __exit__)
+        # cwd: infinity creates `.infinity_cache` in its working directory; not in the repo.
         self.process = subprocess.Popen(
-            self.command, env=env, stdout=self.log, stderr=subprocess.STDOUT
+            self.command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=cache_dir()
         )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

@@ -248,3 +248,43 @@ def test_render_refuses_non_finite_values():
     vectors[1, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         render_embeddings("m", vectors, 1, "float")
+
+
+# ------------------------------------------------------------- one forward, mixed dims
+def test_one_batch_with_mixed_dimensions_equals_the_core_per_dimension(tiny_text_embedder):
+    """The replica's batch step (real core, no Ray): requests asking different `dimensions`
+    share one embed_prepared call, and each gets exactly what the core gives it alone."""
+    from types import SimpleNamespace
+
+    from deployments.model_deployment import EmbeddingModel, _Pending
+
+    requests = [
+        (["hello world", "a longer second input here"], 64),
+        (["what is ray"], 32),
+        (["x", "y", "z"], 48),
+        (["hello world"], 32),
+    ]
+    batch = [
+        _Pending(tuple(tiny_text_embedder.prepare(texts)), dim, 0.0) for texts, dim in requests
+    ]
+    replica = SimpleNamespace(embedder=tiny_text_embedder)
+    calls = []
+    original = tiny_text_embedder.embed_prepared
+
+    def counting(items, dim=None):
+        calls.append((len(items), dim))
+        return original(items, dim)
+
+    replica.embedder = SimpleNamespace(embed_prepared=counting, info=tiny_text_embedder.info)
+    vectors = EmbeddingModel.func_or_class._embed_mixed(replica, batch)
+    assert calls == [(7, None)]  # one call for the whole batch, at full size
+    for (texts, dim), rows in zip(requests, vectors, strict=True):
+        expected = tiny_text_embedder.embed(texts, dim=dim).embeddings.numpy()
+        assert rows.shape == expected.shape and rows.dtype == np.float32
+        np.testing.assert_allclose(rows, expected, atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-6)
+    # One dimension for all: the core slices it itself (no re-normalisation step).
+    calls.clear()
+    same = EmbeddingModel.func_or_class._embed_mixed(replica, batch[1:2] + batch[3:])
+    assert calls == [(2, 32)]
+    np.testing.assert_allclose(same[0], vectors[1], atol=1e-6)  # the two routes agree
