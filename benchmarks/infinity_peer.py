@@ -47,7 +47,10 @@ def ensure_environment(log) -> Path:
 class InfinityServer:
     """`with InfinityServer(...) as url:` an OpenAI-style /embeddings on 127.0.0.1."""
 
-    def __init__(self, executable: Path, model_dir: Path, port: int, device: str, name: str):
+    def __init__(
+        self, executable: Path, model_dir: Path, port: int, device: str, name: str, threads: int
+    ):
+        self.threads = threads
         self.command = [
             str(executable),
             "v2",
@@ -74,6 +77,7 @@ class InfinityServer:
             "HF_HUB_OFFLINE": "1",
             "INFINITY_ANONYMOUS_USAGE_STATS": "0",
             "DO_NOT_TRACK": "1",
+            "OMP_NUM_THREADS": str(self.threads),  # as many torch threads as the others get
         }
         env.pop("PYTHONPATH", None)  # its own libraries only
         self.log = open(cache_dir() / "infinity-server.log", "w")  # noqa: SIM115 (closed in __exit__)

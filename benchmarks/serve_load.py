@@ -12,6 +12,7 @@ queueing, forward, rendering.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import statistics
 import tempfile
@@ -30,6 +31,10 @@ from .infinity_peer import InfinityServer, ensure_environment
 from .st_format import write_sentence_transformers_files
 
 CONCURRENCY = (1, 8, 64)
+# Torch threads for every contender alike (the core in this process, infinity's server, the
+# Serve replica): QWEN3_EMBED_BENCH_THREADS, default 2 (this machine's cores). On a machine
+# shared with other work, 1 avoids OpenMP threads spinning against each other.
+THREADS = int(os.environ.get("QWEN3_EMBED_BENCH_THREADS", "2"))
 BATCH_TEXTS = 16
 SERVED_NAME = "bench"
 MAX_LENGTH = 512
@@ -88,14 +93,14 @@ async def _load(
 
 
 def _measure_server(url: str, texts: list[str], quick: bool) -> dict:
-    per_client = {1: 10 if quick else 60, 8: 4 if quick else 24, 64: 1 if quick else 8}
+    per_client = {1: 10 if quick else 40, 8: 4 if quick else 12, 64: 1 if quick else 3}
     asyncio.run(_load(url, texts, 4, 2))  # warm-up
     asyncio.run(_load(url, texts, 1, 2, BATCH_TEXTS))
     measured: dict = {}
     for clients in CONCURRENCY:
         measured[str(clients)] = asyncio.run(_load(url, texts, clients, per_client[clients]))
         log(f"  {clients} clients: {_short(measured[str(clients)])}")
-    batches = asyncio.run(_load(url, texts, 1, 4 if quick else 20, BATCH_TEXTS))
+    batches = asyncio.run(_load(url, texts, 1, 4 if quick else 12, BATCH_TEXTS))
     measured[f"{BATCH_TEXTS}-text"] = batches
     log(f"  {BATCH_TEXTS}-text requests: {_short(batches)}")
     return measured
@@ -108,10 +113,11 @@ def _short(m: dict) -> str:
 
 
 def _core(model_dir: Path, texts: list[str], device: torch.device, quick: bool) -> dict:
+    torch.set_num_threads(THREADS)
     embedder = Embedder.from_pretrained(model_dir, device=device)
     embedder.embed(texts[:4])
     singles = []
-    for text in texts[: 10 if quick else 60]:
+    for text in texts[: 10 if quick else 40]:
         start = time.perf_counter()
         embedder.embed([text])
         singles.append(time.perf_counter() - start)
@@ -120,7 +126,7 @@ def _core(model_dir: Path, texts: list[str], device: torch.device, quick: bool) 
         embedder.embed(texts[offset : offset + 64])
     throughput = len(texts) / (time.perf_counter() - start)
     batches = []
-    for offset in range(0, BATCH_TEXTS * (4 if quick else 20), BATCH_TEXTS):
+    for offset in range(0, BATCH_TEXTS * (4 if quick else 12), BATCH_TEXTS):
         start = time.perf_counter()
         embedder.embed([texts[(offset + i) % len(texts)] for i in range(BATCH_TEXTS)])
         batches.append(time.perf_counter() - start)
@@ -169,7 +175,7 @@ def _this_app(model_dir: Path, texts: list[str], device: torch.device, quick: bo
                     {
                         "model": str(model_dir),
                         "served_model_name": SERVED_NAME,
-                        "cpus_per_replica": 2,
+                        "cpus_per_replica": THREADS,  # Ray sets OMP_NUM_THREADS from it
                         "gpus_per_replica": 1 if device.type == "cuda" else 0,
                         "batching": {"max_batch_size": 64},  # no wait: continuous batching
                     }
@@ -208,8 +214,13 @@ def _hops(stages: dict[str, float]) -> dict[str, float]:
 
 def run(device: torch.device, quick: bool) -> dict:
     shape = shape_for(quick)
-    texts = make_corpus(64 if quick else 400, low=8, high=96, median=30, seed=7)
-    results: dict = {"benchmark": "serve_load", "model": shape.name, "servers": {}}
+    texts = make_corpus(64 if quick else 256, low=8, high=96, median=30, seed=7)
+    results: dict = {
+        "benchmark": "serve_load",
+        "model": shape.name,
+        "torch_threads": THREADS,
+        "servers": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(shape, Path(tmp) / "model")
         write_sentence_transformers_files(model_dir, shape.hidden_size, MAX_LENGTH)
