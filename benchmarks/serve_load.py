@@ -153,7 +153,8 @@ def _parity(url: str, texts: list[str], reference: np.ndarray) -> float:
 
 def _infinity(model_dir: Path, texts: list[str], device: torch.device, quick: bool, reference):
     executable = ensure_environment(log)
-    with InfinityServer(executable, model_dir, _free_port(), device.type, SERVED_NAME) as url:
+    port = _free_port()
+    with InfinityServer(executable, model_dir, port, device.type, SERVED_NAME, THREADS) as url:
         measured = _measure_server(url, texts, quick)
         measured["max_abs_diff_vs_core"] = _parity(url, texts, reference)
     return measured
