@@ -1,9 +1,18 @@
-"""Benchmark 3: the Serve app under 1, 8 and 64 concurrent clients (loopback, bounded), against
-the core's own latency and throughput on the same inputs."""
+"""Benchmark 3: online serving under 1, 8 and 64 concurrent clients (one text per request) and
+sequential 16-text requests, for this app (`qwen3-embed serve`'s Ray Serve application) and
+infinity (`infinity_emb v2`, in its own virtual environment), next to the core's own latency
+and batched throughput. Same model directory (sentence-transformers format), same texts, same
+HTTP client (httpx on loopback), one server at a time, all in one run.
+
+This app's answers carry Server-Timing stages (ingress.timing_header), so the report also
+splits its single-client latency into hops: proxy, ingress, ingress->model call, tokenising,
+queueing, forward, rendering.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import statistics
 import tempfile
@@ -18,8 +27,17 @@ from qwen3_embed import Embedder
 
 from .common import build_model, log, row, shape_for, start_ray
 from .corpus import make_corpus
+from .infinity_peer import InfinityServer, ensure_environment
+from .st_format import write_sentence_transformers_files
 
 CONCURRENCY = (1, 8, 64)
+# Torch threads for every contender alike (the core in this process, infinity's server, the
+# Serve replica): QWEN3_EMBED_BENCH_THREADS, default 2 (this machine's cores). On a machine
+# shared with other work, 1 avoids OpenMP threads spinning against each other.
+THREADS = int(os.environ.get("QWEN3_EMBED_BENCH_THREADS", "2"))
+BATCH_TEXTS = 16
+SERVED_NAME = "bench"
+MAX_LENGTH = 512
 
 
 def _free_port() -> int:
@@ -28,32 +46,78 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _timings(header: str | None) -> dict[str, float] | None:
+    if not header:
+        return None
+    parts = (part.strip().split(";dur=") for part in header.split(","))
+    return {name: float(ms) for name, ms in parts}
+
+
 async def _load(
-    url: str, texts: list[str], clients: int, requests_per_client: int
-) -> tuple[float, list[float]]:
-    """`clients` concurrent loops, each sending `requests_per_client` one-text requests."""
+    url: str, texts: list[str], clients: int, requests_per_client: int, texts_per_request: int = 1
+) -> dict:
+    """`clients` concurrent loops, each sending `requests_per_client` requests in turn."""
     latencies: list[float] = []
+    stages: list[dict[str, float]] = []
 
     async def client_loop(client: httpx.AsyncClient, offset: int) -> None:
         for index in range(requests_per_client):
-            text = texts[(offset * requests_per_client + index) % len(texts)]
+            first = (offset * requests_per_client + index) * texts_per_request
+            batch = [texts[(first + i) % len(texts)] for i in range(texts_per_request)]
             start = time.perf_counter()
-            response = await client.post(url, json={"model": "bench", "input": [text]})
-            latencies.append(time.perf_counter() - start)
+            response = await client.post(url, json={"model": SERVED_NAME, "input": batch})
+            latency = time.perf_counter() - start
             response.raise_for_status()
+            latencies.append(latency)
+            timing = _timings(response.headers.get("server-timing"))
+            if timing is not None:
+                stages.append({**timing, "client": latency * 1000})
 
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client, offset) for offset in range(clients)))
-        return time.perf_counter() - started, latencies
+        wall = time.perf_counter() - started
+    measured = {
+        "requests": len(latencies),
+        "requests_per_second": len(latencies) / wall,
+        "texts_per_second": len(latencies) * texts_per_request / wall,
+        "p50_ms": float(np.percentile(latencies, 50) * 1000),
+        "p99_ms": float(np.percentile(latencies, 99) * 1000),
+    }
+    if stages:
+        measured["stages_median_ms"] = {
+            name: statistics.median(stage[name] for stage in stages) for name in stages[0]
+        }
+    return measured
 
 
-def _core_numbers(model_dir: Path, texts: list[str], device: torch.device) -> tuple[float, float]:
+def _measure_server(url: str, texts: list[str], quick: bool) -> dict:
+    per_client = {1: 10 if quick else 40, 8: 4 if quick else 12, 64: 1 if quick else 3}
+    asyncio.run(_load(url, texts, 4, 2))  # warm-up
+    asyncio.run(_load(url, texts, 1, 2, BATCH_TEXTS))
+    measured: dict = {}
+    for clients in CONCURRENCY:
+        measured[str(clients)] = asyncio.run(_load(url, texts, clients, per_client[clients]))
+        log(f"  {clients} clients: {_short(measured[str(clients)])}")
+    batches = asyncio.run(_load(url, texts, 1, 4 if quick else 12, BATCH_TEXTS))
+    measured[f"{BATCH_TEXTS}-text"] = batches
+    log(f"  {BATCH_TEXTS}-text requests: {_short(batches)}")
+    return measured
+
+
+def _short(m: dict) -> str:
+    return (
+        f"{m['texts_per_second']:.1f} texts/s, p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms"
+    )
+
+
+def _core(model_dir: Path, texts: list[str], device: torch.device, quick: bool) -> dict:
+    torch.set_num_threads(THREADS)
     embedder = Embedder.from_pretrained(model_dir, device=device)
     embedder.embed(texts[:4])
     singles = []
-    for text in texts[:30]:
+    for text in texts[: 10 if quick else 40]:
         start = time.perf_counter()
         embedder.embed([text])
         singles.append(time.perf_counter() - start)
@@ -61,86 +125,214 @@ def _core_numbers(model_dir: Path, texts: list[str], device: torch.device) -> tu
     for offset in range(0, len(texts), 64):
         embedder.embed(texts[offset : offset + 64])
     throughput = len(texts) / (time.perf_counter() - start)
-    return statistics.median(singles), throughput
+    batches = []
+    for offset in range(0, BATCH_TEXTS * (4 if quick else 12), BATCH_TEXTS):
+        start = time.perf_counter()
+        embedder.embed([texts[(offset + i) % len(texts)] for i in range(BATCH_TEXTS)])
+        batches.append(time.perf_counter() - start)
+    reference = embedder.embed(texts[:8]).embeddings.numpy()
+    return {
+        "single_p50_ms": float(np.percentile(singles, 50) * 1000),
+        "single_p99_ms": float(np.percentile(singles, 99) * 1000),
+        "batched_texts_per_second": throughput,
+        f"{BATCH_TEXTS}-text": {
+            "p50_ms": float(np.percentile(batches, 50) * 1000),
+            "p99_ms": float(np.percentile(batches, 99) * 1000),
+            "texts_per_second": BATCH_TEXTS * len(batches) / sum(batches),
+        },
+        "reference": reference,
+    }
 
 
-def run(device: torch.device, quick: bool) -> dict:
+def _parity(url: str, texts: list[str], reference: np.ndarray) -> float:
+    response = httpx.post(url, json={"model": SERVED_NAME, "input": texts[:8]}, timeout=300)
+    response.raise_for_status()
+    rows = np.asarray([item["embedding"] for item in response.json()["data"]], np.float32)
+    return float(np.max(np.abs(rows - reference)))
+
+
+def _infinity(model_dir: Path, texts: list[str], device: torch.device, quick: bool, reference):
+    executable = ensure_environment(log)
+    port = _free_port()
+    with InfinityServer(executable, model_dir, port, device.type, SERVED_NAME, THREADS) as url:
+        measured = _measure_server(url, texts, quick)
+        measured["max_abs_diff_vs_core"] = _parity(url, texts, reference)
+    return measured
+
+
+def _this_app(model_dir: Path, texts: list[str], device: torch.device, quick: bool, reference):
     import ray
     from ray import serve
 
     from deployments.app import build_app
 
-    shape = shape_for(quick)
-    texts = make_corpus(64 if quick else 512, low=8, high=96, median=30, seed=7)
-    per_client = {1: 10 if quick else 60, 8: 4 if quick else 24, 64: 1 if quick else 8}
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model(shape, Path(tmp) / "model")
-        core_p50, core_throughput = _core_numbers(model_dir, texts, device)
-        log(f"core: single p50 {core_p50 * 1000:.1f} ms, batched {core_throughput:.1f} texts/s")
-        start_ray()
-        try:
-            port = _free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            app = build_app(
-                {
-                    "models": [
-                        {
-                            "model": str(model_dir),
-                            "served_model_name": "bench",
-                            "cpus_per_replica": 2,
-                            "gpus_per_replica": 1 if device.type == "cuda" else 0,
-                            "batching": {"max_batch_size": 64, "batch_wait_ms": 5},
-                        }
-                    ],
-                    "ingress": {"cpus_per_replica": 0.25},
-                }
-            )
-            serve.run(app, name="bench", route_prefix="/")
-            url = f"http://127.0.0.1:{port}/v1/embeddings"
-            asyncio.run(_load(url, texts, 4, 2))  # warm-up
-            measured = {}
-            for clients in CONCURRENCY:
-                wall, latencies = asyncio.run(_load(url, texts, clients, per_client[clients]))
-                measured[clients] = {
-                    "requests": len(latencies),
-                    "requests_per_second": len(latencies) / wall,
-                    "p50_ms": float(np.percentile(latencies, 50) * 1000),
-                    "p99_ms": float(np.percentile(latencies, 99) * 1000),
-                }
-                log(f"{clients} clients: {measured[clients]}")
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+    start_ray()
+    try:
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = build_app(
+            {
+                "models": [
+                    {
+                        "model": str(model_dir),
+                        "served_model_name": SERVED_NAME,
+                        "cpus_per_replica": THREADS,  # Ray sets OMP_NUM_THREADS from it
+                        "gpus_per_replica": 1 if device.type == "cuda" else 0,
+                        "batching": {"max_batch_size": 64},  # no wait: continuous batching
+                    }
+                ],
+                "ingress": {"cpus_per_replica": 0.25, "timing_header": True},
+            }
+        )
+        serve.run(app, name="bench", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/v1/embeddings"
+        measured = _measure_server(url, texts, quick)
+        measured["max_abs_diff_vs_core"] = _parity(url, texts, reference)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return measured
 
-    throughput_ratio = measured[64]["requests_per_second"] / core_throughput
-    latency_gap_ms = measured[1]["p50_ms"] - core_p50 * 1000
+
+def _hops(stages: dict[str, float]) -> dict[str, float]:
+    """Where one request's time went (medians, ms): each hop is what its outer span has
+    beyond its inner one."""
     return {
+        "client -> proxy -> ingress and back (HTTP, proxy)": stages["client"] - stages["ingress"],
+        "ingress: auth, parse, validate": stages["ingress-in"],
+        "ingress -> model replica call (Ray handle, pickling)": stages["model-call"]
+        - stages["model"],
+        "model: tokenise": stages["prepare"],
+        "model: queue": stages["queue"],
+        "model: forward": stages["forward"],
+        "model: rest (reply)": stages["model"]
+        - stages["prepare"]
+        - stages["queue"]
+        - stages["forward"],
+        "ingress: render JSON": stages["render"],
+    }
+
+
+def run(device: torch.device, quick: bool) -> dict:
+    shape = shape_for(quick)
+    texts = make_corpus(64 if quick else 256, low=8, high=96, median=30, seed=7)
+    results: dict = {
         "benchmark": "serve_load",
         "model": shape.name,
-        "core_single_p50_ms": core_p50 * 1000,
-        "core_batched_texts_per_second": core_throughput,
-        "by_concurrency": measured,
-        "rows": [
-            *[
-                row(
-                    f"serve, {clients} concurrent client(s), one text per request",
-                    f"{m['requests_per_second']:.1f} req/s, p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms",
-                    "—",
-                    None,
-                )
-                for clients, m in measured.items()
-            ],
-            row(
-                "serve throughput at 64 clients vs the core batched",
-                f"{measured[64]['requests_per_second']:.1f} vs {core_throughput:.1f} texts/s = **{throughput_ratio:.2f}x**",
-                ">= 0.8x",
-                throughput_ratio >= 0.8,
-            ),
-            row(
-                "serve single-request p50 vs the core's latency",
-                f"{measured[1]['p50_ms']:.1f} vs {core_p50 * 1000:.1f} ms = **+{latency_gap_ms:.1f} ms**",
-                "<= +20 ms",
-                latency_gap_ms <= 20,
-            ),
-        ],
+        "torch_threads": THREADS,
+        "servers": {},
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_model(shape, Path(tmp) / "model")
+        write_sentence_transformers_files(model_dir, shape.hidden_size, MAX_LENGTH)
+        core = _core(model_dir, texts, device, quick)
+        reference = core.pop("reference")
+        results["core"] = core
+        log(
+            f"core: single p50 {core['single_p50_ms']:.1f} ms, "
+            f"batched {core['batched_texts_per_second']:.1f} texts/s"
+        )
+        for name, measure in (("infinity", _infinity), ("qwen3-embed serve", _this_app)):
+            log(f"{name}:")
+            try:
+                results["servers"][name] = measure(model_dir, texts, device, quick, reference)
+            except Exception as error:  # reported in the table, never silently dropped
+                log(f"{name} failed: {error!r}")
+                results["servers"][name] = {"error": repr(error)}
+    app = results["servers"]["qwen3-embed serve"]
+    if "1" in app and "stages_median_ms" in app["1"]:
+        results["hops_1_client_ms"] = _hops(app["1"]["stages_median_ms"])
+    results["rows"] = _rows(results)
+    return results
+
+
+def _cell(server: dict, key: str) -> str:
+    if "error" in server:
+        return "failed"
+    m = server[key]
+    return f"p50 {m['p50_ms']:.1f} / p99 {m['p99_ms']:.1f} ms, {m['texts_per_second']:.1f} texts/s"
+
+
+def _rows(results: dict) -> list[dict]:
+    core, servers = results["core"], results["servers"]
+    infinity, app = servers["infinity"], servers["qwen3-embed serve"]
+    rows = [
+        row(
+            "core alone: one text / batches of 64 / 16 texts",
+            f"p50 {core['single_p50_ms']:.1f} / p99 {core['single_p99_ms']:.1f} ms; "
+            f"{core['batched_texts_per_second']:.1f} texts/s; "
+            f"16 texts p50 {core['16-text']['p50_ms']:.1f} ms",
+            "—",
+            None,
+        )
+    ]
+    for key, what in (
+        ("1", "1 client, one text per request"),
+        ("8", "8 clients, one text per request"),
+        ("64", "64 clients, one text per request"),
+        (f"{BATCH_TEXTS}-text", f"{BATCH_TEXTS}-text requests, sequential"),
+    ):
+        rows.append(row(f"infinity: {what}", _cell(infinity, key), "—", None))
+        rows.append(row(f"qwen3-embed serve: {what}", _cell(app, key), "—", None))
+    if "error" in app:
+        return rows
+    for name, server in servers.items():
+        if "error" not in server:
+            rows.append(
+                row(
+                    f"parity before timing: {name} vs core",
+                    f"max abs diff {server['max_abs_diff_vs_core']:.1e}",
+                    "<= 1e-4 (fp32)",
+                    server["max_abs_diff_vs_core"] <= 1e-4,
+                )
+            )
+    p50, core_p50 = app["1"]["p50_ms"], core["single_p50_ms"]
+    rows.append(
+        row(
+            "serve 1-client p50 vs the core's",
+            f"{p50:.1f} vs {core_p50:.1f} ms = **+{p50 - core_p50:.1f} ms**",
+            "<= +10 ms",
+            p50 - core_p50 <= 10,
+        )
+    )
+    throughput = app["64"]["texts_per_second"]
+    core_batched = core["batched_texts_per_second"]
+    rows.append(
+        row(
+            "serve 64-client throughput vs the core batched",
+            f"{throughput:.1f} vs {core_batched:.1f} texts/s = **{throughput / core_batched:.2f}x**",
+            ">= 0.8x",
+            throughput / core_batched >= 0.8,
+        )
+    )
+    if "error" not in infinity:
+        inf_p50, inf_tp = infinity["1"]["p50_ms"], infinity["64"]["texts_per_second"]
+        rows.append(
+            row(
+                "serve 1-client p50 vs infinity's",
+                f"{p50:.1f} vs {inf_p50:.1f} ms",
+                "<= infinity",
+                p50 <= inf_p50,
+            )
+        )
+        rows.append(
+            row(
+                "serve 64-client throughput vs infinity's",
+                f"{throughput:.1f} vs {inf_tp:.1f} texts/s = **{throughput / inf_tp:.2f}x**",
+                ">= 2x",
+                throughput / inf_tp >= 2,
+            )
+        )
+    hops = results.get("hops_1_client_ms")
+    if hops:
+        total = app["1"]["stages_median_ms"]["client"]
+        rows.append(
+            row(
+                "serve 1-client latency by hop (medians, ms)",
+                "; ".join(f"{name} {ms:.1f}" for name, ms in hops.items())
+                + f" (client total {total:.1f})",
+                "—",
+                None,
+            )
+        )
+    return rows

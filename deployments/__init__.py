@@ -1,7 +1,7 @@
 """deployments: the Ray Serve application serving `qwen3_embed` over an OpenAI-compatible API.
 
     HTTP proxy -> EmbeddingsIngress (FastAPI: auth, limits, media, routing by `model`)
-               -> EmbeddingModel (one per served model: one Embedder per replica, @serve.batch)
+               -> EmbeddingModel (one per served model: one Embedder per replica, continuous batching)
 
 Modules, one job each: `config` (the typed ServeAppConfig), `schemas` (request/response bodies),
 `errors` (OpenAI error shape), `security` (API keys), `inputs` + `media_fetch` (items, media and

@@ -149,7 +149,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=defaults_batching.batch_wait_ms,
         metavar="W",
-        help=f"wait for a batch to fill, in ms (default: {defaults_batching.batch_wait_ms:g})",
+        help=f"longest an under-full batch waits for company, in ms; 0 = start at once when idle (default: {defaults_batching.batch_wait_ms:g})",
     )
     scale.add_argument(
         "--max-batch-tokens",

@@ -26,7 +26,7 @@ class _Frozen(BaseModel):
 
 class BatchingConfig(_Frozen):
     """The model deployment's `user_config`: changed at run time without reloading the weights
-    (`reconfigure` calls `set_max_batch_size` / `set_batch_wait_timeout_s`)."""
+    (`reconfigure` passes it to the replica's continuous-batching queue)."""
 
     max_batch_size: int = Field(
         32,
@@ -34,9 +34,13 @@ class BatchingConfig(_Frozen):
         description="most requests one batch collects (each request may hold several inputs)",
     )
     batch_wait_ms: float = Field(
-        10.0,
+        0.0,
         ge=0,
-        description="how long a batch waits for more requests after its first one, in ms",
+        description=(
+            "how long an under-full batch may wait for more requests, counted from its oldest "
+            "request's arrival, in ms; 0 = a request that finds the device idle starts at once "
+            "(requests arriving while it is busy still batch)"
+        ),
     )
 
 
@@ -60,6 +64,12 @@ class ModelConfig(_Frozen):
         16384,
         ge=1,
         description="padded-token budget of one forward pass (batches are split to fit)",
+    )
+    max_queued_tokens: int = Field(
+        262_144,
+        ge=1,
+        description="tokens waiting in one replica's batch queue before callers get 429 + "
+        "Retry-After (a request always fits an empty queue)",
     )
     num_replicas: int = Field(
         1, ge=1, description="fixed replica count (ignored when `autoscale` is set)"
@@ -231,6 +241,11 @@ class IngressConfig(_Frozen):
     batch_stats_header: bool = Field(
         True,
         description="add x-qwen3-embed-batch-requests / -batch-inputs headers (observed batching)",
+    )
+    timing_header: bool = Field(
+        False,
+        description="add a Server-Timing header with each stage's duration (ingress, model call, "
+        "prepare, queue, forward, render): for measuring the request path, off on public endpoints",
     )
 
 

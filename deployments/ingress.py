@@ -9,7 +9,6 @@ happen in the model replicas.
 # No `from __future__ import annotations` here: FastAPI (through Serve's class-based views)
 # inspects the route signatures at run time and needs real annotations, not strings.
 import asyncio
-import json
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,16 +29,15 @@ from .inputs import find_media, load_media, split_input
 from .media_fetch import SafeMediaFetcher
 from .metrics import IngressMetrics
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
-from .schemas import (
-    EmbeddingRequest,
-    embeddings_openapi,
-    embeddings_response,
-    models_response,
-)
+from .render import INLINE_RENDER_MAX_VALUES, render_embeddings
+from .schemas import EmbeddingRequest, embeddings_openapi, models_response
 from .security import ApiKeyChecker
 
 BATCH_REQUESTS_HEADER = "x-qwen3-embed-batch-requests"
 BATCH_INPUTS_HEADER = "x-qwen3-embed-batch-inputs"
+# Standard Server-Timing (durations in ms) of each stage of the request path, when
+# `ingress.timing_header` is on: what the benchmark reports as each hop's share.
+TIMING_HEADER = "server-timing"
 # /ready answers without a key (probes), so its model probes are shared: concurrent callers await
 # one probe, and its answer is reused this long. Unauthenticated callers thus never cost a model
 # more than one `describe` call per second, however many they are.
@@ -61,9 +59,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await read_bounded(request.stream(), declared, limit, too_large)
 
 
-def render_json(payload: Any) -> bytes:
-    """As Starlette's JSONResponse renders (compact, no NaN), for use off the event loop."""
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+def server_timing(**durations_s: float) -> str:
+    """`name;dur=ms, ...` (RFC Server-Timing; names with '_' written with '-')."""
+    return ", ".join(
+        f"{name.replace('_', '-')};dur={seconds * 1000:.3f}"
+        for name, seconds in durations_s.items()
+    )
 
 
 def parse_request(body: bytes) -> EmbeddingRequest:
@@ -162,6 +163,7 @@ class EmbeddingsIngress:
     @app.post("/v1/embeddings", openapi_extra=embeddings_openapi())
     async def create_embeddings(self, request: Request) -> Response:
         started = time.perf_counter()
+        called = started
         label = "unknown"  # metric label: never a client-supplied string (unbounded cardinality)
         try:
             self._authorize(request)
@@ -174,6 +176,7 @@ class EmbeddingsIngress:
             slots = find_media(items, description.family, name, self.config.media)
             items = await load_media(items, slots, self.config.media, self._fetcher)
             job = EmbedJob(tuple(items), parsed.instruction, parsed.dimensions, parsed.truncate)
+            called = time.perf_counter()
             reply = await call_with_timeout(
                 handle.embed.remote(job),
                 self.config.ingress.model_call_timeout_s,
@@ -181,7 +184,12 @@ class EmbeddingsIngress:
                 self.config.ingress.retry_after_s,
             )
             if isinstance(reply, EmbedFailure):
-                raise ApiError(reply.status, reply.message, code=reply.code, param=reply.param)
+                headers = {}
+                if reply.retry_after_s is not None:
+                    headers = retry_after(reply.retry_after_s)
+                raise ApiError(
+                    reply.status, reply.message, code=reply.code, param=reply.param, headers=headers
+                )
             assert isinstance(reply, EmbedReply)
         except ApiError as error:
             self._metrics.record(label, error.status, error.code, time.perf_counter() - started)
@@ -189,14 +197,17 @@ class EmbeddingsIngress:
         except Exception:
             self._metrics.record(label, 500, "internal_error", time.perf_counter() - started)
             raise
-        # Rendering thousands of float lists is CPU work: off the event loop, which keeps serving.
-        content = await asyncio.to_thread(
-            render_json,
-            embeddings_response(
-                name, reply.embeddings, reply.total_tokens, parsed.encoding_format or "float"
-            ),
-        )
-        self._metrics.record(name, 200, None, time.perf_counter() - started)
+        answered = time.perf_counter()
+        fmt = parsed.encoding_format or "float"
+        if reply.embeddings.size > INLINE_RENDER_MAX_VALUES:
+            # Large answers are CPU work: off the event loop, which keeps serving meanwhile.
+            content = await asyncio.to_thread(
+                render_embeddings, name, reply.embeddings, reply.total_tokens, fmt
+            )
+        else:
+            content = render_embeddings(name, reply.embeddings, reply.total_tokens, fmt)
+        finished = time.perf_counter()
+        self._metrics.record(name, 200, None, finished - started)
         self._metrics.record_success(name, len(items), reply.total_tokens)
         headers = {}
         if self.config.ingress.batch_stats_header:
@@ -204,6 +215,17 @@ class EmbeddingsIngress:
                 BATCH_REQUESTS_HEADER: str(reply.batch_requests),
                 BATCH_INPUTS_HEADER: str(reply.batch_inputs),
             }
+        if self.config.ingress.timing_header:
+            headers[TIMING_HEADER] = server_timing(
+                ingress_in=called - started,
+                model_call=answered - called,
+                model=reply.model_s,
+                prepare=reply.prepare_s,
+                queue=reply.queue_wait_s,
+                forward=reply.forward_s,
+                render=finished - answered,
+                ingress=finished - started,
+            )
         return Response(content, media_type="application/json", headers=headers)
 
     @app.get("/v1/models")

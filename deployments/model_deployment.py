@@ -1,10 +1,12 @@
-"""The model deployment: one replica = one loaded `Embedder`, with dynamic batching.
+"""The model deployment: one replica = one loaded `Embedder`, with continuous batching.
 
-Each request is prepared (validated, tokenised, media decoded) on its own, off the event loop, so
-a bad request is refused alone and never enters a batch. Prepared requests then queue in
-`@serve.batch`, which collects up to `max_batch_size` requests (or waits `batch_wait_ms`); the
-core's `embed_prepared` splits the batch's inputs into forward passes under the padded-token
-budget (`max_batch_tokens`). Batch size and wait are the deployment's `user_config`, applied by
+Each request is prepared (validated, tokenised, media decoded) on its own, on the prepare
+thread, so a bad request is refused alone and never enters a batch, and the next batch is
+tokenised while the current one runs. Prepared requests then enter a `ContinuousBatcher`
+(deployments/batch_queue.py): a request that finds the device idle starts at once; what arrives
+while it is busy forms the next batch, up to `max_batch_size` requests and `max_batch_tokens`
+tokens. One batch is one `embed_prepared` call, which splits it into forward passes under the
+padded-token budget. Batch size and wait are the deployment's `user_config`, applied by
 `reconfigure` at start and whenever the config changes, without reloading the weights.
 """
 
@@ -20,11 +22,11 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
 
-_DEFAULT_BATCHING = BatchingConfig()
 # Observed batch sizes kept for `stats()` (tests and debugging); metrics carry the full history.
 _RECENT_BATCHES = 1024
 
@@ -40,6 +42,14 @@ class _Pending:
     @property
     def num_tokens(self) -> int:
         return sum(item.num_tokens for item in self.prepared)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """One request's share of a batch's output."""
+
+    embeddings: np.ndarray  # (n, dim) float32
+    batch_inputs: int
 
 
 @serve.deployment
@@ -70,17 +80,20 @@ class EmbeddingModel:
         )
         # One thread each: tokenisers are not safe to call from several threads at once, and one
         # forward pass at a time is what the device can do anyway. Separate threads let the next
-        # request's tokenisation overlap the current batch's forward pass.
+        # requests' tokenisation overlap the current batch's forward pass.
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-embed-prepare")
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-embed-forward")
         self._metrics = ModelMetrics(model.name)
         self._recent_batch_requests: deque[int] = deque(maxlen=_RECENT_BATCHES)
         self._batches = 0
         self._describe_calls = 0  # readiness probes reach models through this (see stats())
-        # The batch size and wait come only through `reconfigure` (Serve calls it with the
+        # The batch size and wait come through `reconfigure` (Serve calls it with the
         # deployment's user_config, which the app builder sets from `model.batching`, before the
-        # first request); until then the decorator's defaults below, equal to BatchingConfig().
+        # first request); until then BatchingConfig's defaults.
         self._batching = BatchingConfig()
+        self._batcher: ContinuousBatcher[_Pending, _Done] = ContinuousBatcher(
+            self._run_batch, self._queue_limits(self._batching)
+        )
 
     # ----------------------------------------------------------- configuration
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -88,9 +101,20 @@ class EmbeddingModel:
         self._apply_batching(BatchingConfig.model_validate(user_config or {}))
 
     def _apply_batching(self, batching: BatchingConfig) -> None:
-        self._embed_batch.set_max_batch_size(batching.max_batch_size)
-        self._embed_batch.set_batch_wait_timeout_s(batching.batch_wait_ms / 1000.0)
+        self._batcher.set_limits(self._queue_limits(batching))
         self._batching = batching
+
+    def _queue_limits(self, batching: BatchingConfig) -> QueueLimits:
+        return QueueLimits(
+            max_batch_requests=batching.max_batch_size,
+            # One batch ~ one forward pass: a newcomer waits for at most one pass's worth.
+            max_batch_tokens=self.config.max_batch_tokens,
+            max_wait_s=batching.batch_wait_ms / 1000.0,
+            # Serve already bounds the requests inside a replica at max_ongoing_requests; the
+            # queue holds the same bound (defence when the replica is called in other ways).
+            max_queued_requests=self.config.max_ongoing_requests,
+            max_queued_tokens=self.config.max_queued_tokens,
+        )
 
     def describe(self) -> ModelDescription:
         """Also the readiness probe: a replica answers only once its weights are loaded."""
@@ -108,20 +132,26 @@ class EmbeddingModel:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Observed batching of this replica (the same numbers feed the batch metrics). The
-        `_get_*` getters are how `@serve.batch` exposes its live settings."""
+        """Observed batching of this replica (the same numbers feed the batch metrics) and the
+        live settings of its queue."""
+        limits = self._batcher.limits
         return {
             "batches": self._batches,
             "describe_calls": self._describe_calls,
             "recent_batch_requests": list(self._recent_batch_requests),
-            "max_batch_size": self._embed_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self._embed_batch._get_batch_wait_timeout_s(),
+            "max_batch_size": limits.max_batch_requests,
+            "batch_wait_timeout_s": limits.max_wait_s,
+            "max_batch_tokens": limits.max_batch_tokens,
+            "max_queued_tokens": limits.max_queued_tokens,
+            "queued_requests": self._batcher.queued_requests,
+            "queued_tokens": self._batcher.queued_tokens,
         }
 
     # ------------------------------------------------------------------- serve
     async def embed(self, job: EmbedJob) -> EmbedReply | EmbedFailure:
         from qwen3_embed import DimensionError, InputError
 
+        arrived = time.monotonic()
         try:
             dim = self.embedder.validate_dim(job.dimensions)
         except DimensionError as error:
@@ -138,6 +168,7 @@ class EmbeddingModel:
         except InputError as error:
             return EmbedFailure.from_input_error(error)
         pending = _Pending(tuple(prepared), dim, time.monotonic())
+        prepare_s = pending.enqueued_at - arrived
         if pending.num_tokens > self.limits.max_tokens_per_request:
             return EmbedFailure(
                 413,
@@ -146,48 +177,64 @@ class EmbeddingModel:
                 "request_too_large",
                 "input",
             )
-        return await self._embed_batch(pending)
+        try:
+            done, batch = await self._batcher.submit(pending, pending.num_tokens)
+        except QueueFull as error:
+            return EmbedFailure(
+                429,
+                f"{error}; retry after {self.config.retry_after_s:g}s",
+                "queue_full",
+                retry_after_s=self.config.retry_after_s,
+            )
+        return EmbedReply(
+            embeddings=done.embeddings,
+            token_counts=tuple(item.num_tokens for item in pending.prepared),
+            batch_requests=batch.requests,
+            batch_inputs=done.batch_inputs,
+            queue_wait_s=batch.queue_wait_s,
+            prepare_s=prepare_s,
+            forward_s=batch.run_s,
+            model_s=time.monotonic() - arrived,
+        )
 
-    @serve.batch(
-        max_batch_size=_DEFAULT_BATCHING.max_batch_size,
-        batch_wait_timeout_s=_DEFAULT_BATCHING.batch_wait_ms / 1000,
-    )
-    async def _embed_batch(self, batch: list[_Pending]) -> list[EmbedReply]:
+    async def _run_batch(self, batch: list[_Pending]) -> list[_Done]:
+        """One batch from the queue: all its requests in one `embed_prepared` call, on the
+        device thread (the event loop keeps accepting and preparing requests meanwhile)."""
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._device_pool, self._embed_grouped, batch)
+        vectors = await loop.run_in_executor(self._device_pool, self._embed_mixed, batch)
         latency = time.monotonic() - started
         inputs = sum(len(pending.prepared) for pending in batch)
-        waits = [started - pending.enqueued_at for pending in batch]
         self._batches += 1
         self._recent_batch_requests.append(len(batch))
         self._metrics.record_batch(
-            len(batch), inputs, sum(p.num_tokens for p in batch), waits, latency
+            len(batch),
+            inputs,
+            sum(p.num_tokens for p in batch),
+            [started - p.enqueued_at for p in batch],
+            latency,
         )
-        return [
-            EmbedReply(
-                embeddings=rows,
-                token_counts=tuple(item.num_tokens for item in pending.prepared),
-                batch_requests=len(batch),
-                batch_inputs=inputs,
-                queue_wait_s=wait,
-            )
-            for pending, rows, wait in zip(batch, vectors, waits, strict=True)
-        ]
+        return [_Done(rows, inputs) for rows in vectors]
 
-    def _embed_grouped(self, batch: list[_Pending]) -> list[np.ndarray]:
-        """One `embed_prepared` call per distinct dimension in the batch (usually one): the core
-        sorts the inputs of all requests by length and packs them under the token budget."""
-        by_dim: dict[int, list[int]] = {}
-        for position, pending in enumerate(batch):
-            by_dim.setdefault(pending.dim, []).append(position)
-        vectors: list[np.ndarray] = [np.empty((0, 0), dtype=np.float32)] * len(batch)
-        for dim, members in by_dim.items():
-            items = [item for position in members for item in batch[position].prepared]
-            output = self.embedder.embed_prepared(items, dim).embeddings.numpy()  # (N, dim) float32
-            offset = 0
-            for position in members:
-                count = len(batch[position].prepared)
-                vectors[position] = output[offset : offset + count].copy()
-                offset += count
+    def _embed_mixed(self, batch: list[_Pending]) -> list[np.ndarray]:
+        """One `embed_prepared` call for the whole batch, whatever dimensions its requests ask:
+        the core sorts all inputs by length and packs them under the token budget. With one
+        dimension (the usual case) the core slices it; with several, the batch is embedded at
+        full size once and each request's rows are sliced to its dimension and re-normalised
+        (the core's own `truncate_and_normalize`): normalize(truncate(normalize(x))) equals
+        normalize(truncate(x)), since normalising only scales a row."""
+        from qwen3_embed.pooling import truncate_and_normalize
+
+        items = [item for pending in batch for item in pending.prepared]
+        dims = {pending.dim for pending in batch}
+        shared_dim = next(iter(dims)) if len(dims) == 1 else None
+        output = self.embedder.embed_prepared(items, shared_dim).embeddings  # (N, dim) float32
+        vectors: list[np.ndarray] = []
+        offset = 0
+        for pending in batch:
+            rows = output[offset : offset + len(pending.prepared)]
+            offset += len(pending.prepared)
+            if shared_dim is None and pending.dim != rows.shape[1]:
+                rows = truncate_and_normalize(rows, pending.dim, self.embedder.info.normalize)
+            vectors.append(rows.numpy().copy())  # own buffer: only this request's rows travel
         return vectors

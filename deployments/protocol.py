@@ -32,6 +32,10 @@ class EmbedReply:
     batch_requests: int  # API requests that shared this request's batch
     batch_inputs: int  # inputs in that batch (of all its requests)
     queue_wait_s: float  # from entering the batch queue to the batch starting
+    # Where the time went inside the model replica (Server-Timing, hop measurements).
+    prepare_s: float = 0.0  # validation + tokenisation (+ media decoding)
+    forward_s: float = 0.0  # the batch's run on the device (all its forward passes)
+    model_s: float = 0.0  # from the replica's `embed` starting to its reply
 
     @property
     def total_tokens(self) -> int:
@@ -46,6 +50,7 @@ class EmbedFailure:
     message: str
     code: str
     param: str | None = None
+    retry_after_s: float | None = None  # set for 429 (the model's queue is full)
 
     @classmethod
     def from_input_error(cls, error: Any) -> EmbedFailure:
