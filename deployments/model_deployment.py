@@ -57,9 +57,13 @@ class EmbeddingModel:
     def __init__(self, model: ModelConfig, limits: RequestLimits, media: MediaPolicy) -> None:
         # Imported here: torch and transformers load only in model replicas, never in the ingress
         # or the driver that builds the application.
+        from transformers.utils import logging as transformers_logging
+
         from qwen3_embed import Embedder
         from qwen3_embed.vl.media import MediaOptions
 
+        # A replica's "Loading weights" bar, relayed to the server's terminal, is noise there.
+        transformers_logging.disable_progress_bar()
         self.config = model
         self.limits = limits
         self.embedder = Embedder.from_pretrained(
