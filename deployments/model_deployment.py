@@ -58,6 +58,8 @@ class EmbeddingModel:
             dtype=model.dtype,
             max_length=model.max_length,
             max_batch_tokens=model.max_batch_tokens,
+            forward_mode=model.forward_mode,
+            compile=model.compile,
             # Defence in depth: the ingress sends media as bytes only, but whoever else calls this
             # deployment through a handle must not make it read local files or fetch URLs either
             # (the core's defaults allow both, for trusted library use). Ignored by text models.
@@ -152,7 +154,7 @@ class EmbeddingModel:
         max_batch_size=_DEFAULT_BATCHING.max_batch_size,
         batch_wait_timeout_s=_DEFAULT_BATCHING.batch_wait_ms / 1000,
     )
-    async def _embed_batch(self, batch: list[_Pending]) -> list[EmbedReply]:
+    async def _embed_batch(self, batch: list[_Pending]) -> list[EmbedReply | EmbedFailure]:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         vectors = await loop.run_in_executor(self._device_pool, self._embed_grouped, batch)
@@ -165,7 +167,9 @@ class EmbeddingModel:
             len(batch), inputs, sum(p.num_tokens for p in batch), waits, latency
         )
         return [
-            EmbedReply(
+            rows
+            if isinstance(rows, EmbedFailure)
+            else EmbedReply(
                 embeddings=rows,
                 token_counts=tuple(item.num_tokens for item in pending.prepared),
                 batch_requests=len(batch),
@@ -175,19 +179,29 @@ class EmbeddingModel:
             for pending, rows, wait in zip(batch, vectors, waits, strict=True)
         ]
 
-    def _embed_grouped(self, batch: list[_Pending]) -> list[np.ndarray]:
+    def _embed_grouped(self, batch: list[_Pending]) -> list[np.ndarray | EmbedFailure]:
         """One `embed_prepared` call per distinct dimension in the batch (usually one): the core
-        sorts the inputs of all requests by length and packs them under the token budget."""
+        sorts the inputs of all requests by length and packs them under the token budget.
+
+        An input that runs out of device memory even alone fails its own request (413, naming
+        the input and its token count); the core has already embedded every other input, so the
+        neighbouring requests of the batch succeed."""
         by_dim: dict[int, list[int]] = {}
         for position, pending in enumerate(batch):
             by_dim.setdefault(pending.dim, []).append(position)
-        vectors: list[np.ndarray] = [np.empty((0, 0), dtype=np.float32)] * len(batch)
+        vectors: list[np.ndarray | EmbedFailure] = [np.empty((0, 0), dtype=np.float32)] * len(batch)
         for dim, members in by_dim.items():
             items = [item for position in members for item in batch[position].prepared]
-            output = self.embedder.embed_prepared(items, dim).embeddings.numpy()  # (N, dim) float32
+            output = self.embedder.embed_prepared(items, dim, errors="collect")
+            matrix = output.embeddings.numpy()  # (N, dim) float32
             offset = 0
             for position in members:
                 count = len(batch[position].prepared)
-                vectors[position] = output[offset : offset + count].copy()
+                failed = sorted(i - offset for i in output.failures if offset <= i < offset + count)
+                if failed:
+                    error = output.failures[offset + failed[0]].at(failed[0])
+                    vectors[position] = EmbedFailure(413, str(error), error.code, "input")
+                else:
+                    vectors[position] = matrix[offset : offset + count].copy()
                 offset += count
         return vectors

@@ -97,6 +97,6 @@ class Backend(ABC):
         hidden, attention_mask = self.forward(staged)
         return pool(hidden, attention_mask, pooling_mode)
 
-    def compile(self) -> None:
+    def compile(self, backend: str | None = None) -> None:
         """Fuse the forward with `torch.compile`; families without support say so."""
         raise ValueError(f"compile=True is not supported for the {self.info.family!r} family")

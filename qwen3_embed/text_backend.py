@@ -113,17 +113,45 @@ class TextBackend(Backend):
     ):
         from transformers import AutoModel
 
+        model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        self._attach(model, preparer.info, preparer.pad_id, device, dtype, forward_mode)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        pad_id: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        forward_mode: str = "padded",
+    ) -> TextBackend:
+        """A backend around an already built backbone (benchmarks build random weights directly
+        on the device, with no checkpoint on disk)."""
+        backend = cls.__new__(cls)
+        backend._attach(model, info, pad_id, device, dtype, forward_mode)
+        return backend
+
+    def _attach(
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        pad_id: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        forward_mode: str,
+    ) -> None:
         if forward_mode not in FORWARD_MODES:
             raise ValueError(
                 f"unknown forward_mode {forward_mode!r}; valid values are: {', '.join(FORWARD_MODES)}"
             )
-        if forward_mode == "packed" and not preparer.info.is_qwen:
+        if forward_mode == "packed" and not info.is_qwen:
             raise ValueError(
                 "forward_mode='packed' needs a Qwen3 (causal, last-token) model; "
-                f"{preparer.info.model_type!r} models run padded"
+                f"{info.model_type!r} models run padded"
             )
-        self.info, self.device, self.dtype = preparer.info, device, dtype
-        self.pad_id = preparer.pad_id
+        self.info, self.device, self.dtype = info, device, dtype
+        self.pad_id = pad_id
         self.forward_mode = forward_mode
         # Right padding by default. For Qwen (causal) this is exact without any attention mask:
         # a real token only attends to earlier positions, which are all real, so the pads after it
@@ -131,7 +159,7 @@ class TextBackend(Backend):
         # materialising a (B, heads, T, T) mask. Left padding (the official layout) stays
         # available and gives the same vectors; tests compare the two.
         self.left_padding = False
-        self.model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        self.model = model
         self.model.to(device).eval()
         if self.info.is_qwen:
             install_packed_attention(self.model)  # padded forwards keep the original attention
@@ -145,10 +173,10 @@ class TextBackend(Backend):
         """The attention kernel of the packed path (None when this backend runs padded)."""
         return packed_kernel(self.device, self.dtype) if self.forward_mode == "packed" else None
 
-    def compile(self) -> None:
+    def compile(self, backend: str | None = None) -> None:
         """`torch.compile` with dynamic shapes: token counts vary every batch, so one graph must
         serve them all instead of one recompilation per shape."""
-        self._run = torch.compile(self.model, dynamic=True, backend=COMPILE_BACKEND)
+        self._run = torch.compile(self.model, dynamic=True, backend=backend or COMPILE_BACKEND)
         self.compiled = True
 
     def _pad(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
