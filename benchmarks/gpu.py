@@ -381,6 +381,30 @@ def run_shape(
     return result
 
 
+def _setup(device: torch.device, smoke: bool, models: str) -> tuple[torch.dtype, Plan, list]:
+    """(dtype, sizes, [(key, shape)]): bf16 and the real shapes on a GPU; fp32 and shapes a CPU
+    can run on a CPU (bf16 is emulated and slow there); the tiny shape for the smoke."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if smoke:
+        return dtype, SMOKE_PLAN, [("smoke", QUICK_SHAPE)]
+    if device.type != "cuda":
+        return dtype, CPU_PLAN, [("cpu", CPU_SHAPE)]
+    keys = [key.strip() for key in models.split(",") if key.strip()]
+    unknown = [key for key in keys if key not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; valid values are: {', '.join(SHAPES)}")
+    return dtype, GPU_PLAN, [(key, SHAPES[key]) for key in keys]
+
+
+def run(device: torch.device, quick: bool) -> list[dict]:
+    """For `benchmarks.run --only gpu,...`: the same runs, results returned."""
+    dtype, plan, shapes = _setup(device, quick, "0.6b,8b")
+    return [
+        run_shape(shape, plan, device, dtype, peer=index == 0, compile=not quick)
+        for index, (_, shape) in enumerate(shapes)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__)
     parser.add_argument(
@@ -401,17 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(
         args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     )
-    if device.type == "cuda":
-        dtype, plan = torch.bfloat16, GPU_PLAN
-        unknown = [m for m in args.models.split(",") if m not in SHAPES]
-        if unknown:
-            parser.error(f"unknown model(s) {unknown}; valid values are: {', '.join(SHAPES)}")
-        shapes = [(m, SHAPES[m]) for m in args.models.split(",")]
-    else:  # CPU: fp32 (bf16 is emulated and slow on these CPUs), shapes a CPU can run
-        dtype = torch.float32
-        plan = SMOKE_PLAN if args.smoke else CPU_PLAN
-        shapes = [("smoke", QUICK_SHAPE)] if args.smoke else [("cpu", CPU_SHAPE)]
-    peers = set(args.peer_models.split(",")) if device.type == "cuda" else {shapes[0][0]}
+    try:
+        dtype, plan, shapes = _setup(device, args.smoke, args.models)
+    except ValueError as error:
+        parser.error(str(error))
+    # Smoke and CPU runs compare the one shape they run with the peer.
+    peers = (
+        {shapes[0][0]} if args.smoke or device.type != "cuda" else set(args.peer_models.split(","))
+    )
     results = {"machine": describe(device), "smoke": args.smoke, "results": []}
     name = args.name or (
         "gpu-smoke" if args.smoke else "gpu" if device.type == "cuda" else "gpu-cpu"

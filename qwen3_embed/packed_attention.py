@@ -36,14 +36,14 @@ KERNEL_PER_SEQUENCE = "per_sequence_sdpa"
 
 
 @lru_cache(maxsize=1)
-def _varlen() -> tuple[Callable[..., torch.Tensor], bool] | None:
-    """(varlen_attn, takes window_size) when torch has it, else None."""
+def _varlen() -> tuple[Callable[..., torch.Tensor], bool, bool] | None:
+    """(varlen_attn, takes window_size, takes scale) when torch has it, else None."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
     parameters = inspect.signature(varlen_attn).parameters
-    return varlen_attn, "window_size" in parameters
+    return varlen_attn, "window_size" in parameters, "scale" in parameters
 
 
 def packed_kernel(device: torch.device, dtype: torch.dtype) -> str:
@@ -67,13 +67,15 @@ def _varlen_attention(
     scaling: float,
 ) -> torch.Tensor:
     """(T, Hq, D), (T, Hkv, D) x2 -> (T, Hq, D) through torch's flash varlen kernel."""
-    varlen_attn, has_window = _varlen()  # type: ignore[misc]
+    varlen_attn, has_window, has_scale = _varlen()  # type: ignore[misc]
     groups = query.shape[1] // key.shape[1]
     # K/V expanded explicitly: older releases have no `enable_gqa`; the copy is small next to Q.
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    causal: dict[str, Any] = {"window_size": (-1, 0)} if has_window else {"is_causal": True}
+    options: dict[str, Any] = {"window_size": (-1, 0)} if has_window else {"is_causal": True}
+    if has_scale:
+        options["scale"] = scaling
     return varlen_attn(
-        query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, scale=scaling, **causal
+        query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, **options
     )
 
 
@@ -132,7 +134,9 @@ def packed_attention_forward(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     # (1, H, T, D) -> (T, H, D)
     q, k, v = (states[0].transpose(0, 1) for states in (query, key, value))
-    if packed_kernel(q.device, q.dtype) == KERNEL_VARLEN:
+    # A release without `scale` applies the default 1/sqrt(D); any other scale runs per sequence.
+    varlen_usable = _varlen() is not None and (_varlen()[2] or scale == q.shape[-1] ** -0.5)
+    if packed_kernel(q.device, q.dtype) == KERNEL_VARLEN and varlen_usable:
         max_length = int(kwargs["max_length_q"])
         out = _varlen_attention(q, k, v, cu_seq_lens, max_length, scale)
     else:

@@ -253,3 +253,39 @@ def test_is_out_of_memory():
     )
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+@pytest.mark.parametrize("new_signature", [True, False])
+def test_varlen_call_adapts_to_the_installed_torch(monkeypatch, new_signature):
+    # torch's varlen_attn is CUDA-only; a stand-in with each release's signature (2.10:
+    # is_causal; 2.11+: window_size) checks the adapter's arguments and GQA expansion on CPU.
+    from qwen3_embed import packed_attention
+
+    calls: list[dict] = []
+
+    def fake_varlen(query, key, value, cu_q, cu_k, max_q, max_k, **options):
+        assert key.shape[1] == query.shape[1]  # K/V heads expanded to the query heads
+        assert cu_q is cu_k and max_q == max_k == 7
+        calls.append(options)
+        return packed_attention._per_sequence_attention(query, key, value, cu_q, options["scale"])
+
+    monkeypatch.setattr(packed_attention, "_varlen", lambda: (fake_varlen, new_signature, True))
+    torch.manual_seed(0)
+    query, key, value = torch.randn(12, 4, 8), torch.randn(12, 2, 8), torch.randn(12, 2, 8)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    got = packed_attention._varlen_attention(query, key, value, cu, 7, 8**-0.5)
+    expected = packed_attention._per_sequence_attention(query, key, value, cu, 8**-0.5)
+    assert torch.equal(got, expected)
+    assert calls == [
+        {"window_size": (-1, 0), "scale": 8**-0.5}
+        if new_signature
+        else {"is_causal": True, "scale": 8**-0.5}
+    ]
+    # And the per-sequence kernel equals one causal SDPA per sequence computed by hand.
+    first = torch.nn.functional.scaled_dot_product_attention(
+        query[:5].transpose(0, 1),
+        key[:5].repeat_interleave(2, 1).transpose(0, 1),
+        value[:5].repeat_interleave(2, 1).transpose(0, 1),
+        is_causal=True,
+    ).transpose(0, 1)
+    assert (expected[:5] - first).abs().max().item() <= 1e-6
