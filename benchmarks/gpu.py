@@ -312,6 +312,18 @@ def _peer_comparison(
 
 
 # ------------------------------------------------------------------------- run
+def _recorded(name: str, fn: Callable[[], dict], smoke: bool) -> dict:
+    """`fn()`, or {"error": ...} shown as a failed row: on a one-shot GPU run, a compiler or peer
+    failure must not throw away the rows already measured. The smoke (a test) raises instead."""
+    if smoke:
+        return fn()
+    try:
+        return fn()
+    except Exception as error:  # noqa: BLE001 - recorded in the results and the table
+        log(f"{name} FAILED: {type(error).__name__}: {error}")
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def run_shape(
     shape: Shape,
     plan: Plan,
@@ -368,16 +380,23 @@ def run_shape(
     )
     result["packed_vs_padded_min_cosine"] = cosine
     if compile:
-        compiled = TextBackend.from_model(model, info, 0, device, dtype, "packed")
-        compiled.compile()
-        result["packed_compiled"] = _measure(
-            "packed+compiled", compiled, corpora, budget, shape, device, peak, gemm, warmup
+
+        def compiled_run() -> dict:
+            compiled = TextBackend.from_model(model, info, 0, device, dtype, "packed")
+            compiled.compile()
+            return _measure(
+                "packed+compiled", compiled, corpora, budget, shape, device, peak, gemm, warmup
+            )
+
+        result["packed_compiled"] = _recorded(
+            "packed+compiled", compiled_run, smoke=plan is SMOKE_PLAN
         )
     if peer:
-        result["peer"] = _peer_comparison(model, shape, plan, device, dtype, seed=4)
-    del model, padded, packed
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+        result["peer"] = _recorded(
+            "peer",
+            lambda: _peer_comparison(model, shape, plan, device, dtype, seed=4),
+            smoke=plan is SMOKE_PLAN,
+        )
     return result
 
 
@@ -450,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 compile=not (args.no_compile or args.smoke),
             )
         )
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the previous model's weights are garbage by now
         _write(args.out_dir, name, results)  # after each model: a long run keeps what it measured
     print(_write(args.out_dir, name, results))
     return 0
@@ -478,11 +499,19 @@ def markdown(results: dict) -> str:
             ("packed", f"packed ({result['packed_kernel']})"),
             ("packed_compiled", "packed + compiled"),
         ):
-            if key in result:
+            if key in result and "error" in result[key]:
+                lines.append(
+                    f"| {result['model']} | {label} | **failed**: {result[key]['error']} | |"
+                )
+            elif key in result:
                 lines.append(
                     f"| {result['model']} ({result['dtype']}) | {label} | {_fmt(result[key], 'lognormal')} | {_fmt(result[key], 'long_documents')} |"
                 )
-        if "peer" in result:
+        if "peer" in result and "error" in result["peer"]:
+            lines.append(
+                f"| {result['model']} | vs sentence-transformers | **failed**: {result['peer']['error']} | |"
+            )
+        elif "peer" in result:
             peer = result["peer"]
             lines.append(
                 f"| {result['model']} | core (packed) vs sentence-transformers best batch "
