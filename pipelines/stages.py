@@ -14,6 +14,10 @@ Both run each block through `run_guarded`: a block whose stage raises is tried a
 fails the job nor leaves a gap. When every row of a block fails alone, the stage itself is broken
 (a dead device, a bug on every input): the exception is raised and the job fails loudly instead
 of writing good rows off as failed.
+
+Out-of-memory never reaches that guard: the core splits the forward and lowers its budget, and
+an input too large for the device even alone comes back as that row's error
+(`input_too_large_for_device`, its token count named) while its neighbours are embedded.
 """
 
 from __future__ import annotations
