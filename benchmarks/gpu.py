@@ -331,7 +331,12 @@ def run_shape(
     dtype: torch.dtype,
     peer: bool,
     compile: bool,
+    result: dict | None = None,
+    progress: Callable[[], None] = lambda: None,
 ) -> dict:
+    """Fills `result` path by path, calling `progress()` after each, so a run stopped by its
+    time limit keeps every row it measured."""
+    result = {} if result is None else result
     log(f"{shape.name}: building random {str(dtype).removeprefix('torch.')} weights on {device}")
     model = build_on_device(shape, plan.vocab, device, dtype)
     info = _info(shape, plan.max_length)
@@ -354,16 +359,15 @@ def run_shape(
     gemm = gemm_flops_per_second(device, dtype, size=plan.gemm_size)
     peak = H100_BF16_DENSE_PEAK if device.type == "cuda" else 0.0
     log(f"GEMM {plan.gemm_size}^3: {gemm / 1e12:.1f} TFLOP/s")
-    result: dict = {
-        "model": shape.name,
-        "dtype": str(dtype).removeprefix("torch."),
-        "gemm_flops_per_second": gemm,
-    }
+    result.update(
+        model=shape.name, dtype=str(dtype).removeprefix("torch."), gemm_flops_per_second=gemm
+    )
     padded = TextBackend.from_model(model, info, 0, device, dtype, "padded")
     result["padded"] = _measure(
         "padded", padded, corpora, PADDED_BUDGET, shape, device, peak, gemm, warmup
     )
     packed = TextBackend.from_model(model, info, 0, device, dtype, "packed")
+    progress()
     result["packed_kernel"] = packed.packed_kernel
     budget = PACKED_BUDGET if device.type == "cuda" else PADDED_BUDGET
     result["packed"] = _measure(
@@ -379,6 +383,7 @@ def run_shape(
         .item()
     )
     result["packed_vs_padded_min_cosine"] = cosine
+    progress()
     if compile:
 
         def compiled_run() -> dict:
@@ -391,6 +396,7 @@ def run_shape(
         result["packed_compiled"] = _recorded(
             "packed+compiled", compiled_run, smoke=plan is SMOKE_PLAN
         )
+        progress()
     if peer:
         result["peer"] = _recorded(
             "peer",
@@ -457,17 +463,19 @@ def main(argv: list[str] | None = None) -> int:
         "gpu-smoke" if args.smoke else "gpu" if device.type == "cuda" else "gpu-cpu"
     )
     for key, shape in shapes:
-        results["results"].append(
-            run_shape(
-                shape,
-                plan,
-                device,
-                dtype,
-                peer=key in peers,
-                # Not in the smoke: graph capture alone takes ~a minute on a shared 2-core CI
-                # machine (tests/test_core_packed.py proves the compiled path's vectors).
-                compile=not (args.no_compile or args.smoke),
-            )
+        result: dict = {}
+        results["results"].append(result)
+        run_shape(
+            shape,
+            plan,
+            device,
+            dtype,
+            peer=key in peers,
+            result=result,
+            progress=lambda: _write(args.out_dir, name, results),
+            # Not in the smoke: graph capture alone takes ~a minute on a shared 2-core CI
+            # machine (tests/test_core_packed.py proves the compiled path's vectors).
+            compile=not (args.no_compile or args.smoke),
         )
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the previous model's weights are garbage by now
@@ -496,7 +504,7 @@ def markdown(results: dict) -> str:
     for result in results["results"]:
         for key, label in (
             ("padded", "padded"),
-            ("packed", f"packed ({result['packed_kernel']})"),
+            ("packed", f"packed ({result.get('packed_kernel')})"),
             ("packed_compiled", "packed + compiled"),
         ):
             if key in result and "error" in result[key]:
@@ -519,10 +527,11 @@ def markdown(results: dict) -> str:
                 f"{peer['ours_tokens_per_second']:,.0f} vs {peer['peer_best_tokens_per_second']:,.0f} tok/s "
                 f"= **{peer['speedup_vs_peer_best']:.2f}x** | |"
             )
-        lines.append(
-            f"| {result['model']} | GEMM {result['gemm_flops_per_second'] / 1e12:.1f} TFLOP/s; "
-            f"packed vs padded min cosine {result['packed_vs_padded_min_cosine']:.5f} | | |"
-        )
+        if "packed_vs_padded_min_cosine" in result:
+            lines.append(
+                f"| {result['model']} | GEMM {result['gemm_flops_per_second'] / 1e12:.1f} TFLOP/s; "
+                f"packed vs padded min cosine {result['packed_vs_padded_min_cosine']:.5f} | | |"
+            )
     return "\n".join(lines) + "\n"
 
 
