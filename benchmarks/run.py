@@ -2,6 +2,9 @@
 
 Measures this project against its peers on the same machine in the same run, and writes
 `benchmarks/results/<name>.json` plus `<name>.md` (the table the README shows).
+
+`--device cuda` runs the GPU forward benchmark (`benchmarks.gpu`, which needs no Ray) unless
+`--only` says otherwise; it writes `benchmarks/results/gpu.json` + `gpu.md` itself.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .report import markdown
 
 BENCHMARKS = {"core": core_vs_st.run}
 OPTIONAL = {
+    "gpu": "benchmarks.gpu",
     "pipeline": "benchmarks.pipeline_overhead",
     "serve": "benchmarks.serve_load",
     "scale": "benchmarks.scale_memory",
@@ -45,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join([*BENCHMARKS, *OPTIONAL]),
-        help="comma-separated: core,pipeline,serve,scale",
+        default=None,
+        help="comma-separated: core,gpu,pipeline,serve,scale "
+        "(default: gpu with --device cuda, else core,pipeline,serve,scale)",
     )
     parser.add_argument(
         "--name", default=None, help="results file name (default: <device>[-quick])"
@@ -55,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.only is None:
+        args.only = "gpu" if device.type == "cuda" else "core,pipeline,serve,scale"
     names = [name.strip() for name in args.only.split(",") if name.strip()]
+    if names == ["gpu"]:  # its own command, with its own results files (gpu.json / gpu.md)
+        from . import gpu
+
+        return gpu.main(["--device", device.type, *(["--smoke"] if args.quick else [])])
     unknown = set(names) - set(BENCHMARKS) - set(OPTIONAL)
     if unknown:
         parser.error(

@@ -154,8 +154,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     scale.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=16384,
-        help="padded-token budget of one forward pass (default: 16384)",
+        default=None,
+        help="token budget of one forward pass, padding included when padded "
+        "(default: 65536 when packed on a GPU, else 16384)",
+    )
+    scale.add_argument(
+        "--forward-mode",
+        choices=("auto", "padded", "packed"),
+        default="auto",
+        help="batch layout (default: auto = packed for Qwen3 text on a GPU, else padded)",
+    )
+    scale.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the backbone through torch.compile (slower start, faster forwards)",
     )
     scale.add_argument(
         "--max-ongoing-requests", type=int, default=64, help="per model replica (default: 64)"
@@ -207,6 +219,8 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
             dtype=args.dtype,
             max_length=args.max_length,
             max_batch_tokens=args.max_batch_tokens,
+            forward_mode=args.forward_mode,
+            compile=args.compile,
             num_replicas=args.replicas,
             autoscale=args.autoscale,
             gpus_per_replica=args.gpus_per_replica,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,10 +60,21 @@ class ModelConfig(_Frozen):
     max_length: int | None = Field(
         None, ge=1, description="token limit per input (default: the model's)"
     )
-    max_batch_tokens: int = Field(
-        16384,
+    max_batch_tokens: int | None = Field(
+        None,
         ge=1,
-        description="padded-token budget of one forward pass (batches are split to fit)",
+        description=(
+            "token budget of one forward pass, padding included when padded (batches are split "
+            "to fit); None = the core's default: 65536 when packed on a GPU, else 16384"
+        ),
+    )
+    forward_mode: Literal["auto", "padded", "packed"] = Field(
+        "auto",
+        description="batch layout: packed (padding-free, Qwen3 text), padded, or auto = packed "
+        "for Qwen3 text on a GPU, else padded",
+    )
+    compile: bool = Field(
+        False, description="run the backbone through torch.compile (slower start, faster forwards)"
     )
     max_queued_tokens: int = Field(
         262_144,

@@ -48,7 +48,7 @@ class _Pending:
 class _Done:
     """One request's share of a batch's output."""
 
-    embeddings: np.ndarray  # (n, dim) float32
+    embeddings: np.ndarray | EmbedFailure  # (n, dim) float32, or why this request failed
     batch_inputs: int
 
 
@@ -72,6 +72,8 @@ class EmbeddingModel:
             dtype=model.dtype,
             max_length=model.max_length,
             max_batch_tokens=model.max_batch_tokens,
+            forward_mode=model.forward_mode,
+            compile=model.compile,
             # Defence in depth: the ingress sends media as bytes only, but whoever else calls this
             # deployment through a handle must not make it read local files or fetch URLs either
             # (the core's defaults allow both, for trusted library use). Ignored by text models.
@@ -190,6 +192,8 @@ class EmbeddingModel:
                 "queue_full",
                 retry_after_s=self.config.retry_after_s,
             )
+        if isinstance(done.embeddings, EmbedFailure):
+            return done.embeddings  # one of its inputs does not fit the device even alone
         return EmbedReply(
             embeddings=done.embeddings,
             token_counts=tuple(item.num_tokens for item in pending.prepared),
@@ -220,24 +224,34 @@ class EmbeddingModel:
         )
         return [_Done(rows, inputs) for rows in vectors]
 
-    def _embed_mixed(self, batch: list[_Pending]) -> list[np.ndarray]:
+    def _embed_mixed(self, batch: list[_Pending]) -> list[np.ndarray | EmbedFailure]:
         """One `embed_prepared` call for the whole batch, whatever dimensions its requests ask:
         the core sorts all inputs by length and packs them under the token budget. With one
         dimension (the usual case) the core slices it; with several, the batch is embedded at
         full size once and each request's rows are sliced to its dimension and re-normalised
         (the core's own `truncate_and_normalize`): normalize(truncate(normalize(x))) equals
-        normalize(truncate(x)), since normalising only scales a row."""
+        normalize(truncate(x)), since normalising only scales a row.
+
+        An input that runs out of device memory even alone fails its own request (413, naming
+        the input and its token count); the core has already embedded every other input, so the
+        neighbouring requests of the batch succeed."""
         from qwen3_embed.pooling import truncate_and_normalize
 
         items = [item for pending in batch for item in pending.prepared]
         dims = {pending.dim for pending in batch}
         shared_dim = next(iter(dims)) if len(dims) == 1 else None
-        output = self.embedder.embed_prepared(items, shared_dim).embeddings  # (N, dim) float32
-        vectors: list[np.ndarray] = []
+        output = self.embedder.embed_prepared(items, shared_dim, errors="collect")
+        vectors: list[np.ndarray | EmbedFailure] = []
         offset = 0
         for pending in batch:
-            rows = output[offset : offset + len(pending.prepared)]
-            offset += len(pending.prepared)
+            count = len(pending.prepared)
+            failed = [i for i in range(offset, offset + count) if i in output.failures]
+            rows = output.embeddings[offset : offset + count]  # (n, dim) float32
+            offset += count
+            if failed:
+                error = output.failures[failed[0]].at(failed[0] - (offset - count))
+                vectors.append(EmbedFailure(413, str(error), error.code, "input"))
+                continue
             if shared_dim is None and pending.dim != rows.shape[1]:
                 rows = truncate_and_normalize(rows, pending.dim, self.embedder.info.normalize)
             vectors.append(rows.numpy().copy())  # own buffer: only this request's rows travel

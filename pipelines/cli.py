@@ -67,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--gpus-per-replica", "gpus_per_replica", type=float, metavar="G")
     _flag(parser, "--cpus-per-replica", "cpus_per_replica", type=float, metavar="C")
     _flag(parser, "--batch-tokens", "batch_tokens", type=int, metavar="T")
+    _flag(parser, "--forward-mode", "forward_mode", choices=("auto", "padded", "packed"))
+    _flag(parser, "--compile", "compile", action=argparse.BooleanOptionalAction)
     _flag(parser, "--batch-rows", "batch_rows", type=int, metavar="R")
     _flag(parser, "--rows-per-file", "rows_per_file", type=int, metavar="N")
     _flag(parser, "--truncate", "truncate", action=argparse.BooleanOptionalAction)

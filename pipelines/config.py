@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 INPUT_FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "images")
-DEFAULT_BATCH_TOKENS = 16384  # the core's default padded-token budget per forward pass
 # A prepared image is up to ~5.5 MB of uint8 pixels (1.8 megapixels; normalised on the replica),
 # so VL batches stay small.
 DEFAULT_BATCH_ROWS = {"text": 256, "vl": 16}
+# Rows per replica call when `batch_rows` is not set. Text rows are small (token ids), so a
+# replica gets thousands at once and the core's planner, not the block size, shapes the forward
+# passes: 4096 rows of a ~300-token corpus hold ~1.2M tokens, ~19 forwards of 64k packed tokens.
+# A 256-row block would cap a forward at 256 rows whatever the token budget.
+DEFAULT_EMBED_ROWS = {"text": 4096, "vl": 16}
+FORWARD_MODES = ("auto", "padded", "packed")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -78,15 +83,30 @@ class JobConfig:
         metadata=_help("GPUs per replica; default: 1 when the cluster has GPUs, else 0 (CPU)"),
     )
     cpus_per_replica: float = field(default=1.0, metadata=_help("CPUs reserved per replica"))
-    batch_tokens: int = field(
-        default=DEFAULT_BATCH_TOKENS,
-        metadata=_help("padded tokens per forward pass (the core's max_batch_tokens)"),
+    batch_tokens: int | None = field(
+        default=None,
+        metadata=_help(
+            "tokens per forward pass, padding included when padded (the core's max_batch_tokens); "
+            "default: 65536 when packed on a GPU, else 16384"
+        ),
+    )
+    forward_mode: str = field(
+        default="auto",
+        metadata=_help(
+            "batch layout of the forward passes: packed (padding-free, Qwen3 text), padded, or "
+            "auto = packed for Qwen3 text on a GPU, else padded"
+        ),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=_help("run the backbone through torch.compile (slower start, faster forwards)"),
     )
     batch_rows: int | None = field(
         default=None,
         metadata=_help(
             "rows per prepare task batch and per replica call (the core re-batches them by tokens); "
-            f"default {DEFAULT_BATCH_ROWS['text']} for text models, {DEFAULT_BATCH_ROWS['vl']} for VL models, "
+            f"default {DEFAULT_BATCH_ROWS['text']} per prepare task and {DEFAULT_EMBED_ROWS['text']} "
+            f"per replica call for text models, {DEFAULT_BATCH_ROWS['vl']} for VL models, "
             "whose prepared images are large"
         ),
     )
@@ -162,11 +182,11 @@ class JobConfig:
                 yield f"{name} must be a non-empty string"
         if self.format not in INPUT_FORMATS:
             yield f"format={self.format!r} is invalid; valid values are: {', '.join(INPUT_FORMATS)}"
-        for name in ("replicas", "batch_tokens", "rows_per_file"):
+        for name in ("replicas", "rows_per_file"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 yield f"{name} must be an integer >= 1, got {value!r}"
-        for name in ("batch_rows", "max_length", "num_cpus"):
+        for name in ("batch_tokens", "batch_rows", "max_length", "num_cpus"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -184,7 +204,12 @@ class JobConfig:
             yield f"dtype={self.dtype!r} is invalid; valid values are: auto, float32, bfloat16, float16"
         if not isinstance(self.device, str) or not self.device:
             yield "device must be a string such as auto, cpu, cuda, cuda:0"
-        for name in ("truncate", "progress"):
+        if self.forward_mode not in FORWARD_MODES:
+            yield (
+                f"forward_mode={self.forward_mode!r} is invalid; valid values are: "
+                f"{', '.join(FORWARD_MODES)}"
+            )
+        for name in ("truncate", "progress", "compile"):
             if not isinstance(getattr(self, name), bool):
                 yield f"{name} must be true or false"
 

@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy, DataContext, read_datasource
 
-from .config import DEFAULT_BATCH_ROWS, JobConfig
+from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
 from .datasource import CorpusDatasource
 from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
@@ -72,6 +72,11 @@ class JobPlan:
     @property
     def batch_rows(self) -> int:
         return self.config.batch_rows or DEFAULT_BATCH_ROWS[self.family]
+
+    @property
+    def embed_rows(self) -> int:
+        """Rows per replica call: `batch_rows` when set, else large text blocks (see config)."""
+        return self.config.batch_rows or DEFAULT_EMBED_ROWS[self.family]
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -276,12 +281,14 @@ def _execute(
                 config.dtype,
                 config.max_length,
                 config.batch_tokens,
+                config.forward_mode,
+                config.compile,
                 ledger_name,
             )
         },
         compute=ActorPoolStrategy(size=config.replicas),
         batch_format="pyarrow",
-        batch_size=plan.batch_rows,
+        batch_size=plan.embed_rows,
         num_cpus=config.cpus_per_replica,
         num_gpus=gpus,
     )

@@ -14,6 +14,10 @@ Both run each block through `run_guarded`: a block whose stage raises is tried a
 fails the job nor leaves a gap. When every row of a block fails alone, the stage itself is broken
 (a dead device, a bug on every input): the exception is raised and the job fails loudly instead
 of writing good rows off as failed.
+
+Out-of-memory never reaches that guard: the core splits the forward and lowers its budget, and
+an input too large for the device even alone comes back as that row's error
+(`input_too_large_for_device`, its token count named) while its neighbours are embedded.
 """
 
 from __future__ import annotations
@@ -69,7 +73,9 @@ class EmbedSettings:
     device: str
     dtype: str
     max_length: int | None
-    batch_tokens: int
+    batch_tokens: int | None  # None: the core's default for the device and forward mode
+    forward_mode: str = "auto"
+    compile: bool = False
     ledger: str | None = None  # the run's ledger actor (see `ledger`); None outside a job
 
 
@@ -298,6 +304,8 @@ class EmbedWorker:
             dtype=settings.dtype,
             max_length=settings.max_length,
             max_batch_tokens=settings.batch_tokens,
+            forward_mode=settings.forward_mode,
+            compile=settings.compile,
         )
         self.dim = self.embedder.validate_dim(settings.dim)
         self.guard = CrashGuard(settings.ledger)  # bounds replica deaths per batch / row
@@ -334,11 +342,8 @@ class EmbedWorker:
         has_vector = np.zeros(table.num_rows, dtype=bool)
         for position, index in enumerate(ok):
             if position in failures:
-                status[index], error[index], code[index] = (
-                    STATUS_ERROR,
-                    failures[position],
-                    CODE_EMBED_FAILED,
-                )
+                reason, failure_code = failures[position]
+                status[index], error[index], code[index] = STATUS_ERROR, reason, failure_code
             else:
                 matrix[index] = vectors[position]
                 has_vector[index] = True
@@ -361,37 +366,55 @@ class EmbedWorker:
             schema=embedded_schema(self.dim),
         )
 
-    def _embed(self, prepared: Sequence[Any]) -> tuple[np.ndarray, dict[int, str]]:
-        """Vectors for `prepared`, and {position: reason} for items the model failed on.
+    def _embed(self, prepared: Sequence[Any]) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+        """Vectors for `prepared`, and {position: (reason, code)} for items the model failed on.
 
-        A failing batch is retried item by item so that one pathological input (say, one that
-        runs out of device memory) fails alone. If every item of a multi-item batch fails alone
-        too, the replica itself is broken: raise, and let Ray retry or fail the job loudly."""
+        Out-of-memory is the core's business: it splits the forward, lowers its budget, and
+        reports an item that does not fit even alone (`input_too_large_for_device`, its token
+        count named) while embedding the rest; those reports become this item's error row.
+        Any other failing batch is retried item by item so that one pathological input fails
+        alone. If every item of a multi-item batch fails alone too, the replica itself is broken:
+        raise, and let Ray retry or fail the job loudly."""
         if not prepared:
             return np.zeros((0, self.dim), dtype=np.float32), {}
         try:
-            return self.embedder.embed_prepared(prepared, self.dim).embeddings.numpy(), {}
+            return self._embed_collecting(prepared)
         except Exception as batch_error:  # noqa: BLE001 - narrowed below, item by item
             logger.warning(
                 "batch of %d failed (%s); retrying item by item", len(prepared), batch_error
             )
             self._release_device_memory()
             vectors = np.zeros((len(prepared), self.dim), dtype=np.float32)
-            failures: dict[int, str] = {}
+            failures: dict[int, tuple[str, str]] = {}
             for position, item in enumerate(prepared):
                 try:
-                    vectors[position] = self.embedder.embed_prepared(
-                        [item], self.dim
-                    ).embeddings.numpy()[0]
+                    vector, failed = self._embed_collecting([item])
                 except Exception as item_error:  # noqa: BLE001 - recorded as this row's error
-                    failures[position] = f"{type(item_error).__name__}: {item_error}"
+                    failures[position] = (
+                        f"{type(item_error).__name__}: {item_error}",
+                        CODE_EMBED_FAILED,
+                    )
                     self._release_device_memory()
+                    continue
+                if failed:
+                    failures[position] = failed[0]
+                else:
+                    vectors[position] = vector[0]
             if len(prepared) > 1 and len(failures) == len(prepared):
                 raise StageBroken(
                     f"every item of a batch of {len(prepared)} failed alone: "
                     f"{type(batch_error).__name__}: {batch_error}"
                 ) from batch_error
             return vectors, failures
+
+    def _embed_collecting(
+        self, prepared: Sequence[Any]
+    ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+        output = self.embedder.embed_prepared(prepared, self.dim, errors="collect")
+        failures = {
+            position: (error.reason, error.code) for position, error in output.failures.items()
+        }
+        return output.embeddings.numpy(), failures
 
     def _release_device_memory(self) -> None:
         import torch

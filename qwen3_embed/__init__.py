@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     DimensionError,
     InputError,
+    InputTooLargeForDeviceError,
     InputTooLongError,
     MissingExtraError,
     UnsupportedModelError,
@@ -50,6 +51,7 @@ __all__ = [
     "Embedder",
     "EmbeddingOutput",
     "InputError",
+    "InputTooLargeForDeviceError",
     "InputTooLongError",
     "MediaOptions",
     "MissingExtraError",

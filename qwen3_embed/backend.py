@@ -4,6 +4,11 @@ A backend does the family-specific halves of the work:
 - `prepare_items` (CPU): validate, format prompts, tokenise, load media -> `PreparedInput`s;
 - `forward` (device): one padded batch through the backbone -> hidden states + mask.
 Pooling, Matryoshka truncation and normalisation live in `pooling.py`, shared by all families.
+
+The Embedder drives a backend through two more steps, so that the host work of the next batch
+overlaps the device work of the current one: `stage` (CPU: the batch's host tensors, pinned on a
+GPU) and `forward_staged` (device: pooled `(B, H)` vectors, left on the device). Their defaults
+fall back to `forward` + `pool`; a backend with a packed path (text) overrides them.
 """
 
 from __future__ import annotations
@@ -75,7 +80,23 @@ class Backend(ABC):
     info: ModelInfo
     device: torch.device
     dtype: torch.dtype
+    forward_mode: str = "padded"  # "padded" | "packed": the layout `forward_staged` runs
 
     @abstractmethod
     def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden (B, T, H), attention_mask (B, T)) for a batch, on the backend's device."""
+
+    def stage(self, batch: Sequence[PreparedInput]) -> Any:
+        """Host-side preparation of a batch (run while the previous batch is on the device)."""
+        return list(batch)
+
+    def forward_staged(self, staged: Any, pooling_mode: str) -> torch.Tensor:
+        """(B, H) pooled vectors of a staged batch, on the device (no host sync)."""
+        from .pooling import pool
+
+        hidden, attention_mask = self.forward(staged)
+        return pool(hidden, attention_mask, pooling_mode)
+
+    def compile(self, backend: str | None = None) -> None:
+        """Fuse the forward with `torch.compile`; families without support say so."""
+        raise ValueError(f"compile=True is not supported for the {self.info.family!r} family")

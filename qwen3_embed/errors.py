@@ -29,6 +29,16 @@ class InputTooLongError(InputError):
         return InputTooLongError(self.reason, index)
 
 
+class InputTooLargeForDeviceError(InputError):
+    """An input ran out of device memory when embedded alone (its neighbours are unaffected)."""
+
+    def __init__(self, reason: str, index: int | None = None):
+        super().__init__(reason, index, code="input_too_large_for_device")
+
+    def at(self, index: int) -> InputTooLargeForDeviceError:
+        return InputTooLargeForDeviceError(self.reason, index)
+
+
 class DimensionError(ValueError):
     """A requested output dimension is outside the model's MRL range."""
 

@@ -11,6 +11,9 @@ import torch
 from .backend import Backend, InputPreparer, PreparedInput, PrepareResult
 from .errors import InputError, InputTooLongError
 from .model_info import ModelInfo
+from .packed_attention import install_packed_attention, packed_kernel
+from .packing import PackedBatch, PaddedBatch, pack_batch, pad_batch
+from .pooling import pool
 from .prompts import check_instruction, check_text, format_text_query
 
 QWEN_EOS_TOKEN = "<|endoftext|>"
@@ -92,6 +95,12 @@ class TextPreparer(InputPreparer):
         return encoded
 
 
+FORWARD_MODES = ("padded", "packed")
+# Which `torch.compile` backend `compile()` uses; tests swap in "eager" (graph capture without
+# code generation) to prove the compiled path's wiring in seconds.
+COMPILE_BACKEND = "inductor"
+
+
 class TextBackend(Backend):
     def __init__(
         self,
@@ -100,48 +109,132 @@ class TextBackend(Backend):
         device: torch.device,
         dtype: torch.dtype,
         attn: str,
+        forward_mode: str = "padded",
     ):
         from transformers import AutoModel
 
-        self.info, self.device, self.dtype = preparer.info, device, dtype
-        self.pad_id = preparer.pad_id
+        model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        self._attach(model, preparer.info, preparer.pad_id, device, dtype, forward_mode)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        pad_id: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        forward_mode: str = "padded",
+    ) -> TextBackend:
+        """A backend around an already built backbone (benchmarks build random weights directly
+        on the device, with no checkpoint on disk)."""
+        backend = cls.__new__(cls)
+        backend._attach(model, info, pad_id, device, dtype, forward_mode)
+        return backend
+
+    def _attach(
+        self,
+        model: torch.nn.Module,
+        info: ModelInfo,
+        pad_id: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        forward_mode: str,
+    ) -> None:
+        if forward_mode not in FORWARD_MODES:
+            raise ValueError(
+                f"unknown forward_mode {forward_mode!r}; valid values are: {', '.join(FORWARD_MODES)}"
+            )
+        if forward_mode == "packed" and not info.is_qwen:
+            raise ValueError(
+                "forward_mode='packed' needs a Qwen3 (causal, last-token) model; "
+                f"{info.model_type!r} models run padded"
+            )
+        self.info, self.device, self.dtype = info, device, dtype
+        self.pad_id = pad_id
+        self.forward_mode = forward_mode
         # Right padding by default. For Qwen (causal) this is exact without any attention mask:
         # a real token only attends to earlier positions, which are all real, so the pads after it
         # are never seen. Skipping the mask lets SDPA use its fused causal kernel instead of
         # materialising a (B, heads, T, T) mask. Left padding (the official layout) stays
         # available and gives the same vectors; tests compare the two.
         self.left_padding = False
-        self.model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        self.model = model
         self.model.to(device).eval()
+        if self.info.is_qwen:
+            install_packed_attention(self.model)  # padded forwards keep the original attention
+        self._run: Any = self.model  # the callable forward: the model, or its compiled wrapper
+        self.compiled = False
+        # Host tensors are pinned only for a GPU: pinning is a page-locking syscall, useless on CPU.
+        self._pin = device.type == "cuda"
+
+    @property
+    def packed_kernel(self) -> str | None:
+        """The attention kernel of the packed path (None when this backend runs padded)."""
+        return packed_kernel(self.device, self.dtype) if self.forward_mode == "packed" else None
+
+    def compile(self, backend: str | None = None) -> None:
+        """`torch.compile` with dynamic shapes: token counts vary every batch, so one graph must
+        serve them all instead of one recompilation per shape."""
+        self._run = torch.compile(self.model, dynamic=True, backend=backend or COMPILE_BACKEND)
+        self.compiled = True
 
     def _pad(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) input ids and attention mask, padded on the configured side."""
-        longest = max(item.num_tokens for item in batch)
-        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, item in enumerate(batch):
-            span = (
-                slice(longest - item.num_tokens, longest)
-                if self.left_padding
-                else slice(0, item.num_tokens)
-            )
-            input_ids[row, span] = torch.as_tensor(item.input_ids, dtype=torch.long)
-            attention_mask[row, span] = 1
-        return input_ids.to(self.device), attention_mask.to(self.device)
+        """(B, T) input ids and attention mask on the device, padded on the configured side."""
+        padded = pad_batch(batch, self.pad_id, self.left_padding).to(self.device)
+        return padded.input_ids, padded.attention_mask
+
+    def stage(self, batch: Sequence[PreparedInput]) -> PaddedBatch | PackedBatch:
+        if self.forward_mode == "packed":
+            return pack_batch(batch, pin=self._pin)
+        return pad_batch(batch, self.pad_id, self.left_padding, pin=self._pin)
 
     @torch.inference_mode()
     def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids, attention_mask = self._pad(batch)
+        """The padded forward: (hidden (B, T, H), attention_mask (B, T))."""
+        padded = pad_batch(batch, self.pad_id, self.left_padding).to(self.device)
+        return self._forward_padded(padded), padded.attention_mask
+
+    @torch.inference_mode()
+    def forward_staged(self, staged: PaddedBatch | PackedBatch, pooling_mode: str) -> torch.Tensor:
+        if isinstance(staged, PackedBatch):
+            packed = staged.to(self.device)
+            hidden = self._forward_packed(packed)  # (1, ΣT, H)
+            return hidden[0, packed.last_token_index()]  # (N, H): each sequence's last token
+        padded = staged.to(self.device)
+        return pool(self._forward_padded(padded), padded.attention_mask, pooling_mode)
+
+    def _forward_padded(self, padded: PaddedBatch) -> torch.Tensor:
+        input_ids, attention_mask = padded.input_ids, padded.attention_mask
+        # An embedder never decodes: no KV cache (Qwen3 would otherwise copy K and V of every
+        # layer into a DynamicCache on each pass).
         if not self.info.is_qwen:
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+            output = self._run(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         elif self.left_padding:
             # Positions count real tokens only, so a vector does not depend on its batch's padding.
             position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-            output = self.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            output = self._run(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
             )
-        else:
-            output = self.model(
-                input_ids=input_ids
-            )  # right padding + causal attention: no mask needed
-        return output.last_hidden_state, attention_mask
+        else:  # right padding + causal attention: no mask needed
+            output = self._run(input_ids=input_ids, use_cache=False)
+        return output.last_hidden_state
+
+    def _forward_packed(self, packed: PackedBatch) -> torch.Tensor:
+        """(1, ΣT, H). The mask mapping is given explicitly as "none": attention is bounded by
+        `cu_seq_lens` inside `packed_attention_forward`, and transformers must not build its dense
+        (ΣT, ΣT) packed mask. The kwargs use transformers' own flash-attention names."""
+        output = self._run(
+            input_ids=packed.input_ids,
+            position_ids=packed.position_ids,
+            attention_mask={"full_attention": None},
+            use_cache=False,
+            cu_seq_lens_q=packed.cu_seq_lens,
+            cu_seq_lens_k=packed.cu_seq_lens,
+            max_length_q=packed.max_length,
+            max_length_k=packed.max_length,
+        )
+        return output.last_hidden_state

@@ -519,7 +519,7 @@ def test_a_failing_item_fails_alone():
     from qwen3_embed import EmbeddingOutput
 
     class Embedder:  # fails on any batch holding the 3-token item
-        def embed_prepared(self, prepared, dim):
+        def embed_prepared(self, prepared, dim, errors="raise"):
             if any(item.num_tokens == 3 for item in prepared):
                 raise RuntimeError("out of memory")
             return EmbeddingOutput(

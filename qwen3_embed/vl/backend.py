@@ -69,7 +69,8 @@ class VLBackend(Backend):
     @torch.inference_mode()
     def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = {key: value.to(self.device) for key, value in self.collate(batch).items()}
-        output = self.model(**inputs)
+        # use_cache=False on every call too (not only in the config): no KV cache is ever built.
+        output = self.model(**inputs, use_cache=False)
         return output.last_hidden_state, inputs["attention_mask"]  # (B, T, H), (B, T)
 
 
