@@ -271,9 +271,9 @@ def test_one_batch_with_mixed_dimensions_equals_the_core_per_dimension(tiny_text
     calls = []
     original = tiny_text_embedder.embed_prepared
 
-    def counting(items, dim=None):
+    def counting(items, dim=None, errors="raise"):
         calls.append((len(items), dim))
-        return original(items, dim)
+        return original(items, dim, errors=errors)
 
     replica.embedder = SimpleNamespace(embed_prepared=counting, info=tiny_text_embedder.info)
     vectors = EmbeddingModel.func_or_class._embed_mixed(replica, batch)
