@@ -290,9 +290,11 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            return  # already stopping: a second Ctrl-C must not break the shutdown itself
+        stop.set()
         if not serving.is_set():
             raise KeyboardInterrupt  # still starting: interrupt whatever Ray call is waiting
-        stop.set()
 
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:

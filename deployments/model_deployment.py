@@ -113,8 +113,9 @@ class EmbeddingModel:
     def _queue_limits(self, batching: BatchingConfig) -> QueueLimits:
         return QueueLimits(
             max_batch_requests=batching.max_batch_size,
-            # One batch ~ one forward pass: a newcomer waits for at most one pass's worth.
-            max_batch_tokens=self.config.max_batch_tokens,
+            # One batch ~ one forward pass: a newcomer waits for at most one pass's worth. The
+            # embedder's budget, not the config's, which may be None (the core's device default).
+            max_batch_tokens=self.embedder.max_batch_tokens,
             max_wait_s=batching.batch_wait_ms / 1000.0,
             # Serve already bounds the requests inside a replica at max_ongoing_requests; the
             # queue holds the same bound (defence when the replica is called in other ways).
