@@ -20,7 +20,6 @@ import logging
 import random
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,11 +60,15 @@ def is_transient(error: BaseException) -> bool:
 
 
 def fetch_http(url: str, max_bytes: int, timeout_s: float = HTTP_TIMEOUT_S) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http(s) only)
-        data = response.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FetchFailed(f"{url} is larger than the limit of {max_bytes} bytes", transient=False)
-    return data
+    """The core's size-limited GET; its network errors stay raw for `with_retries` to classify,
+    and an over-large body (an InputError) is final."""
+    from qwen3_embed.errors import InputError
+    from qwen3_embed.vl.media import MediaOptions, fetch_http_bytes
+
+    try:
+        return fetch_http_bytes(url, MediaOptions(max_bytes=max_bytes, timeout_s=timeout_s))
+    except InputError as error:
+        raise FetchFailed(error.reason, transient=False) from None
 
 
 def with_retries(

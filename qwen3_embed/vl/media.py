@@ -98,13 +98,22 @@ def _read_limited(handle: Any, options: MediaOptions, what: str) -> bytes:
     return data
 
 
+def fetch_http_bytes(url: str, options: MediaOptions) -> bytes:
+    """GET an http(s) URL within `options`' size and time limits. Network errors propagate as
+    they are, so callers that retry (the batch job) can tell transient ones from final ones; an
+    over-large body is an InputError."""
+    with urllib.request.urlopen(url, timeout=options.timeout_s) as response:  # noqa: S310 (scheme checked by callers)
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit():
+            _check_size(int(declared), options, f"{describe(url)}")
+        return _read_limited(response, options, describe(url))
+
+
 def _fetch_http(url: str, options: MediaOptions) -> bytes:
     try:
-        with urllib.request.urlopen(url, timeout=options.timeout_s) as response:  # noqa: S310 (scheme checked)
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit():
-                _check_size(int(declared), options, f"{describe(url)}")
-            return _read_limited(response, options, describe(url))
+        return fetch_http_bytes(url, options)
+    except InputError:
+        raise
     except (urllib.error.URLError, OSError, ValueError) as error:
         raise InputError(f"could not fetch {describe(url)}: {error}") from None
 
