@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,17 +27,13 @@ import httpx
 import pyarrow.dataset as pads
 import pytest
 import yaml
+from test_serve_support import free_port
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run(argv: list[str], env: dict[str, str], timeout: float = 300, **kwargs):
@@ -70,10 +65,10 @@ def head(tmp_path_factory):
     # machine where a local `ray.init()` has run once).
     generated = _run(["ray", "get-auth-token", "--generate"], env)
     assert generated.returncode == 0, generated.stderr[-2000:]
-    gcs_port, dashboard_port = _free_port(), _free_port()
+    gcs_port, dashboard_port = free_port(), free_port()
     # Every port chosen free: the test session's own local Ray holds Ray's default agent ports.
     agent_ports = [
-        f"--{flag}={_free_port()}"
+        f"--{flag}={free_port()}"
         for flag in (
             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
             "metrics-export-port", "ray-client-server-port", "node-manager-port",
@@ -200,7 +195,7 @@ def test_shipped_serve_yaml_deploys_to_the_head(head, tmp_path):
 
     model_dir = make_tiny_text_model(tmp_path / "tiny", hidden_size=256)
     config = yaml.safe_load((REPO / "cluster_configs/serve/text.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     config["http_options"].update(host="127.0.0.1", port=port)
     (app,) = config["applications"]
     (model,) = app["args"]["models"]

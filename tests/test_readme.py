@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
+from test_serve_support import free_port
 
 from qwen3_embed.cli import build_parser
 
@@ -132,11 +132,6 @@ def test_python_api_blocks_run(tmp_path, monkeypatch):
     assert namespace["out"].embeddings.shape == (2, namespace["embedder"].hidden_size)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def test_offline_server_and_http_examples_run_as_written(tmp_path):
     """The Quick start's offline `qwen3-embed serve` (its own private Ray, as a user gets it; only
@@ -153,7 +148,7 @@ def test_offline_server_and_http_examples_run_as_written(tmp_path):
         timeout=300,
     )
     (serve_block,) = tagged("offline-serve")
-    port = _free_port()
+    port = free_port()
     env = _env()
     env.pop("RAY_ADDRESS", None)
     log_path = tmp_path / "serve.log"
