@@ -35,6 +35,12 @@ def build_application(config: ServeAppConfig, cluster_gpus: float | None = None)
     if cluster_gpus is None and any(model.gpus_per_replica is None for model in config.models):
         cluster_gpus = _cluster_gpus()
     names = deployment_names(config.models)
+    if config.ingress.colocate:
+        # One deployment: the ingress holds the model, with the model deployment's name,
+        # replicas, resources, queue and batching (user_config).
+        (model,) = config.models
+        options = model_deployment_options(model, names[model.name], cluster_gpus or 0)
+        return EmbeddingsIngress.options(**options).bind(config, None)
     models = {
         model.name: EmbeddingModel.options(
             **model_deployment_options(model, names[model.name], cluster_gpus or 0)

@@ -2,14 +2,17 @@
 
 It authenticates, bounds and parses requests, routes them by `model`, turns media into bytes
 (fetching URLs under the SSRF rules), and calls the model deployment through its handle with a
-timeout. It never imports `qwen3_embed` (and so never loads torch): tokenising and embedding
-happen in the model replicas.
+timeout. It never imports `qwen3_embed` at module level (and so never loads torch): tokenising
+and embedding happen in the model replicas.
+
+With `ingress.colocate` (single-model apps) the same routes are served by the model replicas
+themselves: this class then holds the model in-process (`ModelServer`) and takes the model
+deployment's resources, which removes one Ray hop (and its pickling) from every request.
 """
 
 # No `from __future__ import annotations` here: FastAPI (through Serve's class-based views)
 # inspects the route signatures at run time and needs real annotations, not strings.
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -18,8 +21,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from .bounded_read import read_bounded
@@ -28,6 +29,13 @@ from .errors import ApiError, install_error_handlers, validation_error
 from .inputs import find_media, load_media, split_input
 from .media_fetch import SafeMediaFetcher
 from .metrics import IngressMetrics
+from .model_calls import (  # noqa: F401 (call_with_timeout: re-exported, tests use it from here)
+    HandleCaller,
+    LocalCaller,
+    ModelCaller,
+    call_with_timeout,
+    retry_after,
+)
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
 from .render import INLINE_RENDER_MAX_VALUES, render_embeddings
 from .schemas import EmbeddingRequest, embeddings_openapi, models_response
@@ -74,58 +82,6 @@ def parse_request(body: bytes) -> EmbeddingRequest:
         raise validation_error(error.errors()) from None
 
 
-def retry_after(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(0, math.ceil(seconds)))}
-
-
-async def call_with_timeout(
-    response: Any, timeout_s: float, what: str, retry_after_s: float = 1.0
-) -> Any:
-    """Await a DeploymentResponse; past `timeout_s` cancel it (downstream too) and answer 504,
-    so no request hangs on a stuck replica. Backpressure from the callee's queue becomes 429; a
-    callee that cannot answer (not deployed, or its replica died with the request) becomes 503;
-    both with Retry-After."""
-
-    async def wait() -> Any:
-        return await response
-
-    try:
-        return await asyncio.wait_for(wait(), timeout_s)
-    except asyncio.CancelledError:
-        response.cancel()  # our caller gave up (client gone, outer timeout): free the callee's queue slot
-        raise
-    except asyncio.TimeoutError:
-        response.cancel()
-        raise ApiError(504, f"{what} did not answer within {timeout_s}s", code="timeout") from None
-    except BackPressureError as error:
-        status = error.status_code if error.status_code in (429, 503) else 429
-        delay = error.retry_after_s if error.retry_after_s is not None else retry_after_s
-        raise ApiError(
-            status,
-            f"{what} is overloaded (its queue is full); retry after {math.ceil(delay)}s",
-            code="queue_full",
-            headers=retry_after(delay),
-        ) from None
-    except DeploymentUnavailableError:
-        raise ApiError(
-            503,
-            f"{what} is unavailable (it failed to deploy)",
-            code="model_unavailable",
-            headers=retry_after(retry_after_s),
-        ) from None
-    except RayActorError:
-        # The replica holding the request died (crash, OOM kill, lost node) or is unreachable.
-        # Serve replaces it; the request is not retried here, so that an input that kills
-        # replicas cannot take the next one down too: the client may retry (embedding is
-        # idempotent). Without this clause it was a 500.
-        raise ApiError(
-            503,
-            f"{what} stopped while handling the request; retry",
-            code="model_unavailable",
-            headers=retry_after(retry_after_s),
-        ) from None
-
-
 async def probe_ready(
     probes: Mapping[str, Callable[[], Awaitable[Any]]], timeout_s: float
 ) -> dict[str, bool]:
@@ -147,9 +103,31 @@ async def probe_ready(
 @serve.deployment
 @serve.ingress(app)
 class EmbeddingsIngress:
-    def __init__(self, config: ServeAppConfig, models: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, config: ServeAppConfig, models: dict[str, DeploymentHandle] | None) -> None:
+        """`models`: a handle per served model, or None with `ingress.colocate`: the one model
+        is loaded here, in this replica."""
         self.config = config
-        self._models = models
+        self._local = None
+        if models is None:
+            from .model_deployment import ModelServer
+
+            (model,) = config.models
+            self._local = ModelServer(model, config.limits, config.media)
+            self._models: dict[str, ModelCaller] = {
+                model.name: LocalCaller(
+                    self._local, f"model {model.name!r}", config.ingress.model_call_timeout_s
+                )
+            }
+        else:
+            self._models = {
+                name: HandleCaller(
+                    handle,
+                    f"model {name!r}",
+                    config.ingress.model_call_timeout_s,
+                    config.ingress.retry_after_s,
+                )
+                for name, handle in models.items()
+            }
         # Raises when a configured key source is empty: the replica fails rather than run open.
         self._auth = ApiKeyChecker.from_config(config.auth)
         self._fetcher = SafeMediaFetcher(config.media) if config.media.allow_url_fetch else None
@@ -169,20 +147,15 @@ class EmbeddingsIngress:
             self._authorize(request)
             body = await read_body(request, self.config.limits.max_request_bytes)
             parsed = parse_request(body)
-            name, handle = self._route(parsed.model)
+            name, model = self._route(parsed.model)
             label = name
             items = split_input(parsed.input, parsed.instruction, self.config.limits)
-            description = await self._describe(name, handle)
+            description = await self._describe(name, model)
             slots = find_media(items, description.family, name, self.config.media)
             items = await load_media(items, slots, self.config.media, self._fetcher)
             job = EmbedJob(tuple(items), parsed.instruction, parsed.dimensions, parsed.truncate)
             called = time.perf_counter()
-            reply = await call_with_timeout(
-                handle.embed.remote(job),
-                self.config.ingress.model_call_timeout_s,
-                f"model {name!r}",
-                self.config.ingress.retry_after_s,
-            )
+            reply = await model.embed(job)
             if isinstance(reply, EmbedFailure):
                 headers = {}
                 if reply.retry_after_s is not None:
@@ -293,7 +266,7 @@ class EmbeddingsIngress:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def _route(self, requested: str | None) -> tuple[str, DeploymentHandle]:
+    def _route(self, requested: str | None) -> tuple[str, ModelCaller]:
         if requested is None:
             if len(self._models) == 1:
                 name = next(iter(self._models))
@@ -304,26 +277,34 @@ class EmbeddingsIngress:
                 code="model_required",
                 param="model",
             )
-        handle = self._models.get(requested)
-        if handle is None:
+        model = self._models.get(requested)
+        if model is None:
             raise ApiError(
                 404,
                 f"model {requested[:200]!r} is not served here; served models: {sorted(self._models)}",
                 code="model_not_found",
                 param="model",
             )
-        return requested, handle
+        return requested, model
 
     async def _describe(
-        self, name: str, handle: DeploymentHandle, cached: bool = True
+        self, name: str, model: ModelCaller, cached: bool = True
     ) -> ModelDescription:
         if cached and name in self._descriptions:
             return self._descriptions[name]
-        description = await call_with_timeout(
-            handle.describe.remote(),
-            self.config.ingress.model_call_timeout_s,
-            f"model {name!r}",
-            self.config.ingress.retry_after_s,
-        )
+        description = await model.describe()
         self._descriptions[name] = description
         return description
+
+    # ------------------------------------------ colocated model (ingress.colocate)
+    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Serve's user_config hook: with `ingress.colocate` this deployment is the model
+        deployment, and its user_config is the model's batching."""
+        if self._local is not None:
+            self._local.reconfigure(user_config)
+
+    def stats(self) -> dict[str, Any]:
+        """The colocated model's batching stats (as `EmbeddingModel.stats`)."""
+        if self._local is None:
+            raise RuntimeError("stats() is the model deployment's; this ingress holds no model")
+        return self._local.stats()

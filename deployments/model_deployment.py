@@ -8,6 +8,10 @@ while it is busy forms the next batch, up to `max_batch_size` requests and `max_
 tokens. One batch is one `embed_prepared` call, which splits it into forward passes under the
 padded-token budget. Batch size and wait are the deployment's `user_config`, applied by
 `reconfigure` at start and whenever the config changes, without reloading the weights.
+
+`ModelServer` is the replica's logic as a plain class; `EmbeddingModel` is it as a Serve
+deployment (called by the ingress through a handle). With `ingress.colocate` the ingress
+replica holds a `ModelServer` itself and calls it in-process (deployments/ingress.py).
 """
 
 from __future__ import annotations
@@ -52,8 +56,7 @@ class _Done:
     batch_inputs: int
 
 
-@serve.deployment
-class EmbeddingModel:
+class ModelServer:
     def __init__(self, model: ModelConfig, limits: RequestLimits, media: MediaPolicy) -> None:
         # Imported here: torch and transformers load only in model replicas, never in the ingress
         # or the driver that builds the application.
@@ -257,3 +260,7 @@ class EmbeddingModel:
                 rows = truncate_and_normalize(rows, pending.dim, self.embedder.info.normalize)
             vectors.append(rows.numpy().copy())  # own buffer: only this request's rows travel
         return vectors
+
+
+# The deployment the ingress calls through a handle (one per served model).
+EmbeddingModel = serve.deployment(ModelServer, name="EmbeddingModel")
