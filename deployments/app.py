@@ -55,9 +55,13 @@ def deployment_names(models: tuple[ModelConfig, ...]) -> dict[str, str]:
     names: dict[str, str] = {}
     for model in models:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name).strip("-") or "model"
-        candidate = f"EmbeddingModel-{slug}"
-        if candidate in names.values():
-            candidate = f"{candidate}-{len(names)}"
+        candidate = base = f"EmbeddingModel-{slug}"
+        # Suffix until unique: a suffixed name can itself be another model's plain name
+        # ("a-2" served beside "a" and "a/").
+        suffix = 1
+        while candidate in names.values():
+            suffix += 1
+            candidate = f"{base}-{suffix}"
         names[model.name] = candidate
     return names
 

@@ -296,6 +296,12 @@ class EmbeddingsIngress:
         self._descriptions[name] = description
         return description
 
+    async def __del__(self) -> None:
+        """Serve's shutdown hook (it awaits an async `__del__`): close the media fetcher's
+        connection pool instead of leaving its sockets to the garbage collector."""
+        if self._fetcher is not None:
+            await self._fetcher.aclose()
+
     # ------------------------------------------ colocated model (ingress.colocate)
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Serve's user_config hook: with `ingress.colocate` this deployment is the model

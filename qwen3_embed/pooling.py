@@ -1,6 +1,7 @@
 """Pooling, Matryoshka truncation and normalisation: the one place vectors are made from hidden
 states. Order matters: pool -> truncate to `dim` -> L2-normalise (truncate *before* normalising,
-as the official code, vLLM, TEI and sentence-transformers do) -> float32."""
+as the official code, vLLM and TEI do; sentence-transformers' `truncate_dim` instead slices
+after its Normalize module, so its truncated vectors are not unit length) -> float32."""
 
 from __future__ import annotations
 

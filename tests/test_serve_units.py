@@ -565,6 +565,16 @@ def test_deployment_options():
     assert type(app).__name__ == "Application"
 
 
+def test_deployment_names_stay_unique_when_a_suffix_is_another_models_name():
+    from deployments.app import deployment_names
+
+    # "a" and "a/" share a slug; the old suffix (the model's index) made "a/" EmbeddingModel-a-2,
+    # which is already "a-2"'s own name.
+    models = tuple(ModelConfig(model="m", served_model_name=name) for name in ("a-2", "a", "a/"))
+    names = deployment_names(models)
+    assert len(set(names.values())) == 3, names
+
+
 def test_serve_config_yaml_is_valid():
     from ray.serve.schema import ServeDeploySchema
 
