@@ -21,8 +21,6 @@ ingress imports (numpy + PIL, no torch).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from PIL import Image
+
+from qwen3_embed.data_uri import DataUriTooLargeError, decode_data_uri
+from qwen3_embed.errors import InputError
 
 from .config import MediaPolicy, RequestLimits
 from .errors import ApiError
@@ -217,30 +218,16 @@ def _classify(
     )
 
 
-def decode_data_uri(slot: MediaSlot, policy: MediaPolicy) -> bytes:
-    header, comma, payload = slot.source.partition(",")
-    if not comma or not header.lower().endswith(";base64"):
-        raise ApiError(
-            400,
-            f"{slot.param}: a data URI must look like 'data:<type>;base64,<payload>'",
-            code="invalid_media",
-            param=slot.param,
-        )
-    # 4 base64 characters carry 3 bytes: refuse before decoding anything too large.
-    if len(payload) * 3 // 4 > policy.max_media_bytes + 2:
-        raise _too_large(slot, policy)
+def decode_media_data_uri(slot: MediaSlot, policy: MediaPolicy) -> bytes:
+    """The core's one data-URI decoder, its errors as this API's (400 malformed, 413 too large)."""
     try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
+        return decode_data_uri(slot.source, policy.max_media_bytes)
+    except DataUriTooLargeError:
+        raise _too_large(slot, policy) from None
+    except InputError as error:
         raise ApiError(
-            400,
-            f"{slot.param}: the data URI payload is not valid base64",
-            code="invalid_media",
-            param=slot.param,
+            400, f"{slot.param}: {error.reason}", code="invalid_media", param=slot.param
         ) from None
-    if len(data) > policy.max_media_bytes:
-        raise _too_large(slot, policy)
-    return data
 
 
 def check_image(data: bytes, slot: MediaSlot, policy: MediaPolicy) -> None:
@@ -311,7 +298,7 @@ async def load_media(
                     param=slot.param,
                 ) from None
         else:
-            data = await asyncio.to_thread(decode_data_uri, slot, policy)
+            data = await asyncio.to_thread(decode_media_data_uri, slot, policy)
         if slot.is_image:
             await asyncio.to_thread(check_image, data, slot, policy)
         return data

@@ -58,3 +58,31 @@ def test_unknown_pooling_mode_lists_valid_ones():
 def test_truncate_then_normalise():
     vectors = torch.tensor([[3.0, 4.0, 100.0]])
     assert torch.allclose(truncate_and_normalize(vectors, 2), torch.tensor([[0.6, 0.8]]))
+
+
+# ---------------------------------------------------------------------- data URIs
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 299, 300, 301])
+def test_data_uri_at_the_byte_limit_is_accepted_and_one_over_refused(size):
+    """Both the core's media loading and the server use this one decoder; the core used to
+    count base64 padding as payload and refuse data up to 2 bytes under its limit."""
+    import base64
+
+    from qwen3_embed.data_uri import DataUriTooLargeError, decode_data_uri, decoded_size
+
+    data = bytes(range(256)) * 2
+    data = data[:size]
+    payload = base64.b64encode(data).decode()
+    assert decoded_size(payload) == size
+    assert decode_data_uri(f"data:image/png;base64,{payload}", max_bytes=size) == data
+    with pytest.raises(DataUriTooLargeError):
+        decode_data_uri(f"data:image/png;base64,{payload}", max_bytes=size - 1)
+
+
+def test_data_uri_base64_marker_is_case_insensitive_and_malformed_uris_are_input_errors():
+    from qwen3_embed.data_uri import decode_data_uri
+    from qwen3_embed.errors import InputError
+
+    assert decode_data_uri("DATA:image/png;BASE64,aGk=", max_bytes=10) == b"hi"
+    for bad in ("data:image/png,aGk=", "data:image/png;base64", "data:;base64,a$k="):
+        with pytest.raises(InputError):
+            decode_data_uri(bad, max_bytes=10)

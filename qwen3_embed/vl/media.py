@@ -9,8 +9,6 @@ forbids local paths, maybe URLs) and how large a payload or an image may be. Eve
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import os
 import re
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data_uri import decode_data_uri
 from ..errors import InputError
 
 # PIL's own default Image.MAX_IMAGE_PIXELS (~ 9459 x 9459), fixed here so a caller that changes
@@ -77,19 +76,6 @@ def describe(source: Any) -> str:
 def _check_size(size: int, options: MediaOptions, what: str) -> None:
     if size > options.max_bytes:
         raise InputError(f"{what} is larger than the limit of {options.max_bytes} bytes")
-
-
-def decode_data_uri(uri: str, options: MediaOptions) -> bytes:
-    """`data:[<type>];base64,<payload>` -> bytes."""
-    header, sep, payload = uri.partition(",")
-    if not sep or not header.endswith(";base64"):
-        raise InputError("a data URI must look like 'data:<type>;base64,<payload>'")
-    # Check before decoding: 4 base64 characters carry 3 bytes.
-    _check_size(len(payload) * 3 // 4, options, "the data URI payload")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise InputError(f"the data URI payload is not valid base64 ({error})") from None
 
 
 def _read_limited(handle: Any, options: MediaOptions, what: str) -> bytes:
@@ -169,8 +155,8 @@ def read_bytes(source: Any, options: MediaOptions) -> bytes:
         _check_size(len(data), options, "the media bytes")
         return data
     if isinstance(source, str):
-        if source.startswith("data:"):
-            return decode_data_uri(source, options)
+        if source[:5].lower() == "data:":
+            return decode_data_uri(source, options.max_bytes)
         if is_remote_url(source):
             if not options.allow_urls:
                 raise InputError("URLs are not allowed here; send the media as bytes or a data URI")
