@@ -2,8 +2,8 @@
 
 It authenticates, bounds and parses requests, routes them by `model`, turns media into bytes
 (fetching URLs under the SSRF rules), and calls the model deployment through its handle with a
-timeout. It never imports `qwen3_embed` at module level (and so never loads torch): tokenising
-and embedding happen in the model replicas.
+timeout. It never loads torch (from the core it imports only the torch-free `data_uri` and
+`errors`): tokenising and embedding happen in the model replicas.
 
 With `ingress.colocate` (single-model apps) the same routes are served by the model replicas
 themselves: this class then holds the model in-process (`ModelServer`) and takes the model

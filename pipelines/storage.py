@@ -18,6 +18,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from .layout import TMP_DIR
+
 # Object stores make a written object visible only when the upload completes, so a reader never
 # sees half a file; everything else gets write-to-temporary-then-rename.
 ATOMIC_PUT_FILESYSTEMS = ("s3", "gcs")
@@ -37,10 +39,6 @@ class Location:
 
     def child(self, *parts: str) -> Location:
         return Location(self.fs, posixpath.join(self.path, *parts), self.prefix)
-
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
 
 
 def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> Location:
@@ -156,7 +154,7 @@ def write_atomically(location: Location, write) -> None:
             write(stream)
         return
     temporary = posixpath.join(
-        parent, "_tmp", f"{posixpath.basename(location.path)}.{uuid.uuid4().hex}.inprogress"
+        parent, TMP_DIR, f"{posixpath.basename(location.path)}.{uuid.uuid4().hex}.inprogress"
     )
     fs.create_dir(posixpath.dirname(temporary), recursive=True)
     try:
@@ -173,6 +171,3 @@ def read_bytes(location: Location) -> bytes:
     with location.fs.open_input_stream(location.path) as stream:
         return stream.read()
 
-
-def exists(location: Location) -> bool:
-    return location.fs.get_file_info(location.path).type != pafs.FileType.NotFound
