@@ -113,8 +113,9 @@ def _own_scores(embedder: Embedder) -> dict[str, float]:
 
 
 def test_minilm_scored_by_mteb_evaluate(minilm_dir):
-    embedder = Embedder.from_pretrained(minilm_dir, device="cpu")
-    encoder = MTEBEncoder.from_embedder(embedder)
+    encoder = MTEBEncoder(minilm_dir, device="cpu")  # as mteb's loaders call an encoder
+    embedder = encoder.embedder
+    assert embedder.family == "text" and not embedder.info.is_qwen
     assert isinstance(encoder, mteb.EncoderProtocol)
     assert encoder.mteb_model_meta.name == f"local/{minilm_dir.name}"
     result = mteb.evaluate(
