@@ -231,3 +231,37 @@ def test_progress_bar_auto_draws_on_a_terminal_from_the_threshold(tiny_text_mode
     assert "embedding" not in below
     assert "embedding" in auto and f"{threshold}/{threshold}" in auto
     assert "embedding" not in off
+
+
+def test_progress_bar_auto_draws_in_a_jupyter_kernel(tiny_text_model_dir, monkeypatch, tmp_path):
+    """A real kernel (stderr is a cell's output there, not a TTY): the bar shows from the
+    threshold on, and not below it."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "from qwen3_embed import Embedder\n"
+            "from qwen3_embed.embedder import PROGRESS_BAR_MIN_ITEMS as N\n"
+            f"embedder = Embedder.from_pretrained({str(tiny_text_model_dir)!r}, device='cpu')"
+        ),
+        nbformat.v4.new_code_cell("embedder.embed(['a'] * N); print(N)"),
+        nbformat.v4.new_code_cell("embedder.embed(['a'] * (N - 1)); None"),
+    ]
+    NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+
+    def text(cell, name: str) -> str:
+        return "".join(o.get("text", "") for o in cell.outputs if o.get("name") == name)
+
+    threshold = int(text(notebook.cells[1], "stdout"))
+    assert "embedding" in text(notebook.cells[1], "stderr")
+    assert f"{threshold}/{threshold}" in text(notebook.cells[1], "stderr")
+    assert "embedding" not in text(notebook.cells[2], "stderr")
