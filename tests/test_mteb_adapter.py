@@ -208,3 +208,13 @@ def test_text_model_refuses_image_tasks_and_names_the_task_of_a_bad_input(tiny_t
         ValueError, match=r"Qwen3EmbedLocalRetrieval \(default/test, document\).*input\[1\].*empty"
     ):
         encoder.encode([{"text": ["fine", ""]}], prompt_type=PromptType.document, **call)
+
+
+def test_without_mteb_the_encoder_names_the_extra(tiny_text_embedder, monkeypatch):
+    import sys
+
+    from qwen3_embed import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "mteb", None)  # what `import mteb` meets when not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'qwen3-embed\[mteb\]'"):
+        MTEBEncoder.from_embedder(tiny_text_embedder)
