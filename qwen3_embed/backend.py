@@ -68,10 +68,17 @@ class InputPreparer(ABC):
 
     @abstractmethod
     def prepare_items(
-        self, items: Sequence[Any], instruction: str | None, truncate: bool, max_length: int
+        self,
+        items: Sequence[Any],
+        instruction: str | None,
+        truncate: bool,
+        max_length: int,
+        prompt: str | None = None,
     ) -> list[PrepareResult]:
         """One result per item, in order: a PreparedInput, or the InputError (without index) that
-        makes the item invalid. Must not raise for a bad item."""
+        makes the item invalid. Must not raise for a bad item. `prompt` (never given together
+        with `instruction`) is a sentence-transformers literal prompt; an item's own instruction
+        takes precedence over it."""
 
 
 class Backend(ABC):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from .runner import run_forwards
 from .source import resolve_model_dir
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .vl.media import MediaOptions
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,10 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_GPU_PACKED_BATCH_TOKENS = 65536
 FORWARD_MODES = ("auto", "padded", "packed")
 ITEM_ERRORS = ("raise", "collect")
+# `show_progress_bar=None` draws a bar from this many inputs on, where someone can see it (a
+# Jupyter kernel or a terminal): below it a call is short even on a CPU, and a bar per call of a
+# loop over small chunks would be noise.
+PROGRESS_BAR_MIN_ITEMS = 1000
 
 
 @dataclass
@@ -155,22 +162,51 @@ class Embedder:
     def default_query_instruction(self) -> str | None:
         return self.info.default_query_instruction
 
+    @property
+    def prompts(self) -> dict[str, str]:
+        """Named prompts from the model's `config_sentence_transformers.json` (name -> literal
+        prefix; Qwen3-Embedding ships "query" = `Instruct: <web search task>\nQuery:` and
+        "document" = ""), for `prompt_name=`. As in sentence-transformers, "query" and
+        "document" are always there ("" unless the file sets them)."""
+        return self.preparer.prompts
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        """The prompt applied when a call gives no instruction, prompt or prompt_name."""
+        return self.info.default_prompt_name
+
     def validate_dim(self, dim: int | None) -> int:
         """The output dimension for `dim` (None = full size); a ValueError names the valid range."""
         return self.preparer.validate_dim(dim)
 
     # ------------------------------------------------------------------ stages
     def prepare_each(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> list[PrepareResult]:
         """CPU stage, per item (see `Preparer.prepare_each`)."""
-        return self.preparer.prepare_each(inputs, instruction, truncate)
+        return self.preparer.prepare_each(
+            inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
+        )
 
     def prepare(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> list[PreparedInput]:
         """CPU stage: raises the first InputError (see `Preparer.prepare`)."""
-        return self.preparer.prepare(inputs, instruction, truncate)
+        return self.preparer.prepare(
+            inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
+        )
 
     def forward_pooled(self, batch: Sequence[PreparedInput]) -> torch.Tensor:
         """Device stage for one batch: (B, H) pooled, not yet truncated or normalised."""
@@ -182,13 +218,18 @@ class Embedder:
         return truncate_and_normalize(pooled, dim, self.info.normalize).cpu()
 
     def embed_prepared(
-        self, prepared: Sequence[PreparedInput], dim: int | None = None, errors: str = "raise"
+        self,
+        prepared: Sequence[PreparedInput],
+        dim: int | None = None,
+        errors: str = "raise",
+        show_progress_bar: bool = False,
     ) -> EmbeddingOutput:
         """Batch by token budget over length-sorted inputs; results in input order.
 
         An input that runs out of device memory even alone is an `InputTooLargeForDeviceError`:
         `errors="raise"` raises it (naming its position); `errors="collect"` (the batch job and
-        the server) returns every other vector and lists it in `failures`."""
+        the server) returns every other vector and lists it in `failures`. `show_progress_bar`
+        draws a tqdm bar of inputs done (off here: the batch job and the server call this)."""
         if errors not in ITEM_ERRORS:
             raise ValueError(
                 f"errors={errors!r} is invalid; valid values are: {', '.join(ITEM_ERRORS)}"
@@ -197,14 +238,20 @@ class Embedder:
         lengths = [item.num_tokens for item in prepared]
         if not prepared:
             return EmbeddingOutput(torch.empty((0, out_dim), dtype=torch.float32), 0, lengths)
-        vectors, failures = run_forwards(
-            self.backend,
-            prepared,
-            out_dim,
-            self.info.pooling_mode,
-            lambda pooled: truncate_and_normalize(pooled, out_dim, self.info.normalize),
-            self.budget,
-        )
+        bar = _progress_bar(len(prepared)) if show_progress_bar else None
+        try:
+            vectors, failures = run_forwards(
+                self.backend,
+                prepared,
+                out_dim,
+                self.info.pooling_mode,
+                lambda pooled: truncate_and_normalize(pooled, out_dim, self.info.normalize),
+                self.budget,
+                progress=bar.update if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
         failures = {position: error.at(position) for position, error in failures.items()}
         if failures and errors == "raise":
             raise failures[min(failures)]
@@ -217,13 +264,84 @@ class Embedder:
         instruction: str | None = None,
         dim: int | None = None,
         truncate: bool = True,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        show_progress_bar: bool | None = None,
     ) -> EmbeddingOutput:
-        """Embed `inputs` (queries when `instruction` is given, documents otherwise)."""
+        """Embed `inputs` (queries when `instruction` is given, documents otherwise).
+
+        `prompt_name` (a key of `prompts`, e.g. "query") or a literal `prompt` instead of
+        `instruction`, as in sentence-transformers. `show_progress_bar`: None = a tqdm bar from
+        `PROGRESS_BAR_MIN_ITEMS` inputs on, in a notebook or a terminal; True / False force it."""
         self.validate_dim(dim)  # fail before any work
-        return self.embed_prepared(self.prepare(inputs, instruction, truncate), dim)
+        prepared = self.prepare(
+            inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
+        )
+        return self.embed_prepared(
+            prepared, dim, show_progress_bar=_want_progress(show_progress_bar, len(prepared))
+        )
+
+    def encode(
+        self,
+        inputs: Sequence[Any] | str | dict,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        *,
+        instruction: str | None = None,
+        truncate_dim: int | None = None,
+        truncate: bool = True,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+    ) -> np.ndarray | torch.Tensor:
+        """`embed` with sentence-transformers' `encode` conventions, for notebooks and tools
+        written against it: returns the (N, dim) float32 vectors themselves, a numpy array by
+        default (`convert_to_numpy=True`), a CPU tensor with `convert_to_tensor=True` (which wins,
+        as there) or `convert_to_numpy=False`; one item (a string, or a VL dict) gives one 1-D
+        vector. `truncate_dim` is `embed`'s `dim`. Vectors are L2-normalised when the model
+        normalises (sentence-transformers' `normalize_embeddings` is not needed)."""
+        single = isinstance(inputs, (str, dict))
+        items = [inputs] if single else inputs
+        output = self.embed(
+            items,  # type: ignore[arg-type]
+            instruction,
+            truncate_dim,
+            truncate,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            show_progress_bar=show_progress_bar,
+        )
+        vectors = output.embeddings[0] if single else output.embeddings
+        if convert_to_tensor or not convert_to_numpy:
+            return vectors
+        return vectors.numpy()
 
     def __repr__(self) -> str:
         return f"Embedder({self.source!r}, family={self.family!r}, hidden_size={self.hidden_size}, device={self.device})"
+
+
+def _want_progress(show_progress_bar: bool | None, count: int) -> bool:
+    if show_progress_bar is not None:
+        return bool(show_progress_bar)
+    return count >= PROGRESS_BAR_MIN_ITEMS and _output_is_watched()
+
+
+def _output_is_watched() -> bool:
+    """A Jupyter kernel (its stderr is a cell's output, though not a TTY) or a terminal; not a
+    batch job's or a server's log."""
+    if "ipykernel" in sys.modules:
+        return True
+    stream = sys.stderr
+    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
+
+
+def _progress_bar(total: int) -> Any:
+    # tqdm comes with huggingface-hub (a dependency), and is imported only when a bar is drawn;
+    # tqdm.auto picks the notebook widget in Jupyter (with ipywidgets), text elsewhere.
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="embedding", unit="input", disable=False)
 
 
 def resolve_forward_mode(forward_mode: str, info: ModelInfo, device: torch.device) -> str:

@@ -2,13 +2,14 @@
 
 The family comes from `config.json`'s `model_type`, never from the directory's name. A
 sentence-transformers directory (`modules.json` + `1_Pooling/config.json`) is honoured for
-pooling mode, normalisation and max length, so other embedding models work too.
+pooling mode, normalisation and max length, so other embedding models work too; its
+`config_sentence_transformers.json` gives the named prompts (`prompt_name="query"`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UnsupportedModelError
@@ -29,6 +30,10 @@ class ModelInfo:
     normalize: bool
     default_query_instruction: str | None
     is_qwen: bool  # Qwen rules apply: EOS appended, left padding, instruction prompt format
+    # Named prompts of config_sentence_transformers.json, name -> literal prefix ("" = none), and
+    # the one sentence-transformers applies when a call names none. Not hashed: a dict.
+    prompts: dict[str, str] = field(default_factory=dict, hash=False)
+    default_prompt_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,38 @@ def read_sentence_transformers_layout(model_dir: Path) -> SentenceTransformersLa
     return SentenceTransformersLayout(pooling_mode, "Normalize" in types, max_seq_length)
 
 
+ST_CONFIG_FILE = "config_sentence_transformers.json"
+
+
+# sentence-transformers' SentenceTransformer always has these two (its encode_query and
+# encode_document use them); "" unless the model's config sets them.
+BASE_PROMPTS = {"query": "", "document": ""}
+
+
+def read_prompts(model_dir: Path) -> tuple[dict[str, str], str | None]:
+    """(prompts, default_prompt_name) from `config_sentence_transformers.json`, as
+    sentence-transformers (6.x) reads them: "query" and "document" always present, a null prompt
+    is ""."""
+    path = model_dir / ST_CONFIG_FILE
+    if not path.is_file():
+        return dict(BASE_PROMPTS), None
+    config = _read_json(path)
+    raw = config.get("prompts") or {}
+    if not isinstance(raw, dict) or not all(
+        isinstance(name, str) and (value is None or isinstance(value, str))
+        for name, value in raw.items()
+    ):
+        raise UnsupportedModelError(f"{path}: 'prompts' must map names to strings; got {raw!r}")
+    prompts = {**BASE_PROMPTS, **{name: value or "" for name, value in raw.items()}}
+    default = config.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise UnsupportedModelError(
+            f"{path}: default_prompt_name {default!r} is not one of its prompts "
+            f"({', '.join(prompts) or 'none'})"
+        )
+    return prompts, default
+
+
 def read_model_info(model_dir: Path, spec: ModelSpec | None = None) -> ModelInfo:
     config = _read_json(model_dir / "config.json")
     model_type = config.get("model_type", "")
@@ -114,6 +151,7 @@ def read_model_info(model_dir: Path, spec: ModelSpec | None = None) -> ModelInfo
             f"{spec.model_id} is a {spec.family} model but its config says {model_type!r}"
         )
     max_length = min(DEFAULT_MAX_LENGTH, position_limit)
+    prompts, default_prompt_name = read_prompts(model_dir)
     if layout is not None and layout.max_seq_length:
         max_length = min(max_length, layout.max_seq_length)
     return ModelInfo(
@@ -128,4 +166,6 @@ def read_model_info(model_dir: Path, spec: ModelSpec | None = None) -> ModelInfo
             spec.default_query_instruction if spec else WEB_SEARCH_INSTRUCTION if is_qwen else None
         ),
         is_qwen=is_qwen,
+        prompts=prompts,
+        default_prompt_name=default_prompt_name,
     )

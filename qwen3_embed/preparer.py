@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .backend import InputPreparer, PreparedInput, PrepareResult
 from .errors import DimensionError, InputError
 from .model_info import ModelInfo, read_model_info
-from .prompts import check_instruction
+from .prompts import check_instruction, resolve_prompt
 from .registry import lookup
 from .source import resolve_model_dir
 
@@ -78,25 +78,67 @@ class Preparer:
             )
         return dim
 
+    @property
+    def prompts(self) -> dict[str, str]:
+        """The model's named prompts (config_sentence_transformers.json), name -> literal prefix."""
+        return dict(self.info.prompts)
+
+    def resolve_prompt(
+        self,
+        instruction: str | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+    ) -> str | None:
+        """The literal prompt a call applies (see `prompts.resolve_prompt`); raises InputError."""
+        instruction = check_instruction(instruction)
+        resolved = resolve_prompt(
+            self.info.prompts, self.info.default_prompt_name, instruction, prompt, prompt_name
+        )
+        if resolved is not None and self.info.family == "vl":
+            check_instruction(resolved)  # it becomes the system turn: must not be blank
+        return resolved
+
     def prepare_each(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> list[PrepareResult]:
         """Per item: a PreparedInput, or the InputError (with its index). Never raises for a bad
-        item, so batch jobs can embed the good ones and report the rest."""
+        item, so batch jobs can embed the good ones and report the rest.
+
+        `prompt_name` picks one of `prompts`; `prompt` is a literal one (sentence-transformers'
+        `encode` arguments): prepended to each text, or the system turn of a VL model. Neither
+        combines with `instruction`. A model whose config names a `default_prompt_name` gets
+        that prompt when a call gives none of the three, as in sentence-transformers."""
         instruction = check_instruction(instruction)
-        results = self.impl.prepare_items(list(inputs), instruction, truncate, self.max_length)
+        resolved = self.resolve_prompt(instruction, prompt, prompt_name)
+        results = self.impl.prepare_items(
+            list(inputs), instruction, truncate, self.max_length, prompt=resolved
+        )
         return [
             result.at(index) if isinstance(result, InputError) else result
             for index, result in enumerate(results)
         ]
 
     def prepare(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> list[PreparedInput]:
         """Validate and tokenise every input; raises the first InputError (naming its index)."""
         if isinstance(inputs, (str, bytes, dict)):
             raise InputError("inputs must be a list of items, not a single item; wrap it in a list")
-        results = self.prepare_each(inputs, instruction, truncate)
+        results = self.prepare_each(
+            inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
+        )
         for result in results:
             if isinstance(result, InputError):
                 raise result

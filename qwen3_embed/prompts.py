@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import InputError
@@ -26,6 +27,48 @@ def check_instruction(instruction: Any) -> str | None:
     if not instruction.strip():
         raise InputError("instruction must not be empty; pass None for documents")
     return instruction
+
+
+def resolve_prompt(
+    prompts: Mapping[str, str],
+    default_prompt_name: str | None,
+    instruction: str | None,
+    prompt: str | None,
+    prompt_name: str | None,
+) -> str | None:
+    """The literal prompt of a call, sentence-transformers' way: `prompt` as given, else
+    `prompts[prompt_name]`, else the model's default prompt, else none. "" means none.
+
+    Unlike sentence-transformers (which warns and ignores `prompt_name`), two ways of saying what
+    to prepend in one call are refused: with `instruction` too, or `prompt` with `prompt_name`,
+    one would silently win."""
+    given = [
+        name
+        for name, value in (
+            ("instruction", instruction),
+            ("prompt", prompt),
+            ("prompt_name", prompt_name),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise InputError(
+            f"give at most one of instruction, prompt, prompt_name; got {' and '.join(given)}"
+        )
+    if instruction is not None:
+        return None
+    if prompt_name is not None:
+        if prompt_name not in prompts:
+            valid = ", ".join(repr(name) for name in prompts) or "none"
+            raise InputError(
+                f"prompt_name={prompt_name!r} is not a prompt of this model; valid names are: {valid}"
+            )
+        prompt = prompts[prompt_name]
+    elif prompt is None and default_prompt_name is not None:
+        prompt = prompts[default_prompt_name]
+    if prompt is not None and not isinstance(prompt, str):
+        raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+    return prompt or None
 
 
 def check_text(text: Any, what: str = "text") -> str:

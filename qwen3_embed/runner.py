@@ -50,8 +50,10 @@ def run_forwards(
     pooling_mode: str,
     postprocess: Postprocess,
     budget: TokenBudget,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, dict[int, InputTooLargeForDeviceError]]:
-    """((N, out_dim) float32 on the device, {position: error} for inputs too large alone)."""
+    """((N, out_dim) float32 on the device, {position: error} for inputs too large alone).
+    `progress(n)` is called as each batch of n inputs is done (embedded, or failed alone)."""
     lengths = [item.num_tokens for item in prepared]
     vectors = torch.zeros((len(prepared), out_dim), dtype=torch.float32, device=backend.device)
     failures: dict[int, InputTooLargeForDeviceError] = {}
@@ -79,6 +81,8 @@ def run_forwards(
                     "embedded alone; shorten it (max_length) or use a device with more memory"
                 )
                 logger.warning("input of %d tokens is too large alone: OOM", lengths[position])
+                if progress is not None:
+                    progress(1)
             else:
                 budget.lower(cost)
                 logger.warning(
@@ -102,4 +106,6 @@ def run_forwards(
         staged = stage(queue[0]) if queue else None  # host work overlapping the device's
         vectors[indices] = postprocess(pooled)
         budget.record_success()
+        if progress is not None:
+            progress(len(indices))
     return vectors, failures

@@ -54,7 +54,12 @@ class TextPreparer(InputPreparer):
             self.tokenizer_appends_eos = bool(probe) and probe[-1] == self.eos_id
 
     def prepare_items(
-        self, items: Sequence[Any], instruction: str | None, truncate: bool, max_length: int
+        self,
+        items: Sequence[Any],
+        instruction: str | None,
+        truncate: bool,
+        max_length: int,
+        prompt: str | None = None,
     ) -> list[PrepareResult]:
         results: list[PrepareResult] = [InputError("not prepared")] * len(items)
         prompts: list[str] = []
@@ -65,7 +70,12 @@ class TextPreparer(InputPreparer):
             except InputError as error:
                 results[position] = error
                 continue
-            prompts.append(format_text_query(text, item_instruction))
+            if item_instruction is None and prompt is not None:
+                # sentence-transformers prepends the prompt to the text: Qwen3's "query" prompt
+                # `Instruct: {task}\nQuery:` + text is exactly `format_text_query(text, task)`.
+                prompts.append(prompt + text)
+            else:
+                prompts.append(format_text_query(text, item_instruction))
             positions.append(position)
         for position, ids in zip(
             positions, self._tokenize(prompts, truncate, max_length), strict=True

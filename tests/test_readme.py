@@ -132,6 +132,30 @@ def test_python_api_blocks_run(tmp_path, monkeypatch):
     assert namespace["out"].embeddings.shape == (2, namespace["embedder"].hidden_size)
 
 
+def test_notebook_conventions_block_runs(tmp_path):
+    """The named-prompt / numpy block, with a tiny model (as wide as the CLI's) for the hub id."""
+    import numpy as np
+    import torch
+
+    from qwen3_embed.cli import TINY_TEXT_HIDDEN_SIZE
+    from qwen3_embed.testing import make_tiny_text_model
+
+    model_dir = make_tiny_text_model(tmp_path / "tiny", hidden_size=TINY_TEXT_HIDDEN_SIZE)
+    block = next(
+        block
+        for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+        if 'prompt_name="query"' in block
+    )
+    namespace: dict = {}
+    exec(block.replace('"Qwen/Qwen3-Embedding-0.6B"', repr(str(model_dir))), namespace)  # noqa: S102
+    hidden = namespace["embedder"].hidden_size
+    assert namespace["embedder"].prompts["document"] == ""
+    assert isinstance(namespace["queries"], np.ndarray)
+    assert namespace["queries"].shape == (1, hidden)
+    assert namespace["scores"].shape == (1, 1)
+    assert isinstance(namespace["tensor"], torch.Tensor) and namespace["tensor"].shape == (1, 256)
+    assert namespace["out"].embeddings.shape == (2000, hidden)
+
 
 def test_offline_server_and_http_examples_run_as_written(tmp_path):
     """The Quick start's offline `qwen3-embed serve` (its own private Ray, as a user gets it; only

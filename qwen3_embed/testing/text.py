@@ -3,11 +3,19 @@ Qwen3ForCausalLM exactly like the published ones) for offline tests and smoke ru
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from .tokenizer import build_qwen_style_tokenizer, save_tokenizer
+
+# The Qwen3-Embedding releases' config_sentence_transformers.json prompts, written out literally
+# (not rebuilt from our own template) so a test comparing them with `instruction=` means something.
+QWEN3_ST_PROMPTS = {
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    "document": "",
+}
 
 
 def make_tiny_text_model(
@@ -43,4 +51,18 @@ def make_tiny_text_model(
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
     model.save_pretrained(directory)
+    write_sentence_transformers_config(directory)
     return directory
+
+
+def write_sentence_transformers_config(directory: Path) -> None:
+    """The named prompts the Qwen3-Embedding releases ship in config_sentence_transformers.json
+    (same keys and values), so `prompt_name="query"` is tested through `from_pretrained`."""
+    config = {
+        "prompts": dict(QWEN3_ST_PROMPTS),
+        "default_prompt_name": None,
+        "similarity_fn_name": "cosine",
+    }
+    (directory / "config_sentence_transformers.json").write_text(
+        json.dumps(config, indent=2) + "\n", encoding="utf-8"
+    )

@@ -50,8 +50,17 @@ class VLPreparer(InputPreparer):
         self.added_tokens = tokenizer.num_special_tokens_to_add()
 
     def prepare_items(
-        self, items: Sequence[Any], instruction: str | None, truncate: bool, max_length: int
+        self,
+        items: Sequence[Any],
+        instruction: str | None,
+        truncate: bool,
+        max_length: int,
+        prompt: str | None = None,
     ) -> list[PrepareResult]:
+        if prompt is not None:
+            # A chat model has no text to prefix: sentence-transformers injects a prompt as the
+            # system message, which is where the instruction goes (same `.` rule, see items.py).
+            instruction = prompt
         results: list[PrepareResult] = []
         for item in items:
             try:
