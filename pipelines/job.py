@@ -25,9 +25,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import ray
-from ray.data import ActorPoolStrategy, DataContext, read_datasource
+from ray.data import DataContext, read_datasource
 
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
+from .dataset_stage import StageResources, embed_stages, gpus_per_replica
 from .datasource import CorpusDatasource
 from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
@@ -44,12 +45,11 @@ from .resume import (
     scan_output,
 )
 from .sink import EmbeddingSink, SinkSettings, WriteTally
-from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
+from .stages import EmbedSettings, PrepareSettings
 from .storage import ATOMIC_PUT_FILESYSTEMS, Location, resolve
 
 logger = logging.getLogger(__name__)
 
-PREPARE_TASK_MEMORY = 1024**3
 # Replica deaths: Ray Data's defaults (restart a dead replica, retry its batches, without limit)
 # stay; the bound against a batch that kills every replica it reaches is the run's ledger
 # (see `ledger`): such a batch goes row by row, and the row that keeps killing replicas becomes
@@ -252,45 +252,34 @@ def _execute(
         block_rows=min(1024, config.rows_per_file),
     )
     dataset = read_datasource(CorpusDatasource(plan.inputs, spec, done_ref))
-    dataset = dataset.map_batches(
-        prepare_batch,
-        fn_kwargs={
-            "settings": PrepareSettings(
-                plan.model,
-                config.max_length,
-                config.instruction,
-                config.truncate,
-                config.storage_options,
-            )
-        },
-        batch_format="pyarrow",
-        batch_size=plan.batch_rows,
-        num_cpus=1,
-        # A real reservation (tokenizer / processor and a batch of media), and different remote
-        # args from the replicas: Ray Data fuses maps with equal args, which on CPU-only clusters
-        # would run tokenisation inside the replicas, serialised with the forward passes.
-        memory=PREPARE_TASK_MEMORY,
-    )
-    dataset = dataset.map_batches(
-        EmbedWorker,
-        fn_constructor_kwargs={
-            "settings": EmbedSettings(
-                plan.model,
-                dim,
-                config.device,
-                config.dtype,
-                config.max_length,
-                config.batch_tokens,
-                config.forward_mode,
-                config.compile,
-                ledger_name,
-            )
-        },
-        compute=ActorPoolStrategy(size=config.replicas),
-        batch_format="pyarrow",
-        batch_size=plan.embed_rows,
-        num_cpus=config.cpus_per_replica,
-        num_gpus=gpus,
+    # The same stages as `embed_dataset` (see dataset_stage), on the job's own rows.
+    dataset = embed_stages(
+        dataset,
+        PrepareSettings(
+            plan.model,
+            config.max_length,
+            config.instruction,
+            config.truncate,
+            config.storage_options,
+        ),
+        EmbedSettings(
+            plan.model,
+            dim,
+            config.device,
+            config.dtype,
+            config.max_length,
+            config.batch_tokens,
+            config.forward_mode,
+            config.compile,
+            ledger_name,
+        ),
+        StageResources(
+            prepare_rows=plan.batch_rows,
+            embed_rows=plan.embed_rows,
+            replicas=config.replicas,
+            cpus_per_replica=config.cpus_per_replica,
+            gpus_per_replica=gpus,
+        ),
     )
     metadata = schema_metadata(plan.model, dim, config.instruction, plan.normalized, plan.family)
     sink = EmbeddingSink(
@@ -354,23 +343,7 @@ def _connect_ray(config: JobConfig) -> bool:
 
 
 def _gpus_per_replica(config: JobConfig, started_local: bool = False) -> float:
-    available = ray.cluster_resources().get("GPU", 0)
-    if config.gpus_per_replica is None:
-        if available < 1 and not started_local:
-            # "auto" sees the cluster as it is now: one that autoscales GPU nodes from zero looks
-            # GPU-less, and the replicas would silently run on CPUs.
-            logger.warning(
-                "gpus_per_replica is auto and the cluster has no GPU now: replicas run on CPU. "
-                "On a cluster that autoscales GPU nodes from 0, pass --gpus-per-replica explicitly."
-            )
-        return 1.0 if available >= 1 else 0.0
-    if config.gpus_per_replica > 0 and available < config.gpus_per_replica:
-        logger.warning(
-            "gpus_per_replica=%s but the cluster has %s GPU(s) now; replicas wait until an autoscaler adds them",
-            config.gpus_per_replica,
-            available,
-        )
-    return float(config.gpus_per_replica)
+    return gpus_per_replica(config.gpus_per_replica, started_local)
 
 
 def _prepare_output_folder(output: Location) -> None:
