@@ -34,8 +34,8 @@ from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
 from .ledger import start_ledger
 from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest
-from .noop import read_settings
-from .readers import ReadSpec
+from .noop import previous_id_column, read_settings
+from .readers import DEFAULT_ID_COLUMN, ReadSpec, has_column
 from .resume import (
     check_output,
     input_fingerprint,
@@ -49,6 +49,9 @@ from .stages import EmbedSettings, PrepareSettings
 from .storage import ATOMIC_PUT_FILESYSTEMS, Location, resolve
 
 logger = logging.getLogger(__name__)
+
+# How a job's ids were chosen (the manifest's `ids.source`).
+ID_GIVEN, ID_DEFAULT, ID_DERIVED, ID_KEPT = "given", "default", "derived", "kept"
 
 # Replica deaths: Ray Data's defaults (restart a dead replica, retry its batches, without limit)
 # stay; the bound against a batch that kills every replica it reaches is the run's ledger
@@ -68,6 +71,10 @@ class JobPlan:
     dim: int
     normalized: bool
     previous: dict[str, Any] | None = None  # OUTPUT's manifest when the job started, if any
+    # The ids: a column (`config.id_column`, or `id` found in the input), or None (derived from
+    # file and row); `id_source` says how it was chosen, for the summary and the manifest.
+    id_column: str | None = None
+    id_source: str = ID_DERIVED
 
     @property
     def batch_rows(self) -> int:
@@ -119,12 +126,36 @@ def plan_job(config: JobConfig) -> JobPlan:
                 "the vectors back as input; put OUTPUT elsewhere"
             )
     plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize)
-    return dataclasses.replace(plan, previous=check_output(output, plan.identity))
+    previous = check_output(output, plan.identity)
+    id_column, id_source = _choose_ids(config, inputs, previous)
+    return dataclasses.replace(plan, previous=previous, id_column=id_column, id_source=id_source)
+
+
+def _choose_ids(
+    config: JobConfig, inputs: InputSet, previous: dict[str, Any] | None
+) -> tuple[str | None, str]:
+    """(id column or None for derived ids, how it was chosen). Without `--id-column`, a job
+    resuming an OUTPUT keeps the ids that OUTPUT was started with (other ids would embed every
+    row again, twice in OUTPUT); a new one takes `id` when the first table file has it."""
+    if config.derived_ids:
+        return None, ID_DERIVED
+    if config.id_column is not None:
+        return config.id_column, ID_GIVEN
+    if previous is not None:
+        return previous_id_column(previous), ID_KEPT
+    if {"txt", "images"} & set(inputs.formats()):
+        return None, ID_DERIVED  # such files have no columns: every id is derived
+    for file in inputs.files[:3]:  # the first that can tell (one may be empty or unreadable)
+        found = has_column(file, inputs.fs, DEFAULT_ID_COLUMN)
+        if found is not None:
+            return (DEFAULT_ID_COLUMN, ID_DEFAULT) if found else (None, ID_DERIVED)
+    return None, ID_DERIVED
 
 
 def _input_fingerprint(plan: JobPlan) -> str | None:
     root = plan.inputs.prefix + plan.inputs.root
-    return input_fingerprint(plan.inputs.files, read_settings(plan.config, root, plan.family))
+    settings = read_settings(plan.config, root, plan.family, id_column=plan.id_column)
+    return input_fingerprint(plan.inputs.files, settings)
 
 
 def run_embedding_job(
@@ -187,6 +218,7 @@ def run_embedding_job(
             "root": inputs.prefix + inputs.root,
             "fingerprint": fingerprint,
         },
+        "ids": {"column": plan.id_column, "source": plan.id_source},
         "replicas": config.replicas,
         "gpus_per_replica": gpus,
     }
@@ -246,7 +278,7 @@ def _execute(
     if not config.progress:  # the user turned them off: Ray's "how to enable" is not news
         logging.getLogger("ray.data._internal.progress").addFilter(_PROGRESS_DISABLED_NOTICE)
     spec = ReadSpec(
-        id_column=config.id_column,
+        id_column=plan.id_column,
         text_column=config.text_column,
         image_column=config.image_column if plan.family == "vl" else None,
         block_rows=min(1024, config.rows_per_file),
