@@ -18,7 +18,7 @@ from pipelines import EmbedStageConfig, embed_dataset
 def test_from_items_custom_column_bad_rows(ray_cluster, tiny_text_model_dir, tiny_text_embedder):
     import ray
 
-    good = {f"d{n}": f"passage {n}: " + "vectors for retrieval. " * (n % 5 + 1) for n in range(10)}
+    good = {f"d{n}": f"passage {n}: " + "vectors for retrieval. " * (n % 3 + 1) for n in range(10)}
     bad = {"empty": "", "null": None, "long": "long " * 300}
     lang = {key: ("en" if n % 2 else "de") for n, key in enumerate([*good, *bad])}
     items = [{"doc": key, "body": text, "lang": lang[key]} for key, text in {**good, **bad}.items()]
@@ -47,6 +47,12 @@ def test_from_items_custom_column_bad_rows(ray_cluster, tiny_text_model_dir, tin
     }
     by_doc = {row["doc"]: row for row in rows}
     ids = sorted(good)
+    statuses = {
+        key: (by_doc[key]["embedding_status"], by_doc[key]["embedding_error"]) for key in ids
+    }
+    assert statuses == {key: ("ok", None) for key in ids}
+    shapes = {key: np.shape(by_doc[key]["embedding"]) for key in ids}
+    assert shapes == {key: (64,) for key in ids}
     reference = tiny_text_embedder.embed([good[key] for key in ids])
     got = np.array([by_doc[key]["embedding"] for key in ids], dtype=np.float32)
     assert np.abs(got - reference.embeddings.numpy()).max() <= 1e-5
