@@ -4,6 +4,9 @@
     result = run_embedding_job(JobConfig(input="corpus.jsonl", output="out/", model="Qwen/Qwen3-Embedding-0.6B"))
     print(result.summary())
 
+    from pipelines import EmbedStageConfig, embed_dataset   # the same stages on your own dataset
+    ds = embed_dataset(ray.data.read_parquet("docs/"), EmbedStageConfig(model=M, text_column="body"))
+
 The names below load lazily, so `import pipelines` (and `qwen3-embed --help`) does not import
 Ray or torch.
 """
@@ -13,15 +16,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "EmbedStageConfig",
     "JobConfig",
     "JobPlan",
     "JobResult",
+    "embed_dataset",
     "plan_job",
     "run_embedding_job",
     "sample_corpus_path",
 ]
 
 _LAZY = {
+    "EmbedStageConfig": "pipelines.dataset_stage",
+    "embed_dataset": "pipelines.dataset_stage",
     "JobConfig": "pipelines.config",
     "JobPlan": "pipelines.job",
     "JobResult": "pipelines.manifest",
@@ -31,6 +38,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .config import JobConfig
+    from .dataset_stage import EmbedStageConfig, embed_dataset
     from .job import JobPlan, plan_job, run_embedding_job
     from .manifest import JobResult
 

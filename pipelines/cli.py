@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--dim", "dim", type=int, metavar="N")
     _flag(parser, "--instruction", "instruction", metavar="TEXT")
     _flag(parser, "--id-column", "id_column", metavar="NAME")
+    _flag(parser, "--derived-ids", "derived_ids", action="store_true")
     _flag(parser, "--text-column", "text_column", metavar="NAME")
     _flag(parser, "--image-column", "image_column", metavar="NAME")
     _flag(parser, "--format", "format", choices=INPUT_FORMATS)

@@ -57,7 +57,15 @@ class JobConfig:
     id_column: str | None = field(
         default=None,
         metadata=_help(
-            "column holding row ids; default: ids derived from file and row, `relative/path.jsonl:row`"
+            "column holding row ids; default: `id` when the input has such a column (judged by "
+            "the first table file), else ids derived from file and row, `relative/path.jsonl:row`"
+        ),
+    )
+    derived_ids: bool = field(
+        default=False,
+        metadata=_help(
+            "ids derived from file and row (`relative/path.jsonl:row`) even when the input has "
+            "an `id` column"
         ),
     )
     text_column: str = field(
@@ -209,7 +217,9 @@ class JobConfig:
                 f"forward_mode={self.forward_mode!r} is invalid; valid values are: "
                 f"{', '.join(FORWARD_MODES)}"
             )
-        for name in ("truncate", "progress", "compile"):
+        if self.derived_ids is True and self.id_column is not None:
+            yield "give id_column or derived_ids, not both"
+        for name in ("truncate", "progress", "compile", "derived_ids"):
             if not isinstance(getattr(self, name), bool):
                 yield f"{name} must be true or false"
 

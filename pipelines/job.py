@@ -25,16 +25,17 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import ray
-from ray.data import ActorPoolStrategy, DataContext, read_datasource
+from ray.data import DataContext, read_datasource
 
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
+from .dataset_stage import StageResources, embed_stages, gpus_per_replica
 from .datasource import CorpusDatasource
 from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
 from .ledger import start_ledger
 from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest
-from .noop import read_settings
-from .readers import ReadSpec
+from .noop import previous_id_column, read_settings
+from .readers import DEFAULT_ID_COLUMN, ReadSpec, has_column
 from .resume import (
     check_output,
     input_fingerprint,
@@ -44,12 +45,14 @@ from .resume import (
     scan_output,
 )
 from .sink import EmbeddingSink, SinkSettings, WriteTally
-from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
+from .stages import EmbedSettings, PrepareSettings
 from .storage import ATOMIC_PUT_FILESYSTEMS, Location, resolve
 
 logger = logging.getLogger(__name__)
 
-PREPARE_TASK_MEMORY = 1024**3
+# How a job's ids were chosen (the manifest's `ids.source`).
+ID_GIVEN, ID_DEFAULT, ID_DERIVED, ID_KEPT = "given", "default", "derived", "kept"
+
 # Replica deaths: Ray Data's defaults (restart a dead replica, retry its batches, without limit)
 # stay; the bound against a batch that kills every replica it reaches is the run's ledger
 # (see `ledger`): such a batch goes row by row, and the row that keeps killing replicas becomes
@@ -68,6 +71,10 @@ class JobPlan:
     dim: int
     normalized: bool
     previous: dict[str, Any] | None = None  # OUTPUT's manifest when the job started, if any
+    # The ids: a column (`config.id_column`, or `id` found in the input), or None (derived from
+    # file and row); `id_source` says how it was chosen, for the summary and the manifest.
+    id_column: str | None = None
+    id_source: str = ID_DERIVED
 
     @property
     def batch_rows(self) -> int:
@@ -119,12 +126,36 @@ def plan_job(config: JobConfig) -> JobPlan:
                 "the vectors back as input; put OUTPUT elsewhere"
             )
     plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize)
-    return dataclasses.replace(plan, previous=check_output(output, plan.identity))
+    previous = check_output(output, plan.identity)
+    id_column, id_source = _choose_ids(config, inputs, previous)
+    return dataclasses.replace(plan, previous=previous, id_column=id_column, id_source=id_source)
+
+
+def _choose_ids(
+    config: JobConfig, inputs: InputSet, previous: dict[str, Any] | None
+) -> tuple[str | None, str]:
+    """(id column or None for derived ids, how it was chosen). Without `--id-column`, a job
+    resuming an OUTPUT keeps the ids that OUTPUT was started with (other ids would embed every
+    row again, twice in OUTPUT); a new one takes `id` when the first table file has it."""
+    if config.derived_ids:
+        return None, ID_DERIVED
+    if config.id_column is not None:
+        return config.id_column, ID_GIVEN
+    if previous is not None:
+        return previous_id_column(previous), ID_KEPT
+    if {"txt", "images"} & set(inputs.formats()):
+        return None, ID_DERIVED  # such files have no columns: every id is derived
+    for file in inputs.files[:3]:  # the first that can tell (one may be empty or unreadable)
+        found = has_column(file, inputs.fs, DEFAULT_ID_COLUMN)
+        if found is not None:
+            return (DEFAULT_ID_COLUMN, ID_DEFAULT) if found else (None, ID_DERIVED)
+    return None, ID_DERIVED
 
 
 def _input_fingerprint(plan: JobPlan) -> str | None:
     root = plan.inputs.prefix + plan.inputs.root
-    return input_fingerprint(plan.inputs.files, read_settings(plan.config, root, plan.family))
+    settings = read_settings(plan.config, root, plan.family, id_column=plan.id_column)
+    return input_fingerprint(plan.inputs.files, settings)
 
 
 def run_embedding_job(
@@ -187,6 +218,7 @@ def run_embedding_job(
             "root": inputs.prefix + inputs.root,
             "fingerprint": fingerprint,
         },
+        "ids": {"column": plan.id_column, "source": plan.id_source},
         "replicas": config.replicas,
         "gpus_per_replica": gpus,
     }
@@ -246,51 +278,40 @@ def _execute(
     if not config.progress:  # the user turned them off: Ray's "how to enable" is not news
         logging.getLogger("ray.data._internal.progress").addFilter(_PROGRESS_DISABLED_NOTICE)
     spec = ReadSpec(
-        id_column=config.id_column,
+        id_column=plan.id_column,
         text_column=config.text_column,
         image_column=config.image_column if plan.family == "vl" else None,
         block_rows=min(1024, config.rows_per_file),
     )
     dataset = read_datasource(CorpusDatasource(plan.inputs, spec, done_ref))
-    dataset = dataset.map_batches(
-        prepare_batch,
-        fn_kwargs={
-            "settings": PrepareSettings(
-                plan.model,
-                config.max_length,
-                config.instruction,
-                config.truncate,
-                config.storage_options,
-            )
-        },
-        batch_format="pyarrow",
-        batch_size=plan.batch_rows,
-        num_cpus=1,
-        # A real reservation (tokenizer / processor and a batch of media), and different remote
-        # args from the replicas: Ray Data fuses maps with equal args, which on CPU-only clusters
-        # would run tokenisation inside the replicas, serialised with the forward passes.
-        memory=PREPARE_TASK_MEMORY,
-    )
-    dataset = dataset.map_batches(
-        EmbedWorker,
-        fn_constructor_kwargs={
-            "settings": EmbedSettings(
-                plan.model,
-                dim,
-                config.device,
-                config.dtype,
-                config.max_length,
-                config.batch_tokens,
-                config.forward_mode,
-                config.compile,
-                ledger_name,
-            )
-        },
-        compute=ActorPoolStrategy(size=config.replicas),
-        batch_format="pyarrow",
-        batch_size=plan.embed_rows,
-        num_cpus=config.cpus_per_replica,
-        num_gpus=gpus,
+    # The same stages as `embed_dataset` (see dataset_stage), on the job's own rows.
+    dataset = embed_stages(
+        dataset,
+        PrepareSettings(
+            plan.model,
+            config.max_length,
+            config.instruction,
+            config.truncate,
+            config.storage_options,
+        ),
+        EmbedSettings(
+            plan.model,
+            dim,
+            config.device,
+            config.dtype,
+            config.max_length,
+            config.batch_tokens,
+            config.forward_mode,
+            config.compile,
+            ledger_name,
+        ),
+        StageResources(
+            prepare_rows=plan.batch_rows,
+            embed_rows=plan.embed_rows,
+            replicas=config.replicas,
+            cpus_per_replica=config.cpus_per_replica,
+            gpus_per_replica=gpus,
+        ),
     )
     metadata = schema_metadata(plan.model, dim, config.instruction, plan.normalized, plan.family)
     sink = EmbeddingSink(
@@ -354,23 +375,7 @@ def _connect_ray(config: JobConfig) -> bool:
 
 
 def _gpus_per_replica(config: JobConfig, started_local: bool = False) -> float:
-    available = ray.cluster_resources().get("GPU", 0)
-    if config.gpus_per_replica is None:
-        if available < 1 and not started_local:
-            # "auto" sees the cluster as it is now: one that autoscales GPU nodes from zero looks
-            # GPU-less, and the replicas would silently run on CPUs.
-            logger.warning(
-                "gpus_per_replica is auto and the cluster has no GPU now: replicas run on CPU. "
-                "On a cluster that autoscales GPU nodes from 0, pass --gpus-per-replica explicitly."
-            )
-        return 1.0 if available >= 1 else 0.0
-    if config.gpus_per_replica > 0 and available < config.gpus_per_replica:
-        logger.warning(
-            "gpus_per_replica=%s but the cluster has %s GPU(s) now; replicas wait until an autoscaler adds them",
-            config.gpus_per_replica,
-            available,
-        )
-    return float(config.gpus_per_replica)
+    return gpus_per_replica(config.gpus_per_replica, started_local)
 
 
 def _prepare_output_folder(output: Location) -> None:

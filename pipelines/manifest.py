@@ -178,6 +178,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"  input        {manifest['inputs']['files']} file(s) ({', '.join(manifest['inputs']['formats'])}) "
         f"under {manifest['inputs']['root']}: {manifest['rows_in']:,} rows",
         f"  output       {manifest['output']}",
+        *_ids_line(manifest),
         f"  embedded     {manifest['rows_embedded']:,} rows (this run {run['rows_embedded']:,}; {skipped})",
     ]
     if manifest["rows_failed"]:
@@ -210,6 +211,7 @@ def _format_nothing_to_do(manifest: dict[str, Any]) -> str:
         f"qwen3-embed embed: nothing to do ({manifest['wall_seconds']:.1f} s): all "
         f"{manifest['rows_in']:,} input rows are already in OUTPUT",
         f"  output       {manifest['output']}",
+        *_ids_line(manifest),
         f"  unchanged    inputs and OUTPUT's files are as the run finished at {previous} left them; "
         "no replica was started",
         f"  embedded     {manifest['rows_embedded']:,} rows",
@@ -220,6 +222,24 @@ def _format_nothing_to_do(manifest: dict[str, Any]) -> str:
         lines.append(f"  start-up     {format_phases(manifest['phases'])}")
     lines += _checks(manifest)
     return "\n".join(lines)
+
+
+ID_SOURCES = {
+    "given": "as given (--id-column)",
+    "default": "the default: the input has an `id` column",
+    "kept": "kept from the run that started OUTPUT",
+}
+
+
+def _ids_line(manifest: dict[str, Any]) -> list[str]:
+    """Which ids the rows have (manifests from before the `id` default do not say)."""
+    ids = manifest.get("ids")
+    if not ids:
+        return []
+    if ids.get("column") is None:
+        return ["  ids          derived from file and row (relative/path:row)"]
+    how = ID_SOURCES.get(ids.get("source"), ids.get("source"))
+    return [f"  ids          column {ids['column']!r} ({how})"]
 
 
 def _checks(manifest: dict[str, Any]) -> list[str]:

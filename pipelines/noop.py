@@ -22,14 +22,32 @@ from .resume import check_output, input_fingerprint, nothing_to_do, read_manifes
 from .storage import resolve
 
 
-def read_settings(config: JobConfig, root: str, family: str) -> dict[str, Any]:
-    """What decides the row ids, besides the files themselves (see `input_fingerprint`)."""
+def read_settings(
+    config: JobConfig, root: str, family: str, id_column: str | None = None
+) -> dict[str, Any]:
+    """What decides the row ids, besides the files themselves (see `input_fingerprint`);
+    `id_column` is the one the job uses (`config.id_column`, or the default it chose)."""
     return {
         "root": root,
-        "id_column": config.id_column,
+        "id_column": id_column,
         "text_column": config.text_column,
         "image_column": config.image_column if family == "vl" else None,
     }
+
+
+def previous_id_column(manifest: dict[str, Any]) -> str | None:
+    """The id column (None: derived ids) of the run that wrote `manifest`; manifests from before
+    the `id` default have no `ids` and used `config.id_column` as given."""
+    if "ids" in manifest:
+        return manifest["ids"].get("column")
+    return manifest.get("config", {}).get("id_column")
+
+
+def _id_column(config: JobConfig, previous: dict[str, Any]) -> str | None:
+    """The id column a rerun of `config` over OUTPUT uses (see `job._choose_ids`)."""
+    if config.derived_ids:
+        return None
+    return config.id_column if config.id_column is not None else previous_id_column(previous)
 
 
 def finish_if_nothing_to_do(config: JobConfig, phases: dict[str, float]) -> JobResult | None:
@@ -56,7 +74,12 @@ def finish_if_nothing_to_do(config: JobConfig, phases: dict[str, float]) -> JobR
         inputs = discover(config.input, config.format, storage)
         fingerprint = input_fingerprint(
             inputs.files,
-            read_settings(config, inputs.prefix + inputs.root, previous.get("family", "")),
+            read_settings(
+                config,
+                inputs.prefix + inputs.root,
+                previous.get("family", ""),
+                id_column=_id_column(config, previous),
+            ),
         )
         if not nothing_to_do(previous, fingerprint, output):
             return None

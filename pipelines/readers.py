@@ -302,6 +302,32 @@ def read_image_files(
         yield buffer.flush()
 
 
+DEFAULT_ID_COLUMN = "id"
+
+
+def has_column(file: InputFile, fs: pafs.FileSystem, name: str) -> bool | None:
+    """Whether a table file has column `name` (a JSON lines file: its first record has the key);
+    None when the file cannot tell (unreadable, empty, not a table). Reads a footer or a line."""
+    try:
+        if file.format == "parquet":
+            with fs.open_input_file(file.path) as handle:
+                return name in pq.read_schema(handle).names
+        if file.format in ("jsonl", "csv"):
+            with _open_lines(file, fs) as lines:
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    if file.format == "csv":
+                        text = line.decode("utf-8-sig")
+                        delimiter = "\t" if ".tsv" in file.path.lower() else ","
+                        return name in next(csv.reader([text], delimiter=delimiter))
+                    record = json.loads(line)
+                    return name in record if isinstance(record, dict) else None
+    except (*FILE_ERRORS, ValueError):
+        return None
+    return None
+
+
 def _require_columns(file: InputFile, available: list[str], spec: ReadSpec) -> None:
     wanted = [spec.text_column] if spec.image_column is None else []
     if spec.id_column is not None:

@@ -6,7 +6,9 @@
   `embed_prepared` (forward, pool, Matryoshka slice, normalise) on each batch.
 
 Both take and return `pyarrow.Table`s with fixed schemas, so they can be tested by calling them
-on a table without Ray, and Ray Data moves them between processes without conversions.
+on a table without Ray, and Ray Data moves them between processes without conversions. Columns
+outside those schemas pass through both stages unchanged, row for row (error rows included):
+that is how `dataset_stage.embed_dataset` carries a user's own columns to its output.
 
 Both run each block through `run_guarded`: a block whose stage raises is tried again (up to
 `STAGE_ATTEMPTS` times), then row by row, and a row that still fails alone becomes an error row
@@ -33,7 +35,7 @@ import pyarrow as pa
 
 from .ledger import CrashGuard
 from .media_fetch import CODE_MEDIA_UNAVAILABLE, FetchFailed, fetch_reference
-from .readers import CODE_READ_ERROR, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from .readers import CODE_READ_ERROR, READ_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,19 @@ PREPARED_SCHEMA = pa.schema(
 
 def embedded_schema(dim: int) -> pa.Schema:
     return pa.schema([*_ROW_STATE, pa.field("embedding", pa.list_(pa.float32(), dim))])
+
+
+# Every column name the stages own; any other column of a block is the caller's, passed through.
+STAGE_COLUMNS = frozenset(READ_SCHEMA.names) | frozenset(PREPARED_SCHEMA.names) | {"embedding"}
+
+
+def with_passthrough(out: pa.Table, source: pa.Table) -> pa.Table:
+    """`out` (a stage's own columns, row for row with `source`) followed by `source`'s other
+    columns, unchanged."""
+    for name in source.column_names:
+        if name not in STAGE_COLUMNS:
+            out = out.append_column(source.schema.field(name), source.column(name))
+    return out
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,7 @@ def _failed_rows(table: pa.Table, schema: pa.Schema, reason: str, code: str) -> 
     for name in schema.names:
         if name not in columns:
             columns[name] = pa.nulls(table.num_rows, schema.field(name).type)
-    return pa.table(columns, schema=schema)
+    return with_passthrough(pa.table(columns, schema=schema), table)
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -223,7 +238,7 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
         input_ids[index] = row.pop("input_ids")
         num_tokens[index] = result.num_tokens
         media[index] = encode_media(row) if row else None
-    return pa.table(
+    prepared = pa.table(
         {
             "id": columns["id"],
             "status": status,
@@ -235,6 +250,7 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
         },
         schema=PREPARED_SCHEMA,
     )
+    return with_passthrough(prepared, table)
 
 
 def _item(family: str, columns: dict[str, list], index: int, settings: PrepareSettings) -> Any:
@@ -354,7 +370,7 @@ class EmbedWorker:
         num_tokens = [
             tokens if has_vector[index] else None for index, tokens in enumerate(num_tokens)
         ]
-        return pa.table(
+        embedded = pa.table(
             {
                 "id": table.column("id"),
                 "status": status,
@@ -365,6 +381,7 @@ class EmbedWorker:
             },
             schema=embedded_schema(self.dim),
         )
+        return with_passthrough(embedded, table)
 
     def _embed(self, prepared: Sequence[Any]) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
         """Vectors for `prepared`, and {position: (reason, code)} for items the model failed on.

@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from .registry import SEED_MODELS
 
 # command name -> module that provides add_parser(subparsers) and run(args) -> int
@@ -69,6 +70,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qwen3-embed", description="Qwen3 embeddings: batch jobs, serving, tools."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     models = sub.add_parser("models", help="list the known seed models")

@@ -1,0 +1,327 @@
+"""`embed_dataset`: the job's embedding stages applied to any Ray Dataset, composed with the
+user's own `read_*` / `map` / `write_*` (as `ray.data.llm.build_processor` is):
+
+    ds = ray.data.read_parquet("s3://bucket/docs/")
+    ds = embed_dataset(ds, EmbedStageConfig(model="Qwen/Qwen3-Embedding-0.6B", text_column="body"))
+    ds.write_parquet("s3://bucket/vectors/")
+
+It is the same pipeline as the batch job's middle: CPU `prepare` tasks (the core's `Preparer`:
+validate, format, tokenise, load images) -> an actor pool of model replicas (one `Embedder`
+each, the core's token-budget batching) -> here, the user's rows back with their own columns
+and five more (names configurable): the vector, its token count, a status (`ok` / `error`), the
+error's reason and its code. A bad row (empty or null text, a wrong type, an unreadable image,
+an over-long input with `truncate=False`) is an `error` row with a null vector, never an
+exception that stops the pipeline; every input row comes out exactly once.
+
+`run_embedding_job` builds its pipeline with the same `embed_stages`; the job adds what needs
+row ids and an output folder it owns: resume, the manifest, and the bound on replica deaths per
+batch (its ledger keys batches by their ids, which a user's dataset need not have).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, FORWARD_MODES
+from .readers import ReadSpec, RowBuffer, RowSource
+from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+# A real reservation (tokenizer / processor and a batch of media), and different remote args from
+# the replicas: Ray Data fuses maps with equal args, which on CPU-only clusters would run
+# tokenisation inside the replicas, serialised with the forward passes.
+PREPARE_TASK_MEMORY = 1024**3
+# The user's columns travel through the stages under this prefix, so that names the stages use
+# internally (`id`, `text`, `status`, ...) stay free for the user's own columns.
+USER_PREFIX = "__user__."
+
+
+@dataclass(frozen=True)
+class EmbedStageConfig:
+    """What `embed_dataset` embeds and how; validated on construction. The resource and batching
+    fields mean what the batch job's fields of the same names mean (see `JobConfig`)."""
+
+    model: str  # hub id, local checkpoint folder, or fsspec URL of one
+    text_column: str | None = "text"  # None: no text (a VL model's image-only rows)
+    image_column: str | None = None  # VL: paths, URLs, bytes, data URIs, HF Images, lists
+    dim: int | None = None  # Matryoshka dimension; default: the model's hidden size
+    instruction: str | None = None  # embed rows as queries with this instruction
+    truncate: bool = True  # off: over-long inputs become error rows
+    max_length: int | None = None
+    replicas: int = 1
+    gpus_per_replica: float | None = None  # default: 1 when the cluster has GPUs, else 0
+    cpus_per_replica: float = 1.0
+    batch_tokens: int | None = None
+    forward_mode: str = "auto"
+    compile: bool = False
+    batch_rows: int | None = None  # rows per prepare task batch and per replica call
+    dtype: str = "auto"
+    device: str = "auto"
+    storage_options: tuple[tuple[str, Any], ...] = ()  # for remote images (s3://, gs://, ...)
+    # Names of the columns the stage adds; the user's own columns keep theirs.
+    embedding_column: str = "embedding"
+    num_tokens_column: str = "num_tokens"
+    status_column: str = "embedding_status"
+    error_column: str = "embedding_error"
+    code_column: str = "embedding_error_code"
+
+    def __post_init__(self) -> None:
+        options = self.storage_options
+        if isinstance(options, dict):
+            object.__setattr__(self, "storage_options", tuple(sorted(options.items())))
+        problems = list(self._problems())
+        if problems:
+            raise ValueError("invalid embed stage config: " + "; ".join(problems))
+
+    def _problems(self):
+        if not isinstance(self.model, str) or not self.model.strip():
+            yield "model must be a non-empty string"
+        if self.text_column is None and self.image_column is None:
+            yield "give text_column, image_column or both"
+        names = [self.text_column, self.image_column, *self.output_columns]
+        if any(name is not None and (not isinstance(name, str) or not name) for name in names):
+            yield "column names must be non-empty strings"
+        if len(set(self.output_columns)) != len(self.output_columns):
+            yield f"the output column names must differ, got {list(self.output_columns)}"
+        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int)):
+            yield f"dim must be an integer, got {self.dim!r}"
+        for name in ("replicas", "batch_tokens", "batch_rows", "max_length"):
+            value = getattr(self, name)
+            if (value is not None or name == "replicas") and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                yield f"{name} must be an integer >= 1, got {value!r}"
+        if self.forward_mode not in FORWARD_MODES:
+            yield f"forward_mode must be one of {', '.join(FORWARD_MODES)}, got {self.forward_mode!r}"
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            yield f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"
+
+    @property
+    def output_columns(self) -> tuple[str, ...]:
+        return (
+            self.embedding_column,
+            self.num_tokens_column,
+            self.status_column,
+            self.error_column,
+            self.code_column,
+        )
+
+
+@dataclass(frozen=True)
+class StageColumns:
+    """How a user's rows map to the stages' rows and back (travels to the workers)."""
+
+    text: str | None
+    image: str | None  # None for text models: images are never read
+    outputs: tuple[str, ...]  # embedding, num_tokens, status, error, code
+    base_dir: str  # relative image paths are relative to the driver's working directory
+
+
+@dataclass(frozen=True)
+class StageResources:
+    """Batch sizes and resources of the two stages (the job and `embed_dataset` alike)."""
+
+    prepare_rows: int
+    embed_rows: int
+    replicas: int
+    cpus_per_replica: float
+    gpus_per_replica: float
+
+
+def embed_stages(
+    dataset: Dataset,
+    prepare: PrepareSettings,
+    embed: EmbedSettings,
+    resources: StageResources,
+    columns: StageColumns | None = None,
+) -> Dataset:
+    """The CPU prepare tasks and the replica pool, appended to `dataset`. With `columns`, the
+    rows are a user's (see `embed_dataset`); without, they are the job's `READ_SCHEMA` rows and
+    come out in `embedded_schema(dim)` for the job's sink."""
+    from ray.data import ActorPoolStrategy
+
+    user = {"columns": columns} if columns is not None else {}
+    dataset = dataset.map_batches(
+        prepare_user_batch if user else prepare_batch,
+        fn_kwargs={"settings": prepare, **user},
+        batch_format="pyarrow",
+        batch_size=resources.prepare_rows,
+        num_cpus=1,
+        memory=PREPARE_TASK_MEMORY,
+    )
+    return dataset.map_batches(
+        UserEmbedWorker if user else EmbedWorker,
+        fn_constructor_kwargs={"settings": embed, **user},
+        compute=ActorPoolStrategy(size=resources.replicas),
+        batch_format="pyarrow",
+        batch_size=resources.embed_rows,
+        num_cpus=resources.cpus_per_replica,
+        num_gpus=resources.gpus_per_replica,
+    )
+
+
+def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
+    """`dataset` with every row embedded: its own columns, then `config.output_columns`. Lazy,
+    like any Ray Data transform; the model's config and tokenizer are checked here (no weights),
+    so a wrong model, dim or column setting fails now rather than inside the pipeline."""
+    import ray
+
+    from qwen3_embed import Preparer
+
+    model = os.path.abspath(config.model) if os.path.isdir(config.model) else config.model
+    preparer = Preparer.from_pretrained(model, max_length=config.max_length)  # no weights
+    family = preparer.info.family
+    dim = preparer.validate_dim(config.dim)
+    if config.image_column is not None and family != "vl":
+        raise ValueError(
+            f"image_column={config.image_column!r} needs a VL model; {config.model} is a {family} model"
+        )
+    if config.text_column is None and family != "vl":
+        raise ValueError(f"{config.model} is a text model: give text_column")
+    if not ray.is_initialized():
+        ray.init()  # what Ray Data would do when the dataset runs; needed now to count GPUs
+    columns = StageColumns(
+        text=config.text_column,
+        image=config.image_column,
+        outputs=config.output_columns,
+        base_dir=os.getcwd(),
+    )
+    return embed_stages(
+        dataset,
+        PrepareSettings(
+            model, config.max_length, config.instruction, config.truncate, config.storage_options
+        ),
+        EmbedSettings(
+            model,
+            dim,
+            config.device,
+            config.dtype,
+            config.max_length,
+            config.batch_tokens,
+            config.forward_mode,
+            config.compile,
+        ),
+        StageResources(
+            prepare_rows=config.batch_rows or DEFAULT_BATCH_ROWS[family],
+            embed_rows=config.batch_rows or DEFAULT_EMBED_ROWS[family],
+            replicas=config.replicas,
+            cpus_per_replica=config.cpus_per_replica,
+            gpus_per_replica=gpus_per_replica(config.gpus_per_replica),
+        ),
+        columns,
+    )
+
+
+def gpus_per_replica(requested: float | None, started_local: bool = False) -> float:
+    """GPUs for each replica: `requested`, or, when None, 1 if the cluster has a GPU now."""
+    import ray
+
+    available = ray.cluster_resources().get("GPU", 0)
+    if requested is None:
+        if available < 1 and not started_local:
+            # "auto" sees the cluster as it is now: one that autoscales GPU nodes from zero looks
+            # GPU-less, and the replicas would silently run on CPUs.
+            logger.warning(
+                "gpus_per_replica is auto and the cluster has no GPU now: replicas run on CPU. "
+                "On a cluster that autoscales GPU nodes from 0, pass --gpus-per-replica explicitly."
+            )
+        return 1.0 if available >= 1 else 0.0
+    if requested > 0 and available < requested:
+        logger.warning(
+            "gpus_per_replica=%s but the cluster has %s GPU(s) now; replicas wait until an autoscaler adds them",
+            requested,
+            available,
+        )
+    return float(requested)
+
+
+# ------------------------------------------------------------------ user rows <-> stage rows
+class _UserRows(RowSource):
+    """The job's per-row checks (text type, image values) for a user's rows, which come from no
+    file: relative image paths resolve against `base_dir`."""
+
+    def __init__(self, spec: ReadSpec, base_dir: str):
+        self.spec, self.file, self.fs_prefix, self.folder = spec, None, "", base_dir
+
+    def derived_id(self, row: int) -> str:
+        return str(row)  # the stages key their logs by it; it never leaves the stage
+
+    def resolve_reference(self, value: str) -> str:
+        if not value or "://" in value or value.startswith(("data:", "/", "~")):
+            return value
+        return posixpath.normpath(posixpath.join(self.folder, value))
+
+
+def to_stage_rows(table: pa.Table, columns: StageColumns) -> pa.Table:
+    """A user's block as `READ_SCHEMA` rows, its own columns carried along (prefixed). A missing
+    input column, or an output name the block already uses, is a configuration mistake: raised,
+    not an error row."""
+    taken = [name for name in columns.outputs if name in table.column_names]
+    if taken:
+        raise ValueError(
+            f"the dataset already has column(s) {taken}, which embed_dataset would write; name the "
+            "output columns otherwise (EmbedStageConfig.embedding_column, status_column, ...)"
+        )
+    missing = [
+        name for name in (columns.text, columns.image) if name and name not in table.column_names
+    ]
+    if missing:
+        raise ValueError(
+            f"the dataset has no column(s) {missing}; its columns are: {', '.join(table.column_names)}"
+        )
+    count = table.num_rows
+    texts = table.column(columns.text).to_pylist() if columns.text else [None] * count
+    images = table.column(columns.image).to_pylist() if columns.image else [None] * count
+    spec = ReadSpec(None, columns.text or columns.image or "", columns.image)
+    source = _UserRows(spec, columns.base_dir)
+    buffer = RowBuffer(max(count, 1))
+    for row in range(count):
+        source.add(buffer, row, None, texts[row], images[row])
+    stage = buffer.flush()
+    for name in table.column_names:
+        stage = stage.append_column(
+            table.schema.field(name).with_name(USER_PREFIX + name), table.column(name)
+        )
+    return stage
+
+
+def to_user_rows(table: pa.Table, columns: StageColumns) -> pa.Table:
+    """The stages' embedded rows as the user's columns, then the output columns."""
+    names, arrays = [], []
+    for name in table.column_names:
+        if name.startswith(USER_PREFIX):
+            names.append(name[len(USER_PREFIX) :])
+            arrays.append(table.column(name))
+    for name, source in zip(
+        columns.outputs, ("embedding", "num_tokens", "status", "error", "code"), strict=True
+    ):
+        names.append(name)
+        arrays.append(table.column(source))
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def prepare_user_batch(
+    table: pa.Table, settings: PrepareSettings, columns: StageColumns
+) -> pa.Table:
+    return prepare_batch(to_stage_rows(table, columns), settings)
+
+
+class UserEmbedWorker(EmbedWorker):
+    """The job's replica, returning the user's rows (`to_user_rows`)."""
+
+    def __init__(self, settings: EmbedSettings, columns: StageColumns):
+        super().__init__(settings)
+        self.columns = columns
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return to_user_rows(super().__call__(table), self.columns)
