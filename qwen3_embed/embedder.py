@@ -161,16 +161,25 @@ class Embedder:
 
     # ------------------------------------------------------------------ stages
     def prepare_each(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        max_length: int | None = None,
     ) -> list[PrepareResult]:
         """CPU stage, per item (see `Preparer.prepare_each`)."""
-        return self.preparer.prepare_each(inputs, instruction, truncate)
+        return self.preparer.prepare_each(inputs, instruction, truncate, max_length)
 
     def prepare(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        max_length: int | None = None,
     ) -> list[PreparedInput]:
-        """CPU stage: raises the first InputError (see `Preparer.prepare`)."""
-        return self.preparer.prepare(inputs, instruction, truncate)
+        """CPU stage: raises the first InputError (see `Preparer.prepare`). `max_length`
+        overrides the embedder's for this call."""
+        return self.preparer.prepare(inputs, instruction, truncate, max_length)
 
     def forward_pooled(self, batch: Sequence[PreparedInput]) -> torch.Tensor:
         """Device stage for one batch: (B, H) pooled, not yet truncated or normalised."""

@@ -79,24 +79,37 @@ class Preparer:
         return dim
 
     def prepare_each(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        max_length: int | None = None,
     ) -> list[PrepareResult]:
         """Per item: a PreparedInput, or the InputError (with its index). Never raises for a bad
-        item, so batch jobs can embed the good ones and report the rest."""
+        item, so batch jobs can embed the good ones and report the rest. `max_length` overrides
+        the preparer's own for this call (the server's per-request `truncate_prompt_tokens`, and
+        its /tokenize, which counts over-long inputs instead of refusing them)."""
         instruction = check_instruction(instruction)
-        results = self.impl.prepare_items(list(inputs), instruction, truncate, self.max_length)
+        limit = self.max_length if max_length is None else max_length
+        if limit < 1:
+            raise ValueError(f"max_length must be >= 1, got {limit}")
+        results = self.impl.prepare_items(list(inputs), instruction, truncate, limit)
         return [
             result.at(index) if isinstance(result, InputError) else result
             for index, result in enumerate(results)
         ]
 
     def prepare(
-        self, inputs: Sequence[Any], instruction: str | None = None, truncate: bool = True
+        self,
+        inputs: Sequence[Any],
+        instruction: str | None = None,
+        truncate: bool = True,
+        max_length: int | None = None,
     ) -> list[PreparedInput]:
         """Validate and tokenise every input; raises the first InputError (naming its index)."""
         if isinstance(inputs, (str, bytes, dict)):
             raise InputError("inputs must be a list of items, not a single item; wrap it in a list")
-        results = self.prepare_each(inputs, instruction, truncate)
+        results = self.prepare_each(inputs, instruction, truncate, max_length)
         for result in results:
             if isinstance(result, InputError):
                 raise result
