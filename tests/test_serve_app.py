@@ -177,12 +177,12 @@ def test_instruction_extension_and_default_model(http, openai_client, tiny_text_
     assert_openai_error(http.post("/v1/embeddings", json={"input": "x"}), 400, "model_required")
 
 
-def test_truncate_extension_and_413(http, truncating_embedder):
+def test_truncate_extension_and_context_length_exceeded(http, truncating_embedder):
     long_text = "word " * 40  # > MAX_LENGTH tokens with the tiny tokenizer
-    error = assert_openai_error(
+    error = assert_openai_error(  # OpenAI's status and code (it was a 413 input_too_long)
         http.post("/v1/embeddings", json={"model": "tiny", "input": ["ok", long_text]}),
-        413,
-        "input_too_long",
+        400,
+        "context_length_exceeded",
     )
     assert "input[1]" in error["message"]
     response = http.post(
@@ -427,13 +427,19 @@ def test_prometheus_metrics_exported(http, ray_cluster):
     assert (
         http.post("/v1/embeddings", json={"model": "tiny", "input": "metrics"}).status_code == 200
     )
+    # The names the README lists, as Prometheus sees them (Ray's `ray_` prefix, histograms as
+    # their `_bucket` series), at the start of a sample line.
     wanted = [
-        "qwen3_embed_requests_total",
-        "qwen3_embed_errors_total",
-        "qwen3_embed_tokens_total",
-        "qwen3_embed_batch_requests_bucket",
-        "qwen3_embed_queue_wait_s_bucket",
-        "qwen3_embed_request_latency_s_bucket",
+        "ray_qwen3_embed_requests_total{",
+        "ray_qwen3_embed_errors_total{",
+        "ray_qwen3_embed_tokens_total{",
+        "ray_qwen3_embed_inputs_total{",
+        "ray_qwen3_embed_request_duration_seconds_bucket{",
+        "ray_qwen3_embed_batch_requests_bucket{",
+        "ray_qwen3_embed_batch_inputs_bucket{",
+        "ray_qwen3_embed_batch_tokens_bucket{",
+        "ray_qwen3_embed_queue_wait_seconds_bucket{",
+        "ray_qwen3_embed_batch_duration_seconds_bucket{",
     ]
     deadline = time.monotonic() + 60
     text = ""
@@ -445,10 +451,12 @@ def test_prometheus_metrics_exported(http, ray_cluster):
         # Another app of the session may have exported the names first: wait for this module's
         # error labels too.
         labelled = 'status="413"' in text or 'status="400"' in text
-        if labelled and all(name in text for name in wanted):
+        lines = text.splitlines()
+        if labelled and all(any(line.startswith(n) for line in lines) for n in wanted):
             break
         time.sleep(2)
-    missing = [name for name in wanted if name not in text]
+    lines = text.splitlines()
+    missing = [name for name in wanted if not any(line.startswith(name) for line in lines)]
     assert not missing, f"not exported: {missing}"
     assert 'status="413"' in text or 'status="400"' in text  # errors are labelled by status
 
