@@ -27,7 +27,6 @@ _ERROR_TYPES = {
     405: "invalid_request_error",
     408: "timeout_error",
     413: "invalid_request_error",
-    422: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "server_error",
@@ -83,13 +82,31 @@ def _location(loc: Sequence[Any]) -> str:
     return text or "body"
 
 
+# Pydantic error type -> the code OpenAI's API answers for the same mistake. A body that is not
+# JSON at all has no OpenAI code (it answers null); `invalid_json` says what happened.
+_VALIDATION_CODES = {
+    "extra_forbidden": "unknown_parameter",
+    "missing": "missing_required_parameter",
+    "literal_error": "invalid_value",
+    "enum": "invalid_value",
+    "greater_than_equal": "invalid_value",
+    "less_than_equal": "invalid_value",
+    "json_invalid": "invalid_json",
+    "json_type": "invalid_json",
+}
+
+
 def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
-    """Pydantic/FastAPI validation errors -> one 422 naming every offending field."""
+    """Pydantic/FastAPI validation errors -> one 400 naming every offending field, coded as
+    OpenAI codes the first one (`unknown_parameter`, `missing_required_parameter`,
+    `invalid_value`, else `invalid_type`). 400, not FastAPI's 422: OpenAI answers schema errors
+    with 400, so clients built on its SDK raise `BadRequestError` for them as for any other bad
+    request (a 422 is its `UnprocessableEntityError`, which code catching bad requests misses)."""
     details = [f"{_location(err.get('loc', ()))}: {err.get('msg', 'invalid')}" for err in errors]
     first = _location(errors[0].get("loc", ())) if errors else None
-    return ApiError(
-        422, "; ".join(details) or "invalid request", code="invalid_request_body", param=first
-    )
+    kind = str(errors[0].get("type", "")) if errors else ""
+    code = _VALIDATION_CODES.get(kind, "invalid_type")
+    return ApiError(400, "; ".join(details) or "invalid request", code=code, param=first)
 
 
 async def _api_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from .bounded_read import read_bounded
+from .chat import (
+    ChatItem,
+    chat_form,
+    check_instructions,
+    check_prompt_fields,
+    resolve_truncation,
+)
 from .config import ServeAppConfig
 from .errors import ApiError, install_error_handlers, validation_error
 from .inputs import find_media, load_media, split_input
@@ -36,9 +43,9 @@ from .model_calls import (  # noqa: F401 (call_with_timeout: re-exported, tests 
     call_with_timeout,
     retry_after,
 )
-from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
+from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, TokenizeReply
 from .render import INLINE_RENDER_MAX_VALUES, render_embeddings
-from .schemas import EmbeddingRequest, embeddings_openapi, models_response
+from .schemas import EmbeddingRequest, TokenizeRequest, embeddings_openapi, models_response
 from .security import ApiKeyChecker
 
 BATCH_REQUESTS_HEADER = "x-qwen3-embed-batch-requests"
@@ -75,11 +82,20 @@ def server_timing(**durations_s: float) -> str:
     )
 
 
-def parse_request(body: bytes) -> EmbeddingRequest:
+def parse_request(body: bytes, schema: type[Any] = EmbeddingRequest) -> Any:
     try:
-        return EmbeddingRequest.model_validate_json(body)
+        return schema.model_validate_json(body)
     except ValidationError as error:
         raise validation_error(error.errors()) from None
+
+
+def failure_error(reply: EmbedFailure) -> ApiError:
+    headers = {}
+    if reply.retry_after_s is not None:
+        headers = retry_after(reply.retry_after_s)
+    return ApiError(
+        reply.status, reply.message, code=reply.code, param=reply.param, headers=headers
+    )
 
 
 async def probe_ready(
@@ -143,29 +159,41 @@ class EmbeddingsIngress:
         started = time.perf_counter()
         called = started
         label = "unknown"  # metric label: never a client-supplied string (unbounded cardinality)
+        chat: ChatItem | None = None  # the chat form's conversation (vLLM's `messages`)
         try:
             self._authorize(request)
             body = await read_body(request, self.config.limits.max_request_bytes)
             parsed = parse_request(body)
             name, model = self._route(parsed.model)
             label = name
-            items = split_input(parsed.input, parsed.instruction, self.config.limits)
+            chat = chat_form(parsed.input, parsed.messages)
+            check_instructions(chat, parsed.instruction)
+            check_prompt_fields(
+                chat is not None,
+                parsed.add_special_tokens,
+                parsed.add_generation_prompt,
+                parsed.continue_final_message,
+            )
+            raw = [chat.item] if chat is not None else parsed.input
+            items = split_input(raw, parsed.instruction, self.config.limits)
             description = await self._describe(name, model)
+            truncate, max_tokens = resolve_truncation(
+                parsed.truncate, parsed.truncate_prompt_tokens, description.max_length
+            )
             slots = find_media(items, description.family, name, self.config.media)
             items = await load_media(items, slots, self.config.media, self._fetcher)
-            job = EmbedJob(tuple(items), parsed.instruction, parsed.dimensions, parsed.truncate)
+            job = EmbedJob(
+                tuple(items), parsed.instruction, parsed.dimensions, truncate, max_tokens
+            )
             called = time.perf_counter()
             reply = await model.embed(job)
             if isinstance(reply, EmbedFailure):
-                headers = {}
-                if reply.retry_after_s is not None:
-                    headers = retry_after(reply.retry_after_s)
-                raise ApiError(
-                    reply.status, reply.message, code=reply.code, param=reply.param, headers=headers
-                )
+                raise failure_error(reply)
             assert isinstance(reply, EmbedReply)
         except ApiError as error:
             self._metrics.record(label, error.status, error.code, time.perf_counter() - started)
+            if chat is not None:  # name the messages' parts, not the item they became
+                raise chat.translate(error) from None
             raise
         except Exception:
             self._metrics.record(label, 500, "internal_error", time.perf_counter() - started)
@@ -200,6 +228,48 @@ class EmbeddingsIngress:
                 ingress=finished - started,
             )
         return Response(content, media_type="application/json", headers=headers)
+
+    @app.post("/tokenize", openapi_extra=embeddings_openapi(TokenizeRequest))
+    async def tokenize(self, request: Request) -> JSONResponse:
+        """vLLM's /tokenize: the token ids of one input under the model's prompt rules (what
+        /v1/embeddings would embed, and count in `usage`), for sizing chunks with the server's
+        own tokenizer. Over-long inputs are counted, not refused: `count` > `max_model_len`
+        says /v1/embeddings would refuse it without truncation. Same key, limits and media
+        rules as /v1/embeddings; no forward pass."""
+        chat: ChatItem | None = None
+        try:
+            self._authorize(request)
+            body = await read_body(request, self.config.limits.max_request_bytes)
+            parsed = parse_request(body, TokenizeRequest)
+            name, model = self._route(parsed.model)
+            chat = chat_form(parsed.prompt, parsed.messages, input_name="prompt")
+            check_instructions(chat, parsed.instruction)
+            check_prompt_fields(
+                chat is not None,
+                parsed.add_special_tokens,
+                parsed.add_generation_prompt,
+                parsed.continue_final_message,
+            )
+            raw = [chat.item] if chat is not None else [parsed.prompt]
+            items = split_input(raw, parsed.instruction, self.config.limits)
+            description = await self._describe(name, model)
+            slots = find_media(items, description.family, name, self.config.media)
+            items = await load_media(items, slots, self.config.media, self._fetcher)
+            reply = await model.tokenize(EmbedJob(tuple(items), parsed.instruction, None, False))
+            if isinstance(reply, EmbedFailure):
+                raise failure_error(reply)
+            assert isinstance(reply, TokenizeReply)
+        except ApiError as error:
+            if chat is not None:
+                raise chat.translate(error) from None
+            raise
+        return JSONResponse(
+            {
+                "count": len(reply.input_ids),
+                "max_model_len": reply.max_length,
+                "tokens": list(reply.input_ids),
+            }
+        )
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> JSONResponse:

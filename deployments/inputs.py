@@ -103,9 +103,21 @@ def _item_chars(item: Any, index: int) -> int:
             )
         return sum(len(text or "") for text in texts) + len(instruction or "")
     if isinstance(item, (int, list)) and not isinstance(item, bool):
-        reason = "token-id inputs are not supported; send text"
-    else:
-        reason = f"must be a string or an object with keys {', '.join(ITEM_KEYS)}, got {_json_type(item)}"
+        # OpenAI's API takes token ids of OpenAI's tokenizers; embedded as Qwen ids they would
+        # be other text, silently. LangChain's OpenAIEmbeddings sends them by default.
+        raise ApiError(
+            400,
+            f"input[{index}]: token-id inputs are not accepted: this server tokenises text with "
+            "the model's own tokenizer, and ids from another tokenizer (such as the tiktoken ids "
+            "LangChain's OpenAIEmbeddings sends by default) would embed different text. Send "
+            "strings; with LangChain, set OpenAIEmbeddings(..., check_embedding_ctx_length=False). "
+            "To size inputs with this model's tokenizer, use POST /tokenize",
+            code="token_ids_not_supported",
+            param=f"input[{index}]",
+        )
+    reason = (
+        f"must be a string or an object with keys {', '.join(ITEM_KEYS)}, got {_json_type(item)}"
+    )
     raise ApiError(400, f"input[{index}]: {reason}", code="invalid_input", param=f"input[{index}]")
 
 

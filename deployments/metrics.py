@@ -1,7 +1,9 @@
 """Prometheus metrics (exported by Ray's metrics agent, scraped from each node's metrics port).
 
 Built inside the replicas (`ray.serve.metrics` adds the deployment / replica / application tags
-from the replica context), so this module is imported by the deployments only.
+from the replica context), so this module is imported by the deployments only. Names follow
+Prometheus's conventions: base units in the name (`_seconds`; counts named by what they count),
+`_total` on counters. Ray exports them with its `ray_` prefix (`ray_qwen3_embed_requests_total`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class IngressMetrics:
             tag_keys=("model", "status", "code"),
         )
         self.latency = Histogram(
-            "qwen3_embed_request_latency_s",
+            "qwen3_embed_request_duration_seconds",
             description="Time to answer an embeddings request, in seconds (ingress view).",
             boundaries=_LATENCY_S,
             tag_keys=("model",),
@@ -81,13 +83,13 @@ class ModelMetrics:
             tag_keys=("model",),
         )
         self.queue_wait = Histogram(
-            "qwen3_embed_queue_wait_s",
+            "qwen3_embed_queue_wait_seconds",
             description="Time a request waited in the batch queue before its batch started, in seconds.",
             boundaries=_LATENCY_S,
             tag_keys=("model",),
         )
         self.batch_latency = Histogram(
-            "qwen3_embed_batch_latency_s",
+            "qwen3_embed_batch_duration_seconds",
             description="Time to embed one dynamic batch (all its token-budget forward passes), in seconds.",
             boundaries=_LATENCY_S,
             tag_keys=("model",),

@@ -17,7 +17,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from .errors import ApiError
-from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
+from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, TokenizeReply
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -80,6 +80,8 @@ async def call_with_timeout(
 class ModelCaller(Protocol):
     async def embed(self, job: EmbedJob) -> EmbedReply | EmbedFailure: ...
 
+    async def tokenize(self, job: EmbedJob) -> TokenizeReply | EmbedFailure: ...
+
     async def describe(self) -> ModelDescription: ...
 
 
@@ -96,6 +98,9 @@ class HandleCaller:
 
     async def embed(self, job: EmbedJob) -> EmbedReply | EmbedFailure:
         return await self._call(self.handle.embed.remote(job))
+
+    async def tokenize(self, job: EmbedJob) -> TokenizeReply | EmbedFailure:
+        return await self._call(self.handle.tokenize.remote(job))
 
     async def describe(self) -> ModelDescription:
         return await self._call(self.handle.describe.remote())
@@ -114,8 +119,14 @@ class LocalCaller:
         self._timeout_s = timeout_s
 
     async def embed(self, job: EmbedJob) -> EmbedReply | EmbedFailure:
+        return await self._within_timeout(self.server.embed(job))
+
+    async def tokenize(self, job: EmbedJob) -> TokenizeReply | EmbedFailure:
+        return await self._within_timeout(self.server.tokenize(job))
+
+    async def _within_timeout(self, call: Any) -> Any:
         try:
-            return await asyncio.wait_for(self.server.embed(job), self._timeout_s)
+            return await asyncio.wait_for(call, self._timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(
                 504, f"{self._what} did not answer within {self._timeout_s}s", code="timeout"

@@ -29,10 +29,13 @@ from ray import serve
 from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
-from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription
+from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, TokenizeReply
 
 # Observed batch sizes kept for `stats()` (tests and debugging); metrics carry the full history.
 _RECENT_BATCHES = 1024
+# `tokenize` counts over-long inputs instead of refusing them: no token limit of its own (the
+# ingress's character and media limits bound the work).
+_NO_TOKEN_LIMIT = 2**62
 
 
 @dataclass(frozen=True)
@@ -174,17 +177,19 @@ class ModelServer:
                 list(job.items),
                 job.instruction,
                 job.truncate,
+                job.max_tokens,
             )
         except InputError as error:
             return EmbedFailure.from_input_error(error)
         pending = _Pending(tuple(prepared), dim, time.monotonic())
         prepare_s = pending.enqueued_at - arrived
         if pending.num_tokens > self.limits.max_tokens_per_request:
+            # 400 with OpenAI's code for its own per-request token limit (it was a 413).
             return EmbedFailure(
-                413,
+                400,
                 f"the request has {pending.num_tokens} tokens, more than the limit of "
                 f"{self.limits.max_tokens_per_request} per request; split it",
-                "request_too_large",
+                "max_tokens_per_request",
                 "input",
             )
         try:
@@ -208,6 +213,25 @@ class ModelServer:
             forward_s=batch.run_s,
             model_s=time.monotonic() - arrived,
         )
+
+    async def tokenize(self, job: EmbedJob) -> TokenizeReply | EmbedFailure:
+        """The token ids `embed` would see for the job's one input (before truncation), on the
+        prepare thread; no batch, no forward pass."""
+        from qwen3_embed import InputError
+
+        loop = asyncio.get_running_loop()
+        try:
+            prepared = await loop.run_in_executor(
+                self._prepare_pool,
+                self.embedder.prepare,
+                list(job.items),
+                job.instruction,
+                False,
+                _NO_TOKEN_LIMIT,
+            )
+        except InputError as error:
+            return EmbedFailure.from_input_error(error)
+        return TokenizeReply(tuple(prepared[0].input_ids), self.embedder.max_length)
 
     async def _run_batch(self, batch: list[_Pending]) -> list[_Done]:
         """One batch from the queue: all its requests in one `embed_prepared` call, on the

@@ -22,6 +22,9 @@ class EmbedJob:
     instruction: str | None
     dimensions: int | None
     truncate: bool
+    # Token limit of each input for this request (vLLM's `truncate_prompt_tokens`, which implies
+    # `truncate`); None: the model's max_length.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,22 @@ class EmbedFailure:
 
     @classmethod
     def from_input_error(cls, error: Any) -> EmbedFailure:
-        """A core `InputError` -> 413 when over the token limit (`InputTooLongError`), else 400."""
+        """A core `InputError` -> 400. One over the token limit (`InputTooLongError`) gets
+        OpenAI's code for it, `context_length_exceeded` (it was a 413 `input_too_long`: the
+        `openai` SDK raised a bare `APIStatusError` rather than `BadRequestError`)."""
         code = getattr(error, "code", "invalid_input")
-        return cls(413 if code == "input_too_long" else 400, str(error), code, "input")
+        if code == "input_too_long":
+            code = "context_length_exceeded"
+        return cls(400, str(error), code, "input")
+
+
+@dataclass(frozen=True)
+class TokenizeReply:
+    """The token ids of one input under the model's prompt rules (query prompt, EOS, chat
+    template, vision tokens), exactly as `embed` would see them before truncation."""
+
+    input_ids: tuple[int, ...]
+    max_length: int  # the model's per-input token limit (vLLM's `max_model_len`)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Request and response bodies of the OpenAI-compatible API.
 
-The request schema checks JSON types only (422 when they are wrong); what an item may contain is
-checked by `inputs` and the core (400), so a type error and a content error stay distinguishable.
-Unknown fields are refused (422): a misspelt `instrucion` must not silently embed documents as
-queries.
+The request schema checks JSON types only; what an item or a chat message may contain is checked
+by `inputs`, `chat` and the core. Every refusal is a 400 (OpenAI's status for a bad request);
+the error `code` tells a type error (`invalid_type`, `invalid_value`, ...) from a content error.
+Unknown fields are refused (`unknown_parameter`): a misspelt `instrucion` must not silently
+embed documents as queries.
 """
 
 from __future__ import annotations
@@ -22,11 +23,20 @@ from .protocol import ModelDescription
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: StrictStr | list[Any] = Field(
-        ...,
+    input: StrictStr | list[Any] | None = Field(
+        None,
         description=(
             "a string, or a list of strings (VL models: also objects {text, image, video, "
-            "instruction, fps, max_frames}; text, image and video may each be a list)"
+            "instruction, fps, max_frames}; text, image and video may each be a list); "
+            "exactly one of input and messages"
+        ),
+    )
+    messages: list[Any] | None = Field(
+        None,
+        description=(
+            "vLLM's chat form: one conversation, one embedding. An optional system message (the "
+            "instruction) and one user message whose content is a string or parts "
+            "{type: text|image_url|video_url}; exactly one of input and messages"
         ),
     )
     model: StrictStr | None = Field(
@@ -43,7 +53,54 @@ class EmbeddingRequest(BaseModel):
         None, description="query instruction (extension); omit for documents"
     )
     truncate: StrictBool = Field(
-        False, description="truncate over-long inputs instead of answering 413 (extension)"
+        False,
+        description="truncate over-long inputs instead of answering 400 (extension)",
+    )
+    # vLLM's fields (deployments/chat.py checks them; README "Requests from vLLM clients").
+    truncate_prompt_tokens: StrictInt | None = Field(
+        None,
+        description=(
+            "vLLM: keep the first N tokens of each input (-1: the model's max length); "
+            "implies truncate"
+        ),
+    )
+    truncation_side: Literal["right"] | None = Field(
+        None, description="vLLM: only 'right' (the query prompt and EOS are kept)"
+    )
+    add_special_tokens: StrictBool | None = Field(
+        None, description="vLLM: accepted at vLLM's default for the form (input: true, chat: false)"
+    )
+    add_generation_prompt: StrictBool | None = Field(
+        None, description="vLLM chat: accepted when true (the official prompt has it)"
+    )
+    continue_final_message: StrictBool | None = Field(
+        None, description="vLLM chat: accepted when false"
+    )
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize, in vLLM's shape: `prompt` (its completion form) or `messages` (its chat
+    form), plus this API's `instruction`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = Field(None, description="served model name")
+    prompt: StrictStr | None = Field(None, description="one text; exactly one of prompt, messages")
+    messages: list[Any] | None = Field(
+        None, description="one conversation, as in POST /v1/embeddings"
+    )
+    instruction: StrictStr | None = Field(
+        None, description="count the input as a query with this instruction (extension)"
+    )
+    add_special_tokens: StrictBool | None = Field(
+        None,
+        description="vLLM: accepted at vLLM's default for the form (prompt: true, chat: false)",
+    )
+    add_generation_prompt: StrictBool | None = Field(
+        None, description="vLLM chat: accepted when true"
+    )
+    continue_final_message: StrictBool | None = Field(
+        None, description="vLLM chat: accepted when false"
     )
 
 
@@ -67,26 +124,26 @@ ERROR_BODY_SCHEMA: dict[str, Any] = {
     },
 }
 _ERROR_STATUSES = {
-    "400": "invalid input",
+    "400": "invalid request: not JSON, not the schema, bad values or input, input too long",
     "401": "missing or invalid API key",
     "404": "unknown model",
-    "413": "request, input or media too large",
-    "422": "body is not JSON or does not match the schema",
+    "413": "request body, text characters or media too large",
     "429": "a queue is full (Retry-After)",
     "503": "model not available (Retry-After)",
     "504": "model did not answer in time",
 }
 
 
-def embeddings_openapi() -> dict[str, Any]:
-    """OpenAPI for POST /v1/embeddings, whose handler reads the raw body (to bound its size
-    before parsing) so FastAPI cannot derive it: the request schema and the error answers, for
-    clients and for schema-driven tests (tests/test_serve_reliability.py fuzzes from it)."""
+def embeddings_openapi(request: type[BaseModel] = EmbeddingRequest) -> dict[str, Any]:
+    """OpenAPI for POST /v1/embeddings (and /tokenize), whose handlers read the raw body (to
+    bound its size before parsing) so FastAPI cannot derive it: the request schema and the
+    error answers, for clients and for schema-driven tests (tests/test_serve_reliability.py
+    fuzzes from it)."""
     error = {"content": {"application/json": {"schema": ERROR_BODY_SCHEMA}}}
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+            "content": {"application/json": {"schema": request.model_json_schema()}},
         },
         "responses": {
             status: {"description": description, **error}

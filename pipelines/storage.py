@@ -170,4 +170,3 @@ def write_atomically(location: Location, write) -> None:
 def read_bytes(location: Location) -> bytes:
     with location.fs.open_input_stream(location.path) as stream:
         return stream.read()
-

@@ -185,13 +185,14 @@ class Embedder:
         inputs: Sequence[Any],
         instruction: str | None = None,
         truncate: bool = True,
+        max_length: int | None = None,
         *,
         prompt: str | None = None,
         prompt_name: str | None = None,
     ) -> list[PrepareResult]:
         """CPU stage, per item (see `Preparer.prepare_each`)."""
         return self.preparer.prepare_each(
-            inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
+            inputs, instruction, truncate, max_length, prompt=prompt, prompt_name=prompt_name
         )
 
     def prepare(
@@ -199,13 +200,15 @@ class Embedder:
         inputs: Sequence[Any],
         instruction: str | None = None,
         truncate: bool = True,
+        max_length: int | None = None,
         *,
         prompt: str | None = None,
         prompt_name: str | None = None,
     ) -> list[PreparedInput]:
-        """CPU stage: raises the first InputError (see `Preparer.prepare`)."""
+        """CPU stage: raises the first InputError (see `Preparer.prepare`). `max_length`
+        overrides the embedder's for this call."""
         return self.preparer.prepare(
-            inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
+            inputs, instruction, truncate, max_length, prompt=prompt, prompt_name=prompt_name
         )
 
     def forward_pooled(self, batch: Sequence[PreparedInput]) -> torch.Tensor:

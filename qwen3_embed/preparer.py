@@ -103,12 +103,15 @@ class Preparer:
         inputs: Sequence[Any],
         instruction: str | None = None,
         truncate: bool = True,
+        max_length: int | None = None,
         *,
         prompt: str | None = None,
         prompt_name: str | None = None,
     ) -> list[PrepareResult]:
         """Per item: a PreparedInput, or the InputError (with its index). Never raises for a bad
-        item, so batch jobs can embed the good ones and report the rest.
+        item, so batch jobs can embed the good ones and report the rest. `max_length` overrides
+        the preparer's own for this call (the server's per-request `truncate_prompt_tokens`, and
+        its /tokenize, which counts over-long inputs instead of refusing them).
 
         `prompt_name` picks one of `prompts`; `prompt` is a literal one (sentence-transformers'
         `encode` arguments): prepended to each text, or the system turn of a VL model. Neither
@@ -116,8 +119,11 @@ class Preparer:
         that prompt when a call gives none of the three, as in sentence-transformers."""
         instruction = check_instruction(instruction)
         resolved = self.resolve_prompt(instruction, prompt, prompt_name)
+        limit = self.max_length if max_length is None else max_length
+        if limit < 1:
+            raise ValueError(f"max_length must be >= 1, got {limit}")
         results = self.impl.prepare_items(
-            list(inputs), instruction, truncate, self.max_length, prompt=resolved
+            list(inputs), instruction, truncate, limit, prompt=resolved
         )
         return [
             result.at(index) if isinstance(result, InputError) else result
@@ -129,6 +135,7 @@ class Preparer:
         inputs: Sequence[Any],
         instruction: str | None = None,
         truncate: bool = True,
+        max_length: int | None = None,
         *,
         prompt: str | None = None,
         prompt_name: str | None = None,
@@ -137,7 +144,7 @@ class Preparer:
         if isinstance(inputs, (str, bytes, dict)):
             raise InputError("inputs must be a list of items, not a single item; wrap it in a list")
         results = self.prepare_each(
-            inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
+            inputs, instruction, truncate, max_length, prompt=prompt, prompt_name=prompt_name
         )
         for result in results:
             if isinstance(result, InputError):

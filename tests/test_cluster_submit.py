@@ -35,7 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-
 def _run(argv: list[str], env: dict[str, str], timeout: float = 300, **kwargs):
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 

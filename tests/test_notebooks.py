@@ -85,7 +85,9 @@ def test_relative_model_dir_is_relative_to_where_jupyter_started(name, monkeypat
         if cell.cell_type == "code" and "QWEN3_EMBED_MODEL" in cell.source
     )
     setup = "\n".join(
-        line for line in source.splitlines() if line.startswith(("import os", "MODEL", "if ", "    MODEL"))
+        line
+        for line in source.splitlines()
+        if line.startswith(("import os", "MODEL", "if ", "    MODEL"))
     )
     probe = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup + "\nprint(MODEL)")])
     NotebookClient(

@@ -177,12 +177,12 @@ def test_instruction_extension_and_default_model(http, openai_client, tiny_text_
     assert_openai_error(http.post("/v1/embeddings", json={"input": "x"}), 400, "model_required")
 
 
-def test_truncate_extension_and_413(http, truncating_embedder):
+def test_truncate_extension_and_context_length_exceeded(http, truncating_embedder):
     long_text = "word " * 40  # > MAX_LENGTH tokens with the tiny tokenizer
-    error = assert_openai_error(
+    error = assert_openai_error(  # OpenAI's status and code (it was a 413 input_too_long)
         http.post("/v1/embeddings", json={"model": "tiny", "input": ["ok", long_text]}),
-        413,
-        "input_too_long",
+        400,
+        "context_length_exceeded",
     )
     assert "input[1]" in error["message"]
     response = http.post(
@@ -270,8 +270,8 @@ ERROR_CASES = [
     ({"model": "tiny", "input": ""}, 400, "invalid_input"),
     ({"model": "tiny", "input": []}, 400, "empty_input"),
     ({"model": "tiny", "input": ["ok", "   "]}, 400, "invalid_input"),
-    ({"model": "tiny", "input": [1, 2, 3]}, 400, "invalid_input"),
-    ({"model": "tiny", "input": [[1, 2], [3]]}, 400, "invalid_input"),
+    ({"model": "tiny", "input": [1, 2, 3]}, 400, "token_ids_not_supported"),
+    ({"model": "tiny", "input": [[1, 2], [3]]}, 400, "token_ids_not_supported"),
     ({"model": "tiny", "input": ["ok", None]}, 400, "invalid_input"),
     (
         {"model": "tiny", "input": [{"text": "x", "image": "data:image/png;base64,AAAA"}]},
@@ -291,17 +291,74 @@ ERROR_CASES = [
     ({"model": "tiny", "input": ["y" * 60_000, "z" * 60_000]}, 413, "request_too_large"),
     (
         {"model": "tiny", "input": ["w" * 60 for _ in range(100)], "truncate": True},
-        413,
-        "request_too_large",
+        400,
+        "max_tokens_per_request",
     ),
     ({"model": "tiny", "input": "x" * 250_000}, 413, "request_too_large"),
-    ({"model": "tiny", "input": 5}, 422, "invalid_request_body"),
-    ({"model": "tiny"}, 422, "invalid_request_body"),
-    ({"model": "tiny", "input": "x", "dimensions": "32"}, 422, "invalid_request_body"),
-    ({"model": "tiny", "input": "x", "encoding_format": "int8"}, 422, "invalid_request_body"),
-    ({"model": "tiny", "input": "x", "truncate": "yes"}, 422, "invalid_request_body"),
-    ({"model": "tiny", "input": "x", "instrucion": "typo"}, 422, "invalid_request_body"),
-    (b'{"model": "tiny", "input": ', 422, "invalid_request_body"),
+    # Schema errors: 400 with OpenAI's codes (they were 422 invalid_request_body).
+    ({"model": "tiny", "input": 5}, 400, "invalid_type"),
+    ({"model": "tiny"}, 400, "missing_required_parameter"),
+    ({"model": "tiny", "input": "x", "dimensions": "32"}, 400, "invalid_type"),
+    ({"model": "tiny", "input": "x", "encoding_format": "int8"}, 400, "invalid_value"),
+    ({"model": "tiny", "input": "x", "truncate": "yes"}, 400, "invalid_type"),
+    ({"model": "tiny", "input": "x", "instrucion": "typo"}, 400, "unknown_parameter"),
+    (b'{"model": "tiny", "input": ', 400, "invalid_json"),
+    (b'["x"]', 400, "invalid_type"),
+    # vLLM's fields: values that would ask for another prompt than the official one are refused.
+    ({"model": "tiny", "input": "x", "truncate_prompt_tokens": 0}, 400, "invalid_value"),
+    ({"model": "tiny", "input": "x", "truncate_prompt_tokens": 49}, 400, "invalid_value"),
+    ({"model": "tiny", "input": "x", "truncation_side": "left"}, 400, "invalid_value"),
+    ({"model": "tiny", "input": "x", "add_special_tokens": False}, 400, "invalid_value"),
+    (
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "x"}],
+            "add_special_tokens": True,
+        },
+        400,
+        "invalid_value",
+    ),
+    (
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "x"}],
+            "continue_final_message": True,
+        },
+        400,
+        "invalid_value",
+    ),
+    ({"model": "tiny", "input": "x", "embed_dtype": "float16"}, 400, "unknown_parameter"),
+    # The chat form on a text model: text only, one conversation.
+    (
+        {"model": "tiny", "input": "x", "messages": [{"role": "user", "content": "x"}]},
+        400,
+        "invalid_value",
+    ),
+    ({"model": "tiny", "messages": []}, 400, "empty_input"),
+    ({"model": "tiny", "messages": [{"role": "assistant", "content": "x"}]}, 400, "invalid_value"),
+    (
+        {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        },
+        400,
+        "invalid_value",
+    ),
+    (
+        {
+            "model": "tiny",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                    ],
+                }
+            ],
+        },
+        400,
+        "unsupported_input",
+    ),
 ]
 
 
@@ -370,13 +427,19 @@ def test_prometheus_metrics_exported(http, ray_cluster):
     assert (
         http.post("/v1/embeddings", json={"model": "tiny", "input": "metrics"}).status_code == 200
     )
+    # The names the README lists, as Prometheus sees them (Ray's `ray_` prefix, histograms as
+    # their `_bucket` series), at the start of a sample line.
     wanted = [
-        "qwen3_embed_requests_total",
-        "qwen3_embed_errors_total",
-        "qwen3_embed_tokens_total",
-        "qwen3_embed_batch_requests_bucket",
-        "qwen3_embed_queue_wait_s_bucket",
-        "qwen3_embed_request_latency_s_bucket",
+        "ray_qwen3_embed_requests_total{",
+        "ray_qwen3_embed_errors_total{",
+        "ray_qwen3_embed_tokens_total{",
+        "ray_qwen3_embed_inputs_total{",
+        "ray_qwen3_embed_request_duration_seconds_bucket{",
+        "ray_qwen3_embed_batch_requests_bucket{",
+        "ray_qwen3_embed_batch_inputs_bucket{",
+        "ray_qwen3_embed_batch_tokens_bucket{",
+        "ray_qwen3_embed_queue_wait_seconds_bucket{",
+        "ray_qwen3_embed_batch_duration_seconds_bucket{",
     ]
     deadline = time.monotonic() + 60
     text = ""
@@ -388,10 +451,12 @@ def test_prometheus_metrics_exported(http, ray_cluster):
         # Another app of the session may have exported the names first: wait for this module's
         # error labels too.
         labelled = 'status="413"' in text or 'status="400"' in text
-        if labelled and all(name in text for name in wanted):
+        lines = text.splitlines()
+        if labelled and all(any(line.startswith(n) for line in lines) for n in wanted):
             break
         time.sleep(2)
-    missing = [name for name in wanted if name not in text]
+    lines = text.splitlines()
+    missing = [name for name in wanted if not any(line.startswith(name) for line in lines)]
     assert not missing, f"not exported: {missing}"
     assert 'status="413"' in text or 'status="400"' in text  # errors are labelled by status
 
@@ -444,3 +509,227 @@ def test_not_ready_until_loaded_and_no_hung_requests(ray_cluster, tiny_text_mode
         assert time.monotonic() - started < 15
     finally:
         serve.delete("serve-not-ready")
+
+
+# ------------------------------------------------- requests that vLLM / OpenAI clients send
+TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def _chat_embedding(openai_client, body: dict):
+    """vLLM's chat-embedding request as its docs send it: the `openai` client's raw POST (its
+    `embeddings.create` has no `messages`), cast to the SDK's embedding response."""
+    from openai.types import CreateEmbeddingResponse
+
+    return openai_client.post("/embeddings", body=body, cast_to=CreateEmbeddingResponse)
+
+
+def test_chat_form_is_the_official_prompt(openai_client, tiny_text_embedder):
+    """`messages` (system = instruction, one user turn) gives the same vector as the same
+    text and instruction through `input`, and a conversation without a system turn is a
+    document; param names in errors point into the messages."""
+    question = "what is ray"
+    query = _chat_embedding(
+        openai_client,
+        {
+            "model": "tiny",
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": TASK}]},
+                {"role": "user", "content": [{"type": "text", "text": question}]},
+            ],
+            "encoding_format": "float",
+            # what vLLM's own chat-embedding client sends: the defaults, accepted
+            "add_special_tokens": False,
+            "continue_final_message": False,
+        },
+    )
+    reference = tiny_text_embedder.embed([question], instruction=TASK)
+    assert len(query.data) == 1
+    assert _max_diff([query.data[0].embedding], reference.embeddings) <= TOL
+    assert query.usage.prompt_tokens == reference.sequence_lengths[0]
+    document = _chat_embedding(
+        openai_client,
+        {"model": "tiny", "messages": [{"role": "user", "content": question}], "dimensions": 32},
+    )
+    assert (
+        _max_diff(
+            [document.data[0].embedding], tiny_text_embedder.embed([question], dim=32).embeddings
+        )
+        <= TOL
+    )
+
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        _chat_embedding(
+            openai_client,
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}],
+            },
+        )
+    assert info.value.body["param"] == "messages", info.value.body
+    assert info.value.body["message"].startswith("messages"), info.value.body
+
+
+def test_truncate_prompt_tokens_keeps_the_first_n_tokens(
+    http, openai_client, tiny_text_model_dir, truncating_embedder
+):
+    from qwen3_embed import Embedder
+
+    long_text = "word " * 40
+    five = Embedder.from_pretrained(tiny_text_model_dir, device="cpu", max_length=5)
+    reference = five.embed([long_text, "ok"], instruction=TASK, truncate=True)
+    assert reference.sequence_lengths == [5, 5]  # "ok" as a query is longer than 5 too
+    result = openai_client.embeddings.create(
+        model="tiny",
+        input=[long_text, "ok"],
+        encoding_format="float",
+        extra_body={"truncate_prompt_tokens": 5, "instruction": TASK},
+    )
+    assert _max_diff([row.embedding for row in result.data], reference.embeddings) <= TOL
+    assert result.usage.prompt_tokens == 10
+    # -1: the model's max length, as vLLM; the same as the `truncate` extension.
+    whole = http.post(
+        "/v1/embeddings",
+        json={
+            "model": "tiny",
+            "input": [long_text],
+            "truncate_prompt_tokens": -1,
+            "truncation_side": "right",
+        },
+    )
+    assert whole.status_code == 200, whole.text
+    full = truncating_embedder.embed([long_text], truncate=True)
+    assert _max_diff([whole.json()["data"][0]["embedding"]], full.embeddings) <= TOL
+    assert whole.json()["usage"]["prompt_tokens"] == MAX_LENGTH
+
+
+def test_openai_sdk_raises_bad_request_for_invalid_requests(openai_client):
+    """400s with OpenAI's codes, so the SDK raises BadRequestError; 413 only past the body
+    limit."""
+    import openai
+
+    cases = [
+        ({"input": "word " * 100}, "context_length_exceeded"),
+        ({"input": "x", "dimensions": 5}, "invalid_dimensions"),
+        ({"input": "x", "extra_body": {"dimensions": "32"}}, "invalid_type"),
+        ({"input": "x", "extra_body": {"instrucion": "typo"}}, "unknown_parameter"),
+    ]
+    for kwargs, code in cases:
+        with pytest.raises(openai.BadRequestError) as info:
+            openai_client.embeddings.create(model="tiny", **kwargs)
+        assert info.value.code == code, info.value.body
+        assert info.value.type == "invalid_request_error"
+    with pytest.raises(openai.APIStatusError) as info:
+        openai_client.embeddings.create(model="tiny", input="x" * 250_000)
+    assert info.value.status_code == 413 and not isinstance(info.value, openai.BadRequestError)
+
+
+def test_token_ids_are_refused_with_what_to_do(openai_client, monkeypatch):
+    """What LangChain's OpenAIEmbeddings sends by default (tiktoken ids) is a 400 telling the
+    user to set check_embedding_ctx_length=False; the same through LangChain itself."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client.embeddings.create(model="tiny", input=[[9906, 1917], [3]])
+    assert info.value.code == "token_ids_not_supported"
+    assert "check_embedding_ctx_length=False" in info.value.body["message"]
+
+    # LangChain's default path tokenises with tiktoken, whose data files it downloads; offline,
+    # a real tiktoken Encoding over raw bytes stands in for cl100k_base (only the ids differ).
+    import tiktoken
+    from langchain_openai import OpenAIEmbeddings
+
+    byte_level = tiktoken.Encoding(
+        "bytes",
+        pat_str=r"[\s\S]",
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={},
+    )
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: byte_level)
+    default = OpenAIEmbeddings(
+        model="tiny", base_url=str(openai_client.base_url), api_key=KEY, max_retries=0
+    )
+    with pytest.raises(openai.BadRequestError) as info:
+        default.embed_documents(["hello world"])
+    assert "check_embedding_ctx_length=False" in info.value.body["message"]
+
+
+def test_tokenize_counts_what_embeddings_embed(http, served, tiny_text_embedder):
+    text = "the quick brown fox"
+    answer = http.post("/tokenize", json={"model": "tiny", "prompt": text})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    (prepared,) = tiny_text_embedder.prepare([text])
+    assert body == {
+        "count": len(prepared.input_ids),
+        "max_model_len": MAX_LENGTH,
+        "tokens": prepared.input_ids,
+    }
+    embedded = http.post("/v1/embeddings", json={"model": "tiny", "input": text}).json()
+    assert embedded["usage"]["prompt_tokens"] == body["count"]
+    # A query counts with its prompt; the chat form like the same input.
+    query = http.post("/tokenize", json={"model": "tiny", "prompt": text, "instruction": TASK})
+    (as_query,) = tiny_text_embedder.prepare([text], TASK)
+    assert query.json()["tokens"] == as_query.input_ids
+    chat = http.post(
+        "/tokenize",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "system", "content": TASK}, {"role": "user", "content": text}],
+        },
+    )
+    assert chat.json()["tokens"] == as_query.input_ids
+    # Over-long inputs are counted (what a chunker needs), not refused.
+    long = http.post("/tokenize", json={"model": "tiny", "prompt": "word " * 100})
+    assert long.status_code == 200 and long.json()["count"] > MAX_LENGTH
+    assert_openai_error(
+        http.post("/tokenize", json={"model": "tiny"}), 400, "missing_required_parameter"
+    )
+    assert_openai_error(
+        http.post("/tokenize", json={"model": "tiny", "prompt": "x", "inputs": "x"}),
+        400,
+        "unknown_parameter",
+    )
+    assert_openai_error(
+        httpx.post(f"{served}/tokenize", json={"prompt": "x"}, timeout=30), 401, "invalid_api_key"
+    )
+
+
+def test_readme_generic_client_blocks_run_as_written(served, tiny_text_embedder):
+    """The README's LangChain and LlamaIndex blocks, as written but for the server's address,
+    name and key: their document vectors are the core's documents, their query vectors the
+    core's queries. LlamaIndex's newline replacement, which the README warns about, is shown to
+    matter (the query prompt sent as text through it is not the query vector)."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [
+        block
+        for block in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+        if block.startswith("# tested: generic-clients ")
+    ]
+    assert len(blocks) == 2, blocks
+    question, passage = "What is the capital of China?", "The capital of China is Beijing."
+    query = tiny_text_embedder.embed([question], instruction=TASK).embeddings
+    document = tiny_text_embedder.embed([passage]).embeddings
+    namespaces = []
+    for block in blocks:
+        code = (
+            block.replace("http://127.0.0.1:8000/v1", f"{served}/v1")
+            .replace('"qwen3-0.6b"', '"tiny"')
+            .replace('"key1"', f'"{KEY}"')
+        )
+        namespace: dict = {}
+        exec(code, namespace)  # noqa: S102
+        assert namespace["task"] == TASK
+        namespaces.append(namespace)
+    langchain, llamaindex = namespaces
+    assert _max_diff(langchain["documents"], document) <= TOL
+    assert _max_diff([langchain["query"]], query) <= TOL
+    assert _max_diff([llamaindex["document"]], document) <= TOL
+    assert _max_diff([llamaindex["query"]], query) <= TOL
+    as_text = llamaindex["documents_model"].get_query_embedding(
+        f"Instruct: {TASK}\nQuery:{question}"
+    )
+    assert _max_diff([as_text], query) > 1e-3

@@ -214,3 +214,59 @@ def test_ssrf_attempts_refused_without_connecting(served, media, recorder, make_
         "/admin" not in error["message"] and "meta-data" not in error["message"]
     )  # no paths echoed
     assert recorder.connections == 0
+
+
+def test_chat_form_messages_match_the_same_item(served, media, recorder, tiny_vl_embedder):
+    """vLLM's chat-embedding request (as MTEB's HTTP wrapper sends images): a system message
+    (the instruction) and a user message of text and image_url parts, a data URI and an
+    allowed URL, gives the core's vector of the same item on the same bytes, wherever the text
+    parts sit (images keep their order); /tokenize counts what it embeds; URLs inside the network are refused without
+    a connection, the error naming the part."""
+    image = png_bytes(64, 48)
+    instruction = "Find the matching product photo"
+    messages = [
+        {"role": "system", "content": instruction},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "a red box"},
+                {"type": "image_url", "image_url": {"url": data_uri(image)}},
+                {"type": "image_url", "image_url": {"url": media.url("/photo.png")}},
+            ],
+        },
+    ]
+    response = served.post("/v1/embeddings", json={"model": "tiny-vl", "messages": messages})
+    assert response.status_code == 200, response.text
+    item = {"text": "a red box", "image": [image, media.image], "instruction": instruction}
+    reference = tiny_vl_embedder.embed([item])
+    rows = np.asarray([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
+    assert rows.shape == (1, reference.embeddings.shape[1])
+    assert float(np.max(np.abs(rows - reference.embeddings.numpy()))) <= TOL
+    assert response.json()["usage"]["prompt_tokens"] == reference.sequence_lengths[0]
+    # The text moved, the images swapped: the official prompt puts images before texts,
+    # in their own order.
+    text, data_part, url_part = messages[1]["content"]
+    reordered = [messages[0], {"role": "user", "content": [url_part, text, data_part]}]
+    again = served.post("/v1/embeddings", json={"model": "tiny-vl", "messages": reordered})
+    swapped = tiny_vl_embedder.embed(
+        [{"text": "a red box", "image": [media.image, image], "instruction": instruction}]
+    )
+    rows = np.asarray([row["embedding"] for row in again.json()["data"]], dtype=np.float32)
+    assert float(np.max(np.abs(rows - swapped.embeddings.numpy()))) <= TOL
+
+    tokenized = served.post("/tokenize", json={"model": "tiny-vl", "messages": messages})
+    assert tokenized.status_code == 200, tokenized.text
+    assert tokenized.json()["count"] == reference.sequence_lengths[0]
+
+    bad = [messages[0], {"role": "user", "content": [
+        {"type": "text", "text": "x"},
+        {"type": "image_url", "image_url": {"url": f"{recorder.url}/x.png"}},
+    ]}]  # fmt: skip
+    error = assert_openai_error(
+        served.post("/v1/embeddings", json={"model": "tiny-vl", "messages": bad}),
+        400,
+        "media_url_forbidden",
+    )
+    assert error["param"] == "messages[1].content[1].image_url.url", error
+    assert error["message"].startswith("messages[1].content[1].image_url.url: ")
+    assert recorder.connections == 0
