@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .fragments import carry
 from .ledger import CrashGuard
 from .media_fetch import CODE_MEDIA_UNAVAILABLE, FetchFailed, fetch_reference
 from .readers import CODE_READ_ERROR, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
@@ -168,14 +169,16 @@ def _preparer(model: str, max_length: int | None):
 
 
 def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
-    """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows)."""
-    return run_guarded(
+    """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows); the
+    rows' provenance columns, when the job's read stage added them, travel on (see `fragments`)."""
+    prepared = run_guarded(
         "prepare",
         lambda block: _prepare_block(block, settings),
         table,
         PREPARED_SCHEMA,
         CODE_PREPARE_FAILED,
     )
+    return carry(table, prepared)
 
 
 def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
@@ -313,12 +316,13 @@ class EmbedWorker:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         schema = embedded_schema(self.dim)
-        return self.guard.run(
+        embedded = self.guard.run(
             table,
             lambda block: run_guarded("embed", self._embed_block, block, schema, CODE_EMBED_FAILED),
             lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
             lambda block: STATUS_OK in block.column("status").to_pylist(),
         )
+        return carry(table, embedded)  # provenance for the sink's records (see `fragments`)
 
     def _embed_block(self, table: pa.Table) -> pa.Table:
         from qwen3_embed import PreparedInput
