@@ -26,6 +26,9 @@ OPTIONAL = {
     "pipeline": "benchmarks.pipeline_overhead",
     "serve": "benchmarks.serve_load",
     "scale": "benchmarks.scale_memory",
+    # Not in the default set: at full size it writes and deletes GiBs of synthetic OUTPUT.
+    "resume": "benchmarks.resume_scale",
+    "rowbytes": "benchmarks.row_bytes",
 }
 
 
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated: core,gpu,pipeline,serve,scale "
+        help="comma-separated: core,gpu,pipeline,serve,scale,resume,rowbytes "
         "(default: gpu with --device cuda, else core,pipeline,serve,scale)",
     )
     parser.add_argument(

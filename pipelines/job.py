@@ -30,6 +30,7 @@ from ray.data import DataContext, read_datasource
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
 from .dataset_stage import StageResources, embed_stages, gpus_per_replica
 from .datasource import CorpusDatasource
+from .fragments import fragment_key, read_groups
 from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
 from .ledger import start_ledger
@@ -42,6 +43,7 @@ from .resume import (
     nothing_to_do,
     output_fingerprint,
     part_files,
+    scan_for_resume,
     scan_output,
 )
 from .sink import EmbeddingSink, SinkSettings, WriteTally
@@ -225,30 +227,44 @@ def run_embedding_job(
     # Claims OUTPUT for this run (see sink.StaleWriterError) before anything is written.
     write_manifest(output, base)
 
-    # Scans run as Ray tasks, so the id digests (16 bytes a row) live in the object store, not in
-    # the driver, and reach the read tasks zero-copy.
+    # Resume (see `fragments`): fragments OUTPUT holds whole get no read task; the ids of part
+    # files holding rows of other fragments are checked row by row. Scans run as Ray tasks, so
+    # those id digests (16 bytes a row) live in the object store, not in the driver, and reach
+    # the read tasks zero-copy.
     mark = time.monotonic()
     scan_remote = ray.remote(num_returns=2)(scan_output)
-    done_ref = None
+    resume = _ReadFilter(read_settings(config, inputs.prefix + inputs.root, plan.family))
     vectors, errors = part_files(output)
     if vectors or errors:
-        done_ref, before_ref = scan_remote.remote(output)
+        keys = [fragment_key(group, resume.read_config) for group in read_groups(inputs)]
+        done_ref, before_ref = ray.remote(num_returns=2)(scan_for_resume).remote(
+            output, [key for key in keys if key is not None]
+        )
         before = ray.get(before_ref)
+        resume = _ReadFilter(
+            resume.read_config,
+            done_ref if before.ids_read else None,
+            before.done_fragments,
+            sum(before.done_fragments.get(key, 0) for key in keys if key is not None),
+        )
         phases["resume_scan"] = time.monotonic() - mark
         logger.warning(
-            "resuming: %d rows embedded and %d failed are already in %s and will be skipped",
+            "resuming: %d rows embedded and %d failed are already in %s and will be skipped "
+            "(%d input fragments done whole; ids read from %d of %d files)",
             before.rows_embedded,
             before.rows_failed,
             output.uri(),
+            len(before.done_fragments),
+            before.files_read_by_id,
+            before.files,
         )
 
     ledger, ledger_name = start_ledger(run_id)
     try:
-        tally, execute_seconds, timings = _execute(
-            plan, run_id, gpus, done_ref, ledger, ledger_name
-        )
+        tally, execute_seconds, timings = _execute(plan, run_id, gpus, resume, ledger, ledger_name)
     finally:
         ray.kill(ledger)
+    tally.skipped += resume.skipped_rows  # rows of the fragments that got no read task
     phases.update(timings)
     phases["pipeline"] = execute_seconds
 
@@ -268,8 +284,18 @@ def run_embedding_job(
     return JobResult.from_manifest(manifest)
 
 
+@dataclass(frozen=True)
+class _ReadFilter:
+    """What the read stage skips on a rerun (see `fragments`)."""
+
+    read_config: dict[str, Any]  # decides the fragment keys
+    done_ref: Any = None  # ObjectRef of the sorted id digests to check rows against, or None
+    done_fragments: dict[str, int] = dataclasses.field(default_factory=dict)  # no read task
+    skipped_rows: int = 0  # rows of those fragments
+
+
 def _execute(
-    plan: JobPlan, run_id: str, gpus: float, done_ref: Any, ledger: Any, ledger_name: str
+    plan: JobPlan, run_id: str, gpus: float, resume: _ReadFilter, ledger: Any, ledger_name: str
 ) -> tuple[WriteTally, float, dict[str, float]]:
     """Build and run the streaming pipeline; returns the sink's tally, the pipeline's seconds,
     and the replicas' start-up times (seconds from the pipeline's start)."""
@@ -283,7 +309,11 @@ def _execute(
         image_column=config.image_column if plan.family == "vl" else None,
         block_rows=min(1024, config.rows_per_file),
     )
-    dataset = read_datasource(CorpusDatasource(plan.inputs, spec, done_ref))
+    dataset = read_datasource(
+        CorpusDatasource(
+            plan.inputs, spec, resume.done_ref, resume.read_config, resume.done_fragments
+        )
+    )
     # The same stages as `embed_dataset` (see dataset_stage), on the job's own rows.
     dataset = embed_stages(
         dataset,

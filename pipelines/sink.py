@@ -1,6 +1,7 @@
 """The job's Ray Data sink: each write task turns its rows into at most two files, the vectors
 (`part-<hash>.parquet`) and the error rows (`_errors/part-<hash>.parquet`), each written
-atomically under a name derived from its ids (see `layout`). Skipped rows are counted, not
+atomically under a name derived from its ids (see `layout`), with a footer record of which input
+fragments its rows came from (see `fragments`). Skipped rows are counted, not
 written. Each task returns its counts, so the driver sums a handful of numbers per task and
 never sees a row.
 
@@ -22,6 +23,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
+from .fragments import PROVENANCE_KEY, provenance
 from .layout import ERRORS_DIR, ERRORS_SCHEMA, MANIFEST_FILE, output_schema, part_name
 from .readers import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from .storage import read_bytes, resolve, write_atomically
@@ -102,7 +104,7 @@ class EmbeddingSink(Datasink[dict]):
                 [vectors.column("id"), vectors.column("embedding"), vectors.column("num_tokens")],
                 schema=schema,
             )
-            counts["files"] += self._write_parts(output, part)
+            counts["files"] += self._write_parts(output, part, vectors)
             counts["embedded"] = part.num_rows
             counts["tokens"] = int(pc.sum(part.column("num_tokens")).as_py() or 0)
         if errors.num_rows:
@@ -110,7 +112,7 @@ class EmbeddingSink(Datasink[dict]):
                 [errors.column("id"), errors.column("error"), errors.column("code")],
                 schema=ERRORS_SCHEMA,
             )
-            counts["files"] += self._write_parts(output.child(ERRORS_DIR), part)
+            counts["files"] += self._write_parts(output.child(ERRORS_DIR), part, errors)
             counts["failed"] = part.num_rows
             codes = pc.value_counts(part.column("code")).to_pylist()
             counts["error_codes"] = {entry["values"]: entry["counts"] for entry in codes}
@@ -127,12 +129,19 @@ class EmbeddingSink(Datasink[dict]):
                 f"run {manifest.get('run_id')} now owns {output.uri()}; this writer of run {self.settings.run_id} stops"
             )
 
-    def _write_parts(self, folder, table: pa.Table) -> int:
+    def _write_parts(self, folder, table: pa.Table, rows: pa.Table) -> int:
         """Files of at most `rows_per_file` rows (Ray Data hands a task at least that many, and
-        blocks can be much larger); returns how many were written."""
+        blocks can be much larger); returns how many were written. `rows` is `table` as it came,
+        row for row: its provenance columns (see `fragments`) become each file's record, in the
+        file's own footer, so record and rows appear together or not at all."""
         step = self.settings.rows_per_file
         for start in range(0, table.num_rows, step):
             chunk = table.slice(start, step)
+            record = provenance(rows.slice(start, step))
+            if record is not None:
+                chunk = chunk.replace_schema_metadata(
+                    {**(chunk.schema.metadata or {}), PROVENANCE_KEY: record}
+                )
             location = folder.child(part_name(chunk.column("id").to_pylist()))
             write_atomically(location, lambda stream, chunk=chunk: pq.write_table(chunk, stream))
         return -(-table.num_rows // step)

@@ -183,7 +183,8 @@ def _preparer(model: str, max_length: int | None):
 
 
 def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
-    """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows)."""
+    """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows); other
+    columns (the caller's, and the job's provenance, see `fragments`) travel on."""
     return run_guarded(
         "prepare",
         lambda block: _prepare_block(block, settings),
@@ -329,6 +330,7 @@ class EmbedWorker:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         schema = embedded_schema(self.dim)
+        # Other columns travel on (`with_passthrough`), the job's provenance among them.
         return self.guard.run(
             table,
             lambda block: run_guarded("embed", self._embed_block, block, schema, CODE_EMBED_FAILED),

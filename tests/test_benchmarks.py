@@ -90,3 +90,38 @@ def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
     for path in ("padded", "packed"):
         assert run[path]["lognormal"]["tokens"] > 0 and run[path]["long_documents"]["tokens"] > 0
     assert "SMOKE RUN" in (tmp_path / "gpu-smoke.md").read_text()
+
+
+def test_resume_scale_quick_measures_both_designs(tmp_path):
+    # The resume benchmark's own code at a tiny size (no model, no Ray): the synthetic OUTPUT is
+    # what the plan says, the fragments design finds every done fragment and reads by id only
+    # the in-flight part files, and the synthetic OUTPUT is deleted afterwards.
+    from benchmarks import resume_scale
+
+    result = resume_scale.run(quick=True, tmp=tmp_path)
+    (entry,) = result["measured"]
+    plan = entry["plan"]
+    half = plan["fragment_rows"] // 2
+    assert entry["rows"] == plan["done"] * plan["fragment_rows"] + plan["in_flight"] * half
+    ids, fragments = entry["ids"], entry["fragments"]
+    assert ids["ids_read"] == entry["rows"] and ids["object_store_bytes"] == 16 * entry["rows"]
+    assert fragments["done_fragments"] == plan["done"]
+    # Only files holding in-flight rows are read by id: at most one part file's worth more
+    # than the in-flight rows themselves, at each end of the in-flight stretch.
+    assert plan["in_flight"] * half <= fragments["ids_read"]
+    assert fragments["ids_read"] <= plan["in_flight"] * half + 2 * entry["rows_per_file"]
+    assert fragments["object_store_bytes"] == 16 * fragments["ids_read"]
+    assert result["extrapolated_1b_90pct"]["rows_done"] == 900_000_000
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_row_bytes_quick_measures_each_stage():
+    from benchmarks import row_bytes
+
+    measured = row_bytes.run(quick=True)["measured"]
+    # A vector is 4 x dim bytes; the id, status and provenance come on top.
+    for dim, value in measured["embedded_block_bytes_per_row"].items():
+        assert 4 * int(dim) < value < 4 * int(dim) + 256
+    # Token ids are int32: at least 4 bytes a token once prepared.
+    assert measured["prepared_block_bytes_per_token"] >= 4
+    assert measured["read_block_bytes_per_row"] > measured["text_bytes_per_row"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -250,6 +251,42 @@ def test_formats_bad_rows_and_resume(
     assert manifest["error_codes"] == {
         code: list(bad.values()).count(code) for code in set(bad.values())
     }
+
+
+def test_rerun_drops_done_files_without_reading_them(
+    ray_cluster, tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    # Resume by fragment: a file whose rows OUTPUT holds whole gets no read task. Proof: after
+    # the first run a.jsonl is overwritten with as many bytes of other rows (100 lines that are
+    # not JSON, ids a.jsonl:0..99) and its modification time put back, so path, size and time
+    # still name the done fragment; a read of it would add error rows that are not in OUTPUT.
+    root = tmp_path / "in"
+    root.mkdir()
+    texts = {f"a.jsonl:{n}": f"first file document {n:02d} " + "x" * 20 for n in range(5)}
+    texts.update({f"b.jsonl:{n}": f"second file document {n}" for n in range(4)})
+    for name in ("a", "b"):
+        lines = [json.dumps({"text": v}) for k, v in texts.items() if k.startswith(name)]
+        (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    output = tmp_path / "out"
+    config = job(input=str(root), output=str(output), model=str(tiny_text_model_dir))
+    first = run_embedding_job(config)
+    assert (first.rows_in, first.rows_embedded, first.consistent) == (9, 9, True)
+
+    done = root / "a.jsonl"
+    stat = done.stat()
+    done.write_text("x\n" * (stat.st_size // 2) + "x" * (stat.st_size % 2))
+    assert done.stat().st_size == stat.st_size
+    os.utime(done, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (root / "c.jsonl").write_text(json.dumps({"text": "a late arrival"}) + "\n")
+    texts["c.jsonl:0"] = "a late arrival"
+
+    again = run_embedding_job(config)
+    run = again.manifest["this_run"]
+    assert (run["rows_skipped"], run["rows_embedded"], run["rows_failed"]) == (9, 1, 0)
+    assert (again.rows_in, again.rows_embedded, again.rows_failed) == (10, 10, 0)
+    assert again.consistent and "resume_scan" in again.manifest["phases"]
+    vectors, _, _ = read_output(str(output))
+    assert_matches_core(tiny_text_embedder, vectors, texts)
 
 
 # -------------------------------------------------------------------------- S3 (moto)
