@@ -105,11 +105,15 @@ def run_guarded(
 ) -> pa.Table:
     """`call(table)`, tried `STAGE_ATTEMPTS` times; then row by row, where a row that raises alone
     becomes an error row (`code`, the exception as its reason). Raises when the stage is broken:
-    `StageBroken`, or every row of a multi-row block failing alone."""
+    `StageBroken` at once (never retried), or every row of a multi-row block failing alone."""
     failure: Exception | None = None
     for attempt in range(1, STAGE_ATTEMPTS + 1):
         try:
             return call(table)
+        except StageBroken:
+            # The call already tried the block and each item alone: a retry would only repeat
+            # those (N + 1) doomed forwards.
+            raise
         except Exception as error:  # noqa: BLE001 - retried, then narrowed to rows below
             failure = error
             logger.warning(
@@ -121,8 +125,6 @@ def run_guarded(
                 type(error).__name__,
                 error,
             )
-    if isinstance(failure, StageBroken):
-        raise failure
     pieces, failed = [], 0
     for index in range(table.num_rows):
         row = table.slice(index, 1)

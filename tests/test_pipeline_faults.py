@@ -202,11 +202,17 @@ def test_guard_retries_then_isolates_the_failing_row():
     with pytest.raises(RuntimeError, match="device lost"):  # every row fails alone: raise
         run_guarded("embed", broken, prepared(["a", "b"]), PREPARED_SCHEMA, "embed_failed")
 
+    calls = []
+
     def dead(table: pa.Table) -> pa.Table:
+        calls.append(table.num_rows)
         raise StageBroken("every item failed")
 
     with pytest.raises(StageBroken):  # never written off row by row
         run_guarded("embed", dead, prepared(["a", "b", "c"]), PREPARED_SCHEMA, "embed_failed")
+    # Nor retried: the block and each of its items already failed once (inside the call that
+    # raised it), so another try would only repeat (N + 1) doomed forwards.
+    assert calls == [3]
 
 
 # ------------------------------------------------------------ corrupt inputs: the job
