@@ -103,16 +103,6 @@ class OutputScan:
     duplicate_ids: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "rows_embedded": self.rows_embedded,
-            "rows_failed": self.rows_failed,
-            "tokens": self.tokens,
-            "files": self.files,
-            "duplicate_ids": self.duplicate_ids,
-            "error_codes": dict(self.error_codes),
-        }
-
 
 def part_files(output: Location) -> tuple[list[str], list[str]]:
     """(vector files, error files) that are complete, in name order."""

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from .ledger import CrashGuard
 from .media_fetch import CODE_MEDIA_UNAVAILABLE, FetchFailed, fetch_reference
-from .readers import CODE_READ_ERROR, READ_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from .readers import CODE_READ_ERROR, READ_SCHEMA, STATUS_ERROR, STATUS_OK
 
 logger = logging.getLogger(__name__)
 
@@ -442,11 +442,3 @@ class EmbedWorker:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def count_statuses(statuses: Sequence[str]) -> dict[str, int]:
-    return {
-        "embedded": sum(1 for value in statuses if value == STATUS_OK),
-        "failed": sum(1 for value in statuses if value == STATUS_ERROR),
-        "skipped": sum(1 for value in statuses if value == STATUS_SKIPPED),
-    }
