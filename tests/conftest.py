@@ -15,6 +15,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def vl_extra_missing() -> str | None:
+    """Why the `[vl]` extra is unusable here (the core's own check), or None when it is
+    installed. `importorskip("qwen3_embed.vl")` cannot tell: that package imports without it."""
+    from qwen3_embed.errors import MissingExtraError
+    from qwen3_embed.vl.extra import require_vl_extra
+
+    try:
+        require_vl_extra()
+    except MissingExtraError as error:
+        return str(error)
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires_vl: needs the [vl] extra; skipped without it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = vl_extra_missing()
+    if reason is None:
+        return
+    for item in items:
+        if "requires_vl" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def tiny_text_model_dir(tmp_path_factory) -> Path:
     """Qwen3 architecture, tokenizer whose post-processor appends <|endoftext|> (as shipped)."""
@@ -70,7 +96,9 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_vl_model_dir(tmp_path_factory) -> Path:
     """Qwen3-VL architecture (text + vision towers, deepstack) with a Qwen3-VL-style processor."""
-    pytest.importorskip("torchvision")
+    reason = vl_extra_missing()
+    if reason is not None:
+        pytest.skip(reason)
     from qwen3_embed.testing import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-vl"), family="vl")

@@ -13,9 +13,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("qwen3_embed.vl", reason="the VL backend (qwen3_embed.vl) is not importable")
+from pipelines import JobConfig, run_embedding_job
 
-from pipelines import JobConfig, run_embedding_job  # noqa: E402
+pytestmark = pytest.mark.requires_vl
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> bytes:

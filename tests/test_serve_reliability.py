@@ -616,7 +616,6 @@ VL_HIDDEN = 128  # the tiny VL model's hidden size
 
 @pytest.fixture(scope="module")
 def served_vl(ray_cluster, tiny_vl_model_dir: Path):
-    pytest.importorskip("qwen3_embed.vl.preparer", reason="the VL core is not importable")
     from ray import serve
 
     port = start_serve_once()
@@ -747,6 +746,7 @@ MEDIA_CASES: dict[str, Callable[[], tuple[dict[str, Any], int, dict[str, Any] | 
 }  # fmt: skip
 
 
+@pytest.mark.requires_vl
 @pytest.mark.parametrize("case", sorted(MEDIA_CASES))
 def test_vl_media_edge_cases(served_vl, tiny_vl_embedder, case):
     """Decompression bombs are refused from the header (413) before any decoding; a 1x1 image
@@ -779,6 +779,7 @@ MEDIA_BYTES = (
 )
 
 
+@pytest.mark.requires_vl
 @_fuzz_settings(120)
 @given(data=MEDIA_BYTES, key=st.sampled_from(["image", "video", "frames"]))
 def test_fuzz_vl_media_bytes(served_vl, data, key):

@@ -18,12 +18,10 @@ from test_serve_support import (
     start_serve_once,
 )
 
-pytest.importorskip(
-    "qwen3_embed.vl.preparer", reason="the VL core (qwen3_embed.vl) is not importable"
-)
+from deployments.app import build_application
+from deployments.config import ServeAppConfig
 
-from deployments.app import build_application  # noqa: E402
-from deployments.config import ServeAppConfig  # noqa: E402
+pytestmark = pytest.mark.requires_vl
 
 APP = "serve-vl-test"
 PREFIX = "/vl"
