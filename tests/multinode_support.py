@@ -260,7 +260,7 @@ def replicas(app: str) -> dict[str, list[dict[str, Any]]]:
         name: [
             {
                 "state": str(replica["state"]).rsplit(".", 1)[-1],
-                "node_id": replica["node_id"],
+                "node_id": replica.get("node_id"),  # none until it is placed
                 "pid": replica["pid"],
                 "actor_name": replica["actor_name"],
             }

@@ -323,7 +323,7 @@ def test_batch_job_loses_a_worker_node_mid_job(
     manifest = check_output(output, texts, tiny_text_embedder)
     parts_after = len(part_files(output))
     assert 0 < parts_before < parts_after, (parts_before, parts_after)
-    _, ended = read_marks(marks)
+    begun, ended = read_marks(marks)
     if outcome == "same run":
         # The batch in flight on the lost node was embedded again on the surviving worker.
         redone = [
@@ -334,7 +334,7 @@ def test_batch_job_loses_a_worker_node_mid_job(
         assert {mark["first_id"] for mark in redone} == lost_batches, (lost_batches, redone)
         redone_after_s = max(mark["end"] for mark in redone) - removed_at
         # Ray Data restarts a lost replica as the same actor, in a new process elsewhere.
-        restarted = {mark["pid"] for mark in ended.values() if mark["actor"] == lost_actor}
+        restarted = {mark["pid"] for mark in begun.values() if mark["actor"] == lost_actor}
         FIGURES["batch: lost replica restarted as the same actor on the other worker"] = any(
             mark["actor"] == lost_actor and mark["node"] != victim for mark in ended.values()
         )
