@@ -95,6 +95,8 @@ def model_deployment_options(model: ModelConfig, name: str, cluster_gpus: float)
             "max_replicas": high,
             # A replica holding a full batch's worth of requests is busy enough.
             "target_ongoing_requests": model.batching.max_batch_size,
+            "upscale_delay_s": model.upscale_delay_s,
+            "downscale_delay_s": model.downscale_delay_s,
         }
     else:
         options["num_replicas"] = model.num_replicas

@@ -135,6 +135,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     replicas.add_argument(
         "--autoscale", type=_autoscale, metavar="MIN:MAX", help="autoscale replicas per model"
     )
+    upscale_delay = ModelConfig.model_fields["upscale_delay_s"].default
+    downscale_delay = ModelConfig.model_fields["downscale_delay_s"].default
+    scale.add_argument(
+        "--upscale-delay-s",
+        type=float,
+        default=upscale_delay,
+        metavar="S",
+        help="with --autoscale: seconds of high load before replicas are added "
+        f"(default: {upscale_delay:g}, Serve's)",
+    )
+    scale.add_argument(
+        "--downscale-delay-s",
+        type=float,
+        default=downscale_delay,
+        metavar="S",
+        help="with --autoscale: seconds of low load before replicas are removed "
+        f"(default: {downscale_delay:g}, Serve's)",
+    )
     scale.add_argument(
         "--gpus-per-replica",
         type=float,
@@ -230,6 +248,8 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
             compile=args.compile,
             num_replicas=args.replicas,
             autoscale=args.autoscale,
+            upscale_delay_s=args.upscale_delay_s,
+            downscale_delay_s=args.downscale_delay_s,
             gpus_per_replica=args.gpus_per_replica,
             cpus_per_replica=args.cpus_per_replica,
             batching=BatchingConfig(

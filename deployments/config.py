@@ -89,6 +89,20 @@ class ModelConfig(_Frozen):
         None,
         description="(min_replicas, max_replicas) for Serve autoscaling instead of a fixed count",
     )
+    # Serve's own defaults: scale up after 30 s of high load, down after 10 min of low load (a
+    # lull does not cost a cold start). Short delays suit bursty traffic on warm nodes, and tests.
+    upscale_delay_s: float = Field(
+        30.0,
+        ge=0,
+        description="with autoscale: seconds the load must ask for more replicas before Serve "
+        "adds them",
+    )
+    downscale_delay_s: float = Field(
+        600.0,
+        ge=0,
+        description="with autoscale: seconds the load must ask for fewer replicas before Serve "
+        "removes them",
+    )
     gpus_per_replica: float | None = Field(
         None,
         ge=0,

@@ -639,6 +639,17 @@ def test_deployment_options():
         scaled["autoscaling_config"]["min_replicas"] == 1
         and scaled["autoscaling_config"]["max_replicas"] == 4
     )
+    # Serve's own delays unless set, and Serve's schema accepts what is passed.
+    from ray.serve.config import AutoscalingConfig
+
+    assert AutoscalingConfig(**scaled["autoscaling_config"]).downscale_delay_s == 600
+    assert scaled["autoscaling_config"]["upscale_delay_s"] == 30
+    quick = model_deployment_options(
+        ModelConfig(model="m", autoscale=(1, 3), upscale_delay_s=1, downscale_delay_s=2.5), "x", 0
+    )["autoscaling_config"]
+    assert (quick["upscale_delay_s"], quick["downscale_delay_s"]) == (1, 2.5)
+    with pytest.raises(ValidationError, match="downscale_delay_s"):
+        ModelConfig(model="m", downscale_delay_s=-1)
     assert "num_replicas" not in scaled and scaled["ray_actor_options"]["num_gpus"] == 0.5
     models = (ModelConfig(model="Qwen/A"), ModelConfig(model="x", served_model_name="Qwen A"))
     names = deployment_names(models)
@@ -696,6 +707,10 @@ def test_cli_flags_build_the_config():
     config = config_from_args(args)
     assert [model.name for model in config.models] == ["A", "B"]
     assert config.models[1].autoscale == (1, 3) and config.models[0].gpus_per_replica == 0.5
+    assert (config.models[1].upscale_delay_s, config.models[1].downscale_delay_s) == (30, 600)
+    delays = ("--upscale-delay-s", "1", "--downscale-delay-s", "4")
+    quick = config_from_args(_parse("--model", "a", "--autoscale", "1:3", *delays))
+    assert (quick.models[0].upscale_delay_s, quick.models[0].downscale_delay_s) == (1, 4)
     assert (
         config.models[0].batching.max_batch_size == 7
         and config.models[0].batching.batch_wait_ms == 4
