@@ -60,8 +60,10 @@ class EmbedFailure:
         """A core `InputError` -> 400. One over the token limit (`InputTooLongError`) gets
         OpenAI's code for it, `context_length_exceeded` (it was a 413 `input_too_long`: the
         `openai` SDK raised a bare `APIStatusError` rather than `BadRequestError`)."""
+        from qwen3_embed.errors import InputTooLongError  # torch-free
+
         code = getattr(error, "code", "invalid_input")
-        if code == "input_too_long":
+        if isinstance(error, InputTooLongError):
             code = "context_length_exceeded"
         return cls(400, str(error), code, "input")
 

@@ -20,7 +20,8 @@ class InputError(ValueError):
 
 
 class InputTooLongError(InputError):
-    """An input exceeds the model's max_length while truncation is off (HTTP 413)."""
+    """An input exceeds the model's max_length while truncation is off (the API's 400
+    `context_length_exceeded`; a batch job's `input_too_long` error row)."""
 
     def __init__(self, reason: str, index: int | None = None):
         super().__init__(reason, index, code="input_too_long")
