@@ -40,6 +40,10 @@ class Location:
     def child(self, *parts: str) -> Location:
         return Location(self.fs, posixpath.join(self.path, *parts), self.prefix)
 
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
 
 def resolve(url: str, storage_options: Mapping[str, Any] | None = None) -> Location:
     """The filesystem and path for a local path or URL."""
