@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -75,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown benchmark(s) {sorted(unknown)}; valid values are: {', '.join([*BENCHMARKS, *OPTIONAL])}"
         )
-    results = {"machine": describe(device), "quick": args.quick, "results": {}}
+    results = {"machine": describe(device), "quick": args.quick, "results": {}, "seconds": {}}
     for name in names:
         print(f"== {name}", file=sys.stderr, flush=True)
+        began = time.monotonic()
         results["results"][name] = _load(name)(device, args.quick)
+        results["seconds"][name] = round(time.monotonic() - began, 1)  # the whole benchmark's run
         _write(args, device, results)  # after each benchmark, so a long run keeps what it measured
     print(_write(args, device, results))
     return 0

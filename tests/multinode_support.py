@@ -261,7 +261,7 @@ def replicas(app: str) -> dict[str, list[dict[str, Any]]]:
             {
                 "state": str(replica["state"]).rsplit(".", 1)[-1],
                 "node_id": replica.get("node_id"),  # none until it is placed
-                "pid": replica["pid"],
+                "pid": replica.get("pid"),  # none until its actor starts
                 "actor_name": replica["actor_name"],
             }
             for replica in deployment["replicas"]

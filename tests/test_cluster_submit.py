@@ -93,11 +93,18 @@ def head(tmp_path_factory):
         assert token.returncode == 0, token.stderr[-2000:]
         yield {"env": env, "address": address, "token": token.stdout.strip(), "home": home}
     finally:
+        # A graceful stop of every head process takes ~30 s; after a few seconds the rest is
+        # killed with its session (all its processes, none of the test session's own Ray).
         head_process.send_signal(signal.SIGTERM)
         try:
-            head_process.wait(timeout=120)
+            head_process.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            pass
+        try:
             os.killpg(head_process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head_process.wait()
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
