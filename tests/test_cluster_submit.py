@@ -12,6 +12,7 @@ HOME so its token is its own), then
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -96,14 +97,10 @@ def head(tmp_path_factory):
         # A graceful stop of every head process takes ~30 s; after a few seconds the rest is
         # killed with its session (all its processes, none of the test session's own Ray).
         head_process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             head_process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(head_process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         head_process.wait()
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
