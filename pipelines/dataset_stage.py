@@ -13,7 +13,7 @@ error's reason and its code. A bad row (empty or null text, a wrong type, an unr
 an over-long input with `truncate=False`) is an `error` row with a null vector, never an
 exception that stops the pipeline; every input row comes out exactly once.
 
-`run_embedding_job` builds its pipeline with the same `embed_stages`; the job adds what needs
+`run_embedding_job` builds its pipeline with the same stages (`map_stages`); the job adds what needs
 row ids and an output folder it owns: resume, the manifest, and the bound on replica deaths per
 batch (its ledger keys batches by their ids, which a user's dataset need not have).
 """
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, FORWARD_MODES
+from .map_stages import StageResources, apply_stages, embed_stage, prepare_stage
 from .readers import ReadSpec, RowBuffer, RowSource
 from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
 
@@ -37,10 +38,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A real reservation (tokenizer / processor and a batch of media), and different remote args from
-# the replicas: Ray Data fuses maps with equal args, which on CPU-only clusters would run
-# tokenisation inside the replicas, serialised with the forward passes.
-PREPARE_TASK_MEMORY = 1024**3
 # The user's columns travel through the stages under this prefix, so that names the stages use
 # internally (`id`, `text`, `status`, ...) stay free for the user's own columns.
 USER_PREFIX = "__user__."
@@ -127,49 +124,6 @@ class StageColumns:
     base_dir: str  # relative image paths are relative to the driver's working directory
 
 
-@dataclass(frozen=True)
-class StageResources:
-    """Batch sizes and resources of the two stages (the job and `embed_dataset` alike)."""
-
-    prepare_rows: int
-    embed_rows: int
-    replicas: int
-    cpus_per_replica: float
-    gpus_per_replica: float
-
-
-def embed_stages(
-    dataset: Dataset,
-    prepare: PrepareSettings,
-    embed: EmbedSettings,
-    resources: StageResources,
-    columns: StageColumns | None = None,
-) -> Dataset:
-    """The CPU prepare tasks and the replica pool, appended to `dataset`. With `columns`, the
-    rows are a user's (see `embed_dataset`); without, they are the job's `READ_SCHEMA` rows and
-    come out in `embedded_schema(dim)` for the job's sink."""
-    from ray.data import ActorPoolStrategy
-
-    user = {"columns": columns} if columns is not None else {}
-    dataset = dataset.map_batches(
-        prepare_user_batch if user else prepare_batch,
-        fn_kwargs={"settings": prepare, **user},
-        batch_format="pyarrow",
-        batch_size=resources.prepare_rows,
-        num_cpus=1,
-        memory=PREPARE_TASK_MEMORY,
-    )
-    return dataset.map_batches(
-        UserEmbedWorker if user else EmbedWorker,
-        fn_constructor_kwargs={"settings": embed, **user},
-        compute=ActorPoolStrategy(size=resources.replicas),
-        batch_format="pyarrow",
-        batch_size=resources.embed_rows,
-        num_cpus=resources.cpus_per_replica,
-        num_gpus=resources.gpus_per_replica,
-    )
-
-
 def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
     """`dataset` with every row embedded: its own columns, then `config.output_columns`. Lazy,
     like any Ray Data transform; the model's config and tokenizer are checked here (no weights),
@@ -196,30 +150,31 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
         outputs=config.output_columns,
         base_dir=os.getcwd(),
     )
-    return embed_stages(
-        dataset,
-        PrepareSettings(
-            model, config.max_length, config.instruction, config.truncate, config.storage_options
-        ),
-        EmbedSettings(
-            model,
-            dim,
-            config.device,
-            config.dtype,
-            config.max_length,
-            config.batch_tokens,
-            config.forward_mode,
-            config.compile,
-        ),
-        StageResources(
-            prepare_rows=config.batch_rows or DEFAULT_BATCH_ROWS[family],
-            embed_rows=config.batch_rows or DEFAULT_EMBED_ROWS[family],
-            replicas=config.replicas,
-            cpus_per_replica=config.cpus_per_replica,
-            gpus_per_replica=gpus_per_replica(config.gpus_per_replica),
-        ),
-        columns,
+    resources = StageResources(
+        prepare_rows=config.batch_rows or DEFAULT_BATCH_ROWS[family],
+        embed_rows=config.batch_rows or DEFAULT_EMBED_ROWS[family],
+        replicas=config.replicas,
+        cpus_per_replica=config.cpus_per_replica,
+        gpus_per_replica=gpus_per_replica(config.gpus_per_replica),
     )
+    prepare = PrepareSettings(
+        model, config.max_length, config.instruction, config.truncate, config.storage_options
+    )
+    embed = EmbedSettings(
+        model,
+        dim,
+        config.device,
+        config.dtype,
+        config.max_length,
+        config.batch_tokens,
+        config.forward_mode,
+        config.compile,
+    )
+    stages = (
+        prepare_stage(prepare_user_batch, {"settings": prepare, "columns": columns}, resources),
+        embed_stage(UserEmbedWorker, {"settings": embed, "columns": columns}, resources),
+    )
+    return apply_stages(dataset, stages)
 
 
 def gpus_per_replica(requested: float | None, started_local: bool = False) -> float:

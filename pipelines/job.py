@@ -28,13 +28,14 @@ import ray
 from ray.data import DataContext, read_datasource
 
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
-from .dataset_stage import StageResources, embed_stages, gpus_per_replica
+from .dataset_stage import gpus_per_replica
 from .datasource import CorpusDatasource
 from .fragments import fragment_key, read_groups
 from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
 from .ledger import start_ledger
 from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest
+from .map_stages import MapStage, StageResources, apply_stages, embed_stage, prepare_stage
 from .noop import previous_id_column, read_settings
 from .readers import DEFAULT_ID_COLUMN, ReadSpec, has_column
 from .resume import (
@@ -47,7 +48,7 @@ from .resume import (
     scan_output,
 )
 from .sink import EmbeddingSink, SinkSettings, WriteTally
-from .stages import EmbedSettings, PrepareSettings
+from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
 from .storage import ATOMIC_PUT_FILESYSTEMS, Location, resolve
 
 logger = logging.getLogger(__name__)
@@ -314,35 +315,8 @@ def _execute(
             plan.inputs, spec, resume.done_ref, resume.read_config, resume.done_fragments
         )
     )
-    # The same stages as `embed_dataset` (see dataset_stage), on the job's own rows.
-    dataset = embed_stages(
-        dataset,
-        PrepareSettings(
-            plan.model,
-            config.max_length,
-            config.instruction,
-            config.truncate,
-            config.storage_options,
-        ),
-        EmbedSettings(
-            plan.model,
-            dim,
-            config.device,
-            config.dtype,
-            config.max_length,
-            config.batch_tokens,
-            config.forward_mode,
-            config.compile,
-            ledger_name,
-        ),
-        StageResources(
-            prepare_rows=plan.batch_rows,
-            embed_rows=plan.embed_rows,
-            replicas=config.replicas,
-            cpus_per_replica=config.cpus_per_replica,
-            gpus_per_replica=gpus,
-        ),
-    )
+    # The same stages as `embed_dataset` (see map_stages), on the job's own rows.
+    dataset = apply_stages(dataset, _embedding_stages(plan, gpus, ledger_name))
     metadata = schema_metadata(plan.model, dim, config.instruction, plan.normalized, plan.family)
     sink = EmbeddingSink(
         SinkSettings(
@@ -364,6 +338,35 @@ def _execute(
         if reported[key] is not None
     }
     return sink.tally, execute_seconds, timings
+
+
+def _embedding_stages(plan: JobPlan, gpus: float, ledger_name: str) -> tuple[MapStage, ...]:
+    config = plan.config
+    resources = StageResources(
+        prepare_rows=plan.batch_rows,
+        embed_rows=plan.embed_rows,
+        replicas=config.replicas,
+        cpus_per_replica=config.cpus_per_replica,
+        gpus_per_replica=gpus,
+    )
+    prepare = PrepareSettings(
+        plan.model, config.max_length, config.instruction, config.truncate, config.storage_options
+    )
+    embed = EmbedSettings(
+        plan.model,
+        plan.dim,
+        config.device,
+        config.dtype,
+        config.max_length,
+        config.batch_tokens,
+        config.forward_mode,
+        config.compile,
+        ledger_name,
+    )
+    return (
+        prepare_stage(prepare_batch, {"settings": prepare}, resources),
+        embed_stage(EmbedWorker, {"settings": embed}, resources),
+    )
 
 
 class _DropProgressDisabledNotice(logging.Filter):
