@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import assert_openai_error, start_serve_once
+from test_serve_support import api_client, assert_openai_error, deployed_app, start_serve_once
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
@@ -31,11 +31,8 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tiny_text_model_dir: Path, tmp_path_factory):
-    from ray import serve
-
     key_file = tmp_path_factory.mktemp("keys") / "api-keys"
     key_file.write_text(f"# test keys\n{KEY}\nsecond-key\n")
-    port = start_serve_once()
     common = {"model": str(tiny_text_model_dir), "max_length": MAX_LENGTH}
     config = ServeAppConfig.model_validate(
         {
@@ -66,17 +63,13 @@ def served(ray_cluster, tiny_text_model_dir: Path, tmp_path_factory):
             "ingress": {"cpus_per_replica": 0.1},
         }
     )
-    serve.run(build_application(config, cluster_gpus=0), name=APP, route_prefix=PREFIX)
-    base = f"http://127.0.0.1:{port}{PREFIX}"
-    yield base
-    serve.delete(APP)
+    with deployed_app(config, APP, PREFIX) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def http(served):
-    with httpx.Client(
-        base_url=served, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-    ) as client:
+    with api_client(served, KEY) as client:
         yield client
 
 

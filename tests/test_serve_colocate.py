@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from test_serve_support import assert_openai_error, start_serve_once
+from test_serve_support import assert_openai_error, deployed_app, start_serve_once
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
@@ -43,16 +43,12 @@ def _config(model_dir: Path, **model: object) -> ServeAppConfig:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tiny_text_model_dir: Path):
-    from ray import serve
-
-    port = start_serve_once()
     # One request runs, one token may wait: a flood meets the replica's own queue bound.
     config = _config(
         tiny_text_model_dir, batching={"max_batch_size": 1}, max_queued_tokens=1, retry_after_s=3
     )
-    serve.run(build_application(config, cluster_gpus=0), name=APP, route_prefix=PREFIX)
-    yield f"http://127.0.0.1:{port}{PREFIX}"
-    serve.delete(APP)
+    with deployed_app(config, APP, PREFIX) as base:
+        yield base
 
 
 def test_colocate_needs_exactly_one_model(tiny_text_model_dir: Path):

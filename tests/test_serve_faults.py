@@ -30,7 +30,12 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from test_serve_support import assert_embeddings_ok, assert_openai_error, start_serve_once
+from test_serve_support import (
+    assert_embeddings_ok,
+    assert_openai_error,
+    deployed_app,
+    start_serve_once,
+)
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
@@ -69,9 +74,6 @@ def served(ray_cluster, tiny_text_model_dir: Path):
     """`burst`: a small queue (4 ongoing + 8 queued) for the load test; `victim`: batches that
     wait 3 s, so requests are surely inside the replica when it is killed. The ingress is sized
     automatically (no max_ongoing_requests): the models' queues overflow before its own."""
-    from ray import serve
-
-    port = start_serve_once()
     config = ServeAppConfig.model_validate(
         {
             "models": [
@@ -96,9 +98,8 @@ def served(ray_cluster, tiny_text_model_dir: Path):
         }
     )
     assert config.ingress.max_ongoing_requests is None  # auto-sized
-    serve.run(build_application(config, cluster_gpus=0), name=APP, route_prefix=PREFIX)
-    yield f"http://127.0.0.1:{port}{PREFIX}"
-    serve.delete(APP)
+    with deployed_app(config, APP, PREFIX) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import assert_openai_error, start_serve_once
+from test_serve_support import assert_openai_error, deployed_app
 
-from deployments.app import build_application
 from deployments.config import BatchingConfig, ServeAppConfig
 from deployments.ingress import BATCH_REQUESTS_HEADER, TIMING_HEADER
 
@@ -25,9 +24,6 @@ STAGES = ("ingress-in", "model-call", "model", "prepare", "queue", "forward", "r
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tiny_text_model_dir: Path):
-    from ray import serve
-
-    port = start_serve_once()
     common = {"model": str(tiny_text_model_dir), "max_length": MAX_LENGTH}
     config = ServeAppConfig.model_validate(
         {
@@ -48,9 +44,8 @@ def served(ray_cluster, tiny_text_model_dir: Path):
             "ingress": {"cpus_per_replica": 0.1, "timing_header": True},
         }
     )
-    serve.run(build_application(config, cluster_gpus=0), name=APP, route_prefix=PREFIX)
-    yield f"http://127.0.0.1:{port}{PREFIX}"
-    serve.delete(APP)
+    with deployed_app(config, APP, PREFIX) as base:
+        yield base
 
 
 def _timings(response: httpx.Response) -> dict[str, float]:

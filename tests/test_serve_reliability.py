@@ -31,12 +31,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_serve_support import (
+    api_client,
     assert_openai_error,
+    deployed_app,
     png_bytes,
-    start_serve_once,
 )
 
-from deployments.app import build_application
 from deployments.config import ServeAppConfig
 from deployments.ingress import READY_CACHE_S
 
@@ -82,11 +82,8 @@ def print_figures():
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tiny_text_model_dir: Path, tmp_path_factory):
-    from ray import serve
-
     key_file = tmp_path_factory.mktemp("rel-keys") / "keys"
     key_file.write_text(f"{KEY}\n")
-    port = start_serve_once()
     config = ServeAppConfig.model_validate(
         {
             "models": [
@@ -103,16 +100,13 @@ def served(ray_cluster, tiny_text_model_dir: Path, tmp_path_factory):
             "ingress": {"cpus_per_replica": 0.05, "model_call_timeout_s": MODEL_CALL_TIMEOUT_S},
         }
     )
-    serve.run(build_application(config, cluster_gpus=0), name=APP, route_prefix=PREFIX)
-    yield f"http://127.0.0.1:{port}{PREFIX}"
-    serve.delete(APP)
+    with deployed_app(config, APP, PREFIX) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def http(served):
-    with httpx.Client(
-        base_url=served, headers={"Authorization": f"Bearer {KEY}"}, timeout=60
-    ) as client:
+    with api_client(served, KEY) as client:
         yield client
 
 
@@ -616,9 +610,6 @@ VL_HIDDEN = 128  # the tiny VL model's hidden size
 
 @pytest.fixture(scope="module")
 def served_vl(ray_cluster, tiny_vl_model_dir: Path):
-    from ray import serve
-
-    port = start_serve_once()
     config = ServeAppConfig.model_validate(
         {
             "models": [
@@ -636,10 +627,8 @@ def served_vl(ray_cluster, tiny_vl_model_dir: Path):
             "ingress": {"cpus_per_replica": 0.05, "model_call_timeout_s": MODEL_CALL_TIMEOUT_S},
         }
     )
-    serve.run(build_application(config, cluster_gpus=0), name=VL_APP, route_prefix=VL_PREFIX)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}{VL_PREFIX}", timeout=60) as client:
+    with deployed_app(config, VL_APP, VL_PREFIX) as base, api_client(base) as client:
         yield client
-    serve.delete(VL_APP)
 
 
 def data_uri(data: bytes, mime: str = "application/octet-stream") -> str:

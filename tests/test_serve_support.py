@@ -1,5 +1,5 @@
 """Helpers shared by the serving tests (no tests of its own): free ports, a socket that records
-connections, a tiny HTTP server with redirects, OpenAI error-shape checks. No Ray here."""
+connections, a tiny HTTP server with redirects, OpenAI error-shape checks, an app deployed on the session's Serve for a test module."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -157,6 +157,35 @@ def start_serve_once() -> int:
             time.sleep(0.2)
         _SERVE_PORT = port
     return _SERVE_PORT
+
+
+@contextlib.contextmanager
+def deployed_app(config: Any, app: str, route_prefix: str) -> Iterator[str]:
+    """`config` (a ServeAppConfig or its mapping) deployed as `app` on the session's Serve, the
+    base URL of its routes yielded; the app is deleted afterwards. Needs Ray initialised."""
+    from ray import serve
+
+    from deployments.app import build_application
+    from deployments.config import ServeAppConfig
+
+    port = start_serve_once()
+    if not isinstance(config, ServeAppConfig):
+        config = ServeAppConfig.model_validate(config)
+    serve.run(build_application(config, cluster_gpus=0), name=app, route_prefix=route_prefix)
+    try:
+        yield f"http://127.0.0.1:{port}{route_prefix}"
+    finally:
+        serve.delete(app)
+
+
+@contextlib.contextmanager
+def api_client(base_url: str, key: str | None = None, timeout: float = 60) -> Iterator[Any]:
+    """An httpx client of `base_url`, sending `key` as the bearer token when given."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=timeout) as client:
+        yield client
 
 
 def assert_embeddings_ok(response: Any, count: int, dim: int) -> list[list[float]]:

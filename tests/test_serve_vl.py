@@ -13,12 +13,12 @@ import pytest
 from test_serve_support import (
     ConnectionRecorder,
     MediaServer,
+    api_client,
     assert_openai_error,
+    deployed_app,
     png_bytes,
-    start_serve_once,
 )
 
-from deployments.app import build_application
 from deployments.config import ServeAppConfig
 
 pytestmark = pytest.mark.requires_vl
@@ -56,9 +56,6 @@ def media(recorder):
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tiny_vl_model_dir: Path):
-    from ray import serve
-
-    port = start_serve_once()
     config = ServeAppConfig.model_validate(
         {
             "models": [
@@ -80,10 +77,8 @@ def served(ray_cluster, tiny_vl_model_dir: Path):
             "ingress": {"cpus_per_replica": 0.1},
         }
     )
-    serve.run(build_application(config, cluster_gpus=0), name=APP, route_prefix=PREFIX)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}{PREFIX}", timeout=120) as client:
+    with deployed_app(config, APP, PREFIX) as base, api_client(base, timeout=120) as client:
         yield client
-    serve.delete(APP)
 
 
 def _embed(client: httpx.Client, items, **extra) -> httpx.Response:
