@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             result=result,
             progress=lambda: _write(args.out_dir, name, results),
             # Not in the smoke: graph capture alone takes ~a minute on a shared 2-core CI
-            # machine (tests/test_core_packed.py proves the compiled path's vectors).
+            # machine (tests/core/test_core_packed.py proves the compiled path's vectors).
             compile=not (args.no_compile or args.smoke),
         )
         if device.type == "cuda":

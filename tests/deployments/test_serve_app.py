@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import api_client, assert_openai_error, deployed_app, start_serve_once
+from serve_support import api_client, assert_openai_error, deployed_app, start_serve_once
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
@@ -696,7 +696,7 @@ def test_readme_generic_client_blocks_run_as_written(served, tiny_text_embedder)
     matter (the query prompt sent as text through it is not the query vector)."""
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = [
         block
         for block in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)

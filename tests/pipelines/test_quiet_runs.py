@@ -25,7 +25,7 @@ from pipelines.stages import PREPARED_SCHEMA, _failed_rows
 from pipelines.storage import resolve
 from qwen3_embed.stderr_filter import forward, is_benign
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Copied from a real run of `qwen3-embed embed` on Ray 2.60 (ray-project/ray#57733).
 BENIGN = (
     b"[2026-12-03 06:47:26,888 E 6784 6784] core_worker.cc:2465: Actor with class name: "

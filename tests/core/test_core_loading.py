@@ -16,7 +16,7 @@ import torch
 from qwen3_embed import SEED_MODELS, Embedder, UnsupportedModelError
 from qwen3_embed.registry import lookup
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_importing_the_core_does_not_load_ray():

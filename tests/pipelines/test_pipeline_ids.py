@@ -17,7 +17,7 @@ import tomllib
 
 from pipelines import JobConfig, plan_job, run_embedding_job
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def plan_ids(model: Path, source: Path, out: Path, **fields) -> tuple[str | None, str]:

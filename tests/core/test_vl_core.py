@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from media_support import write_mp4
 from PIL import Image
 
 pytest.importorskip("torchvision")
@@ -191,17 +192,6 @@ def reference(tiny_vl_model_dir):
 
 
 # --------------------------------------------------------------------------- test media
-def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """(T, H, W, 3) uint8 -> an mp4 file."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for array in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
-        container.mux(stream.encode())
-
-
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims `width` x `height` pixels in a few dozen bytes (a decompression bomb)."""
 

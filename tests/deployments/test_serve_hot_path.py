@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import assert_openai_error, deployed_app
+from serve_support import assert_openai_error, deployed_app
 
 from deployments.config import BatchingConfig, ServeAppConfig
 from deployments.ingress import BATCH_REQUESTS_HEADER, TIMING_HEADER

@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import (
-    ConnectionRecorder,
+from serve_support import (
     MediaServer,
     api_client,
     assert_openai_error,
@@ -30,13 +29,6 @@ TOL = 1e-5
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-@pytest.fixture(scope="module")
-def recorder():
-    rec = ConnectionRecorder("127.0.0.1")
-    yield rec
-    rec.close()
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +105,7 @@ def test_text_and_image_items_match_the_core(served, media, tiny_vl_embedder):
 def test_multi_media_items_match_the_core(served, media, tiny_vl_embedder, tmp_path):
     """Lists of images, texts, frames and videos, and per-item fps / max_frames, through HTTP:
     the same vectors as the core on the same bytes (a batch mixing them with single items)."""
-    from test_vl_core import write_mp4
+    from media_support import write_mp4
 
     rng = np.random.default_rng(1)
     ramp = np.linspace(0, 255, 64, dtype=np.float32)

@@ -26,7 +26,7 @@ import yaml
 from deployments.config import ModelConfig, ServeAppConfig
 from pipelines.config import JobConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "cluster_configs"
 LAUNCHERS = ("aws.yaml", "gcp.yaml")
 SERVE_FILES = ("serve/text.yaml", "serve/vl.yaml", "serve/text-and-vl.yaml")
@@ -491,7 +491,7 @@ def test_serve_and_job_gpu_requests_fit_the_launcher_node_types(launcher: str):
 def test_serve_config_serves_on_local_ray(ray_cluster, tiny_text_model_dir, tmp_path):
     import httpx
     from ray import serve
-    from test_serve_support import assert_embeddings_ok, start_serve_once
+    from serve_support import assert_embeddings_ok, start_serve_once
 
     from deployments.app import build_app
 

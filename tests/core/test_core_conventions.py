@@ -29,7 +29,7 @@ DOCUMENTS = ["The capital of China is Beijing.", "Gravity is a force between two
 SHIPPED_QUERY_PROMPT = (
     "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
 )
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------ named prompts

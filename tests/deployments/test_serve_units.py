@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
-from test_serve_support import ConnectionRecorder, MediaServer, png_bytes, slow_route
+from serve_support import MediaServer, png_bytes, slow_route
 
 from deployments.config import AuthConfig, MediaPolicy, ModelConfig, RequestLimits, ServeAppConfig
 from deployments.errors import ApiError, validation_error
@@ -24,7 +24,7 @@ from deployments.media_fetch import FetchRefused, SafeMediaFetcher, forbidden_re
 from deployments.schemas import EmbeddingRequest, embeddings_response
 from deployments.security import ApiKeyChecker, read_api_keys
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(coro):
@@ -120,13 +120,6 @@ def test_host_allow_list_patterns():
     assert not host_allowed("media.example.com.evil.net", patterns)
     assert host_allowed("10.0.0.5", patterns)
     assert host_allowed("anything.net", ("*",))
-
-
-@pytest.fixture
-def recorder():
-    rec = ConnectionRecorder("127.0.0.1")
-    yield rec
-    rec.close()
 
 
 @pytest.fixture

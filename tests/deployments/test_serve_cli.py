@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import assert_openai_error, free_port
+from serve_support import assert_openai_error, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY_VAR = "QWEN3_EMBED_TEST_CLI_KEYS"
 KEY = "cli-key-abc"
 

@@ -30,10 +30,13 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from test_serve_support import (
+from serve_support import (
+    actor_pid,
     assert_embeddings_ok,
     assert_openai_error,
     deployed_app,
+    proxy_pids,
+    replicas,
     start_serve_once,
 )
 
@@ -150,34 +153,6 @@ async def burst(
         await asyncio.gather(*(client(http) for _ in range(clients)))
     assert all(answer is not None for answer in answers)
     return answers  # type: ignore[return-value]
-
-
-def replicas(app: str) -> dict[str, list[dict[str, Any]]]:
-    """Deployment -> its running replicas (actor_name, pid, ...) from the Serve controller."""
-    import ray
-    from ray.serve.context import _get_global_client
-
-    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
-    return {
-        name: [r for r in deployment["replicas"] if str(r["state"]).endswith("RUNNING")]
-        for name, deployment in details["applications"][app]["deployments"].items()
-    }
-
-
-def actor_pid(actor_name: str) -> int:
-    """The pid of a Serve actor (replica, proxy), asked of the actor itself."""
-    import ray
-
-    actor = ray.get_actor(actor_name, namespace="serve")
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-
-
-def proxy_pids() -> list[int]:
-    import ray
-    from ray.serve.context import _get_global_client
-
-    details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
-    return [actor_pid(proxy["actor_name"]) for proxy in details["proxies"].values()]
 
 
 def rss_mib(pids: dict[str, int]) -> dict[str, float]:

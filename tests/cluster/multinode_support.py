@@ -1,4 +1,4 @@
-"""Helpers for tests/test_multinode.py (no tests of its own): a multi-node Ray cluster on this
+"""Helpers for tests/cluster/test_multinode.py (no tests of its own): a multi-node Ray cluster on this
 machine built with Ray's own `ray.cluster_utils.Cluster`, and a Ray driver in a process of
 its own that the tests ask questions of (where replicas run, Serve's state).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_serve_support import free_port
+from serve_support import free_port
 
 WORKER_CPUS = 2  # logical CPUs per worker node (2 cores are shared by the whole machine)
 OBJECT_STORE_BYTES = 100 * 1024**2

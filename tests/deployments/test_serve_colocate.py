@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from test_serve_support import assert_openai_error, deployed_app, start_serve_once
+from serve_support import assert_openai_error, deployed_app, start_serve_once
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
@@ -130,7 +130,7 @@ def test_colocated_replica_killed_with_requests_in_flight(
 
     import ray
     from ray import serve
-    from test_serve_faults import actor_pid, replicas
+    from serve_support import actor_pid, replicas
 
     port = start_serve_once()
     app = "serve-colocate-kill"

@@ -378,7 +378,7 @@ def test_killed_replica_job_completes_exactly_once(ray_cluster, tiny_text_model_
         [sys.executable, str(script), str(corpus), str(output), str(marks)]
         + [str(tiny_text_model_dir), victim],
         env={**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address},
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=300,
@@ -502,7 +502,7 @@ def test_workers_raising_or_dying_on_a_block(ray_cluster, tiny_text_model_dir, t
             str(tiny_text_model_dir),
         ],
         env={**os.environ, "RAY_ADDRESS": address},
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=300,

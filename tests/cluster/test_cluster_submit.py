@@ -28,11 +28,11 @@ import httpx
 import pyarrow.dataset as pads
 import pytest
 import yaml
-from test_serve_support import free_port
+from serve_support import free_port
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
