@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qwen3_embed.backend import PreparedInput
+from qwen3_embed.contracts import PreparedInput
 from qwen3_embed.model_info import ModelInfo
 from qwen3_embed.oom import TokenBudget
 from qwen3_embed.pooling import truncate_and_normalize
 from qwen3_embed.runner import run_forwards
-from qwen3_embed.text_backend import TextBackend
+from qwen3_embed.text.backend import TextBackend
 
 from .core_vs_st import CPU_SHAPE, QUICK_SHAPE, Shape
 from .machine import describe, gemm_flops_per_second, synchronize

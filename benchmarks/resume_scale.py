@@ -71,7 +71,7 @@ def plan_fragments(rows: int, fragment_rows: int, in_flight: int) -> dict[str, A
 
 
 def fragment_files(count: int, fragment_rows: int) -> list[Any]:
-    from pipelines.inputs import InputFile
+    from pipelines.discovery import InputFile
 
     return [
         InputFile(

@@ -27,8 +27,8 @@ DIMS = (1024, 2560, 4096)  # Qwen3-Embedding 0.6B / 4B / 8B full widths
 
 
 def measure(texts: list[str], model_dir: Path, folder: Path) -> dict[str, Any]:
+    from pipelines.discovery import discover
     from pipelines.fragments import tag_rows
-    from pipelines.inputs import discover
     from pipelines.readers import ReadSpec, read_file
     from pipelines.stages import PrepareSettings, embedded_schema, prepare_batch
 

@@ -14,8 +14,8 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from .discovery import InputFile, InputSet
 from .fragments import PROVENANCE_FIELDS, fragment_key, read_groups, tag_rows
-from .inputs import InputFile, InputSet
 from .readers import READ_SCHEMA, ReadSpec, read_file, read_image_files
 from .resume import DoneSet, mark_skipped
 

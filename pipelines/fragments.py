@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .inputs import InputFile, InputSet
+from .discovery import InputFile, InputSet
 from .readers import CODE_UNREADABLE_FILE
 
 FRAGMENT_COLUMN = "fragment"

@@ -30,8 +30,8 @@ from ray.data import DataContext, read_datasource
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
 from .dataset_stage import gpus_per_replica
 from .datasource import CorpusDatasource
+from .discovery import InputSet, discover
 from .fragments import fragment_key, read_groups
-from .inputs import InputSet, discover
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
 from .ledger import start_ledger
 from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .config import JobConfig
-from .inputs import discover
+from .discovery import discover
 from .manifest import JobResult, nothing_to_do_manifest, write_manifest
 from .resume import check_output, input_fingerprint, nothing_to_do, read_manifest
 from .storage import resolve

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .inputs import COMPRESSION_SUFFIXES, InputFile
+from .discovery import COMPRESSION_SUFFIXES, InputFile
 
 logger = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ from .errors import (
 from .registry import SEED_MODELS, ModelSpec
 
 if TYPE_CHECKING:
-    from .backend import PreparedInput
+    from .contracts import PreparedInput
     from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, EmbeddingOutput
     from .preparer import Preparer
     from .vl.media import MediaOptions
 
 # name -> module that defines it, imported on first use (PEP 562)
 _LAZY = {
-    "PreparedInput": ".backend",
+    "PreparedInput": ".contracts",
     "DEFAULT_MAX_BATCH_TOKENS": ".embedder",
     "Embedder": ".embedder",
     "EmbeddingOutput": ".embedder",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .backend import Backend, InputPreparer, PreparedInput, PrepareResult
+from .contracts import Backend, InputPreparer, PreparedInput, PrepareResult
 from .device import resolve_attention, resolve_device, resolve_dtype
 from .errors import InputTooLargeForDeviceError
 from .model_info import ModelInfo, read_model_info
@@ -383,6 +383,6 @@ def _load_backend(
         from .vl.backend import VLBackend  # imported lazily: needs the [vl] extra
 
         return VLBackend(model_dir, preparer, device, dtype, attn)
-    from .text_backend import TextBackend
+    from .text.backend import TextBackend
 
     return TextBackend(model_dir, preparer, device, dtype, attn, forward_mode)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backend import InputPreparer, PreparedInput, PrepareResult
+from .contracts import InputPreparer, PreparedInput, PrepareResult
 from .errors import DimensionError, InputError
 from .model_info import ModelInfo, read_model_info
 from .prompts import check_instruction, resolve_prompt
@@ -159,6 +159,6 @@ def _load_input_preparer(
         from .vl.preparer import VLPreparer  # imported lazily: needs the [vl] extra
 
         return VLPreparer(model_dir, info, media_options)
-    from .text_backend import TextPreparer
+    from .text.backend import TextPreparer
 
     return TextPreparer(model_dir, info)

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .backend import Backend, PreparedInput
 from .batching import plan_batches, plan_packed_batches
+from .contracts import Backend, PreparedInput
 from .errors import InputTooLargeForDeviceError
 from .oom import TokenBudget, is_out_of_memory, release_device_memory
 

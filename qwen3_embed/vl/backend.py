@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..backend import Backend, PreparedInput
+from ..contracts import Backend, PreparedInput
 from .pixels import IMAGE_KEYS, VIDEO_KEYS, media_tensors
 from .preparer import VLPreparer
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..backend import InputPreparer, PreparedInput, PrepareResult
+from ..contracts import InputPreparer, PreparedInput, PrepareResult
 from ..errors import InputError, InputTooLongError
 from ..model_info import ModelInfo
 from .extra import require_vl_extra

@@ -10,8 +10,8 @@ from qwen3_embed import Embedder, InputTooLargeForDeviceError
 from qwen3_embed.batching import plan_packed_batches
 from qwen3_embed.embedder import resolve_forward_mode
 from qwen3_embed.oom import RECOVERY_AFTER, TokenBudget, is_out_of_memory
-from qwen3_embed.packed_attention import KERNEL_PER_SEQUENCE, packed_kernel
-from qwen3_embed.packing import PackedBatch, pack_batch
+from qwen3_embed.text.packed_attention import KERNEL_PER_SEQUENCE, packed_kernel
+from qwen3_embed.text.packing import PackedBatch, pack_batch
 
 ATOL = 1e-5
 TEXTS = [
@@ -144,7 +144,7 @@ def test_packed_planner_fills_the_budget_with_real_tokens():
 def test_compiled_forward_equals_eager(tiny_text_model_dir, padded, monkeypatch, mode):
     # Graph capture with the "eager" compile backend proves the wiring (dynamic shapes, packed
     # kwargs through dynamo) in seconds; inductor's code generation is exercised by benchmarks.
-    monkeypatch.setattr("qwen3_embed.text_backend.COMPILE_BACKEND", "eager")
+    monkeypatch.setattr("qwen3_embed.text.backend.COMPILE_BACKEND", "eager")
     compiled = Embedder.from_pretrained(
         tiny_text_model_dir, device="cpu", forward_mode=mode, compile=True
     )
@@ -259,7 +259,7 @@ def test_is_out_of_memory():
 def test_varlen_call_adapts_to_the_installed_torch(monkeypatch, new_signature):
     # torch's varlen_attn is CUDA-only; a stand-in with each release's signature (2.10:
     # is_causal; 2.11+: window_size) checks the adapter's arguments and GQA expansion on CPU.
-    from qwen3_embed import packed_attention
+    from qwen3_embed.text import packed_attention
 
     calls: list[dict] = []
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qwen3_embed import Embedder
-from qwen3_embed.packing import PackedBatch
+from qwen3_embed.text.packing import PackedBatch
 
 TEXTS = ["a short document", "x " * 30, "another one, a little longer than the first"]
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import JobConfig, run_embedding_job
-from pipelines.inputs import discover
+from pipelines.discovery import discover
 from pipelines.ledger import CODE_REPLICA_CRASHED, REPLICA_CRASHES_PER_BATCH
 from pipelines.readers import READ_ATTEMPTS, ReadSpec, read_file
 from pipelines.stages import (

@@ -15,6 +15,7 @@ import pytest
 
 from pipelines import resume as resume_module
 from pipelines.datasource import CorpusDatasource
+from pipelines.discovery import discover
 from pipelines.fragments import (
     FRAGMENT_COLUMN,
     FRAGMENT_ROWS_COLUMN,
@@ -24,7 +25,6 @@ from pipelines.fragments import (
     read_groups,
     tag_rows,
 )
-from pipelines.inputs import discover
 from pipelines.readers import READ_SCHEMA, STATUS_SKIPPED, ReadSpec, read_file
 from pipelines.resume import DoneSet, mark_skipped, scan_for_resume, scan_output
 from pipelines.sink import EmbeddingSink, SinkSettings

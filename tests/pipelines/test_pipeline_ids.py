@@ -49,7 +49,7 @@ def test_id_column_defaults_to_id_when_the_input_has_one(tiny_text_model_dir, tm
 
 
 def test_a_resumed_output_keeps_its_ids(tiny_text_model_dir, tmp_path):
-    from pipelines.inputs import discover
+    from pipelines.discovery import discover
     from pipelines.job import _choose_ids
 
     (tmp_path / "docs.jsonl").write_text('{"id": "a", "text": "one"}\n')

@@ -18,7 +18,7 @@ import pytest
 
 from pipelines.cli import add_arguments, config_from_args
 from pipelines.config import JobConfig
-from pipelines.inputs import discover
+from pipelines.discovery import discover
 from pipelines.layout import ERRORS_SCHEMA, output_schema, part_name
 from pipelines.readers import READ_SCHEMA, ReadSpec, read_file
 from pipelines.resume import (

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.inputs import discover
+from pipelines.discovery import discover
 from pipelines.layout import ERRORS_SCHEMA, part_name
 from pipelines.ledger import CODE_REPLICA_CRASHED, REPLICA_CRASHES_PER_BATCH, CrashGuard, Ledger
 from pipelines.manifest import format_summary, nothing_to_do_manifest

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from .backend import Backend, InputPreparer, PreparedInput, PrepareResult
-from .errors import InputError, InputTooLongError
-from .model_info import ModelInfo
+from ..contracts import Backend, InputPreparer, PreparedInput, PrepareResult
+from ..errors import InputError, InputTooLongError
+from ..model_info import ModelInfo
+from ..pooling import pool
+from ..prompts import check_instruction, check_text, format_text_query
 from .packed_attention import install_packed_attention, packed_kernel
 from .packing import PackedBatch, PaddedBatch, pack_batch, pad_batch
-from .pooling import pool
-from .prompts import check_instruction, check_text, format_text_query
 
 QWEN_EOS_TOKEN = "<|endoftext|>"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backend import PreparedInput
+from ..contracts import PreparedInput
 
 
 def _maybe_pin(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
