@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -51,8 +53,10 @@ class QueueLimits:
             raise ValueError(f"invalid queue limits {self}")
 
 
-class QueueFull(Exception):
+class QueueFull(Qwen3EmbedError):
     """The queue holds as many requests or tokens as it may; the caller should retry later."""
+
+    code = "queue_full"
 
 
 @dataclass(frozen=True)

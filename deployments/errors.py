@@ -2,8 +2,9 @@
 
 Every failure the API answers goes through `ApiError`, so status, type and code stay consistent;
 `install_error_handlers` makes FastAPI's own failures (schema validation, unknown routes,
-unexpected exceptions) use the same shape. This module (like everything the ingress imports)
-stays free of `qwen3_embed`, whose import loads torch: the ingress replica never needs it.
+unexpected exceptions) use the same shape. `ApiError` is a `qwen3_embed.errors.Qwen3EmbedError`;
+of the core, this module (like everything the ingress imports) uses only that torch-free module:
+the ingress replica never loads torch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from qwen3_embed.errors import Qwen3EmbedError
 
 logger = logging.getLogger("ray.serve")
 
@@ -34,7 +37,7 @@ _ERROR_TYPES = {
 }
 
 
-class ApiError(Exception):
+class ApiError(Qwen3EmbedError):
     """An HTTP error answered in OpenAI's shape."""
 
     def __init__(

@@ -25,6 +25,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 from .bounded_read import read_bounded
 from .config import MediaPolicy
 
@@ -36,7 +38,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
-class FetchRefused(Exception):
+class FetchRefused(Qwen3EmbedError):
     """A media URL refused by the policy, or a fetch that failed. `status` is the HTTP answer."""
 
     def __init__(self, message: str, code: str, status: int = 400):

@@ -168,7 +168,7 @@ class ModelServer:
         try:
             dim = self.embedder.validate_dim(job.dimensions)
         except DimensionError as error:
-            return EmbedFailure(400, str(error), "invalid_dimensions", "dimensions")
+            return EmbedFailure.from_error(error, "dimensions")
         loop = asyncio.get_running_loop()
         try:
             prepared = await loop.run_in_executor(
@@ -180,7 +180,7 @@ class ModelServer:
                 job.max_tokens,
             )
         except InputError as error:
-            return EmbedFailure.from_input_error(error)
+            return EmbedFailure.from_error(error)
         pending = _Pending(tuple(prepared), dim, time.monotonic())
         prepare_s = pending.enqueued_at - arrived
         if pending.num_tokens > self.limits.max_tokens_per_request:
@@ -230,7 +230,7 @@ class ModelServer:
                 _NO_TOKEN_LIMIT,
             )
         except InputError as error:
-            return EmbedFailure.from_input_error(error)
+            return EmbedFailure.from_error(error)
         return TokenizeReply(tuple(prepared[0].input_ids), self.embedder.max_length)
 
     async def _run_batch(self, batch: list[_Pending]) -> list[_Done]:
@@ -278,7 +278,7 @@ class ModelServer:
             offset += count
             if failed:
                 error = output.failures[failed[0]].at(failed[0] - (offset - count))
-                vectors.append(EmbedFailure(413, str(error), error.code, "input"))
+                vectors.append(EmbedFailure.from_error(error))
                 continue
             if shared_dim is None and pending.dim != rows.shape[1]:
                 rows = truncate_and_normalize(rows, pending.dim, self.embedder.info.normalize)

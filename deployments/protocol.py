@@ -56,16 +56,12 @@ class EmbedFailure:
     retry_after_s: float | None = None  # set for 429 (the model's queue is full)
 
     @classmethod
-    def from_input_error(cls, error: Any) -> EmbedFailure:
-        """A core `InputError` -> 400. One over the token limit (`InputTooLongError`) gets
-        OpenAI's code for it, `context_length_exceeded` (it was a 413 `input_too_long`: the
-        `openai` SDK raised a bare `APIStatusError` rather than `BadRequestError`)."""
-        from qwen3_embed.errors import InputTooLongError  # torch-free
+    def from_error(cls, error: Any, param: str | None = "input") -> EmbedFailure:
+        """A core error -> the API's answer for its code (`qwen3_embed.errors.API_ANSWERS`)."""
+        from qwen3_embed.errors import api_answer  # torch-free
 
-        code = getattr(error, "code", "invalid_input")
-        if isinstance(error, InputTooLongError):
-            code = "context_length_exceeded"
-        return cls(400, str(error), code, "input")
+        answer = api_answer(error)
+        return cls(answer.status, str(error), answer.code, param)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ import urllib.error
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 logger = logging.getLogger(__name__)
 
 FETCH_ATTEMPTS = 4
@@ -33,8 +35,10 @@ CODE_MEDIA_UNAVAILABLE = "media_unavailable"  # transient failures, every attemp
 RETRIABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class FetchFailed(Exception):
+class FetchFailed(Qwen3EmbedError):
     """A reference could not be fetched. `transient` says whether retrying later may help."""
+
+    code = "media_fetch_failed"
 
     def __init__(self, message: str, transient: bool):
         super().__init__(message)

@@ -28,6 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 from .fragments import (
     FRAGMENT_COLUMN,
     FRAGMENT_ROWS_COLUMN,
@@ -250,8 +252,10 @@ def nothing_to_do(previous: dict | None, inputs: str | None, output: Location) -
 
 
 # ----------------------------------------------------------------------- output identity
-class OutputMismatchError(ValueError):
+class OutputMismatchError(Qwen3EmbedError, ValueError):
     """OUTPUT already holds something this job must not add to."""
+
+    code = "output_mismatch"
 
 
 def read_manifest(output: Location) -> dict | None:

@@ -23,14 +23,18 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 from .fragments import PROVENANCE_KEY, provenance
 from .layout import ERRORS_DIR, ERRORS_SCHEMA, MANIFEST_FILE, output_schema, part_name
 from .readers import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from .storage import read_bytes, resolve, write_atomically
 
 
-class StaleWriterError(RuntimeError):
+class StaleWriterError(Qwen3EmbedError, RuntimeError):
     """A newer run of the job owns OUTPUT now."""
+
+    code = "stale_writer"
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 from .ledger import CrashGuard
 from .media_fetch import CODE_MEDIA_UNAVAILABLE, FetchFailed, fetch_reference
 from .readers import CODE_READ_ERROR, READ_SCHEMA, STATUS_ERROR, STATUS_OK
@@ -95,9 +97,11 @@ class EmbedSettings:
 
 
 # ------------------------------------------------------------------------------- guard
-class StageBroken(RuntimeError):
+class StageBroken(Qwen3EmbedError, RuntimeError):
     """Every item of a batch failed alone: the stage (say, a replica's device) is broken, not the
     items. Raised, never written off as error rows."""
+
+    code = "stage_broken"
 
 
 def run_guarded(

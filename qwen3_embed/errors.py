@@ -1,10 +1,29 @@
-"""Typed errors of the core. Every one is a ValueError, so callers that only know the standard
-library still catch them; the serving and batch layers map them to status codes and error rows."""
+"""The project's one error vocabulary.
+
+`Qwen3EmbedError` is the base of every error this project raises on purpose, in the core and in
+both layers (`deployments.errors.ApiError`, `deployments.media_fetch.FetchRefused`,
+`pipelines.stages.StageBroken`, `pipelines.sink.StaleWriterError`,
+`pipelines.resume.OutputMismatchError`); each has a stable `code`. Each also keeps the standard
+library base it always had (ValueError, ImportError, RuntimeError), so callers that only know
+those still catch it.
+
+A core error's `code` is what a batch job writes in its `_errors` rows; `API_ANSWERS` is the one
+table of how the HTTP API answers it (status and OpenAI-style code), so neither layer compares
+code strings or spells statuses of its own for them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-class InputError(ValueError):
+
+class Qwen3EmbedError(Exception):
+    """Base of the project's errors; `code` names the rule that was broken, stably."""
+
+    code: str = "error"
+
+
+class InputError(Qwen3EmbedError, ValueError):
     """One input item breaks a rule. `index` is its position in the call (None when unknown)."""
 
     def __init__(self, reason: str, index: int | None = None, code: str = "invalid_input"):
@@ -40,13 +59,42 @@ class InputTooLargeForDeviceError(InputError):
         return InputTooLargeForDeviceError(self.reason, index)
 
 
-class DimensionError(ValueError):
+class DimensionError(Qwen3EmbedError, ValueError):
     """A requested output dimension is outside the model's MRL range."""
 
+    code = "invalid_dimensions"
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(Qwen3EmbedError, ValueError):
     """The checkpoint's model_type is not one this project embeds with."""
 
+    code = "unsupported_model"
 
-class MissingExtraError(ImportError):
+
+class MissingExtraError(Qwen3EmbedError, ImportError):
     """An optional dependency group is needed for what was asked."""
+
+    code = "missing_extra"
+
+
+@dataclass(frozen=True)
+class ApiAnswer:
+    """How the HTTP API answers an error: its status and the `error.code` of the body."""
+
+    status: int
+    code: str
+
+
+# Core error code -> the API's answer. Over-long inputs get OpenAI's own code (clients built on
+# its SDK raise BadRequestError for a 400); an input that does not fit the device even alone is
+# a 413, as a too-large body is. A code not listed is a 400 under its own name.
+API_ANSWERS: dict[str, ApiAnswer] = {
+    "invalid_input": ApiAnswer(400, "invalid_input"),
+    "input_too_long": ApiAnswer(400, "context_length_exceeded"),
+    "input_too_large_for_device": ApiAnswer(413, "input_too_large_for_device"),
+    "invalid_dimensions": ApiAnswer(400, "invalid_dimensions"),
+}
+
+
+def api_answer(error: Qwen3EmbedError) -> ApiAnswer:
+    return API_ANSWERS.get(error.code, ApiAnswer(400, error.code))
