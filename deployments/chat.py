@@ -222,6 +222,20 @@ def chat_form(raw: Any, messages: list[Any] | None, input_name: str = "input") -
     return messages_to_item(messages)
 
 
+def request_chat_form(request: Any, raw: Any, input_name: str = "input") -> ChatItem | None:
+    """`chat_form` of a parsed request (embeddings or tokenize) with the checks every route
+    makes of it: one instruction only, and vLLM's prompt-building fields."""
+    chat = chat_form(raw, request.messages, input_name)
+    check_instructions(chat, request.instruction)
+    check_prompt_fields(
+        chat is not None,
+        request.add_special_tokens,
+        request.add_generation_prompt,
+        request.continue_final_message,
+    )
+    return chat
+
+
 def check_instructions(chat: ChatItem | None, instruction: str | None) -> None:
     """A system message and the `instruction` field are the same thing: one of them only."""
     if chat is not None and instruction is not None and "instruction" in chat.item:

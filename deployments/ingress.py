@@ -24,13 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from .bounded_read import read_bounded
-from .chat import (
-    ChatItem,
-    chat_form,
-    check_instructions,
-    check_prompt_fields,
-    resolve_truncation,
-)
+from .chat import ChatItem, request_chat_form, resolve_truncation
 from .config import ServeAppConfig
 from .errors import ApiError, install_error_handlers, validation_error
 from .inputs import find_media, load_media, split_input
@@ -166,22 +160,12 @@ class EmbeddingsIngress:
             parsed = parse_request(body)
             name, model = self._route(parsed.model)
             label = name
-            chat = chat_form(parsed.input, parsed.messages)
-            check_instructions(chat, parsed.instruction)
-            check_prompt_fields(
-                chat is not None,
-                parsed.add_special_tokens,
-                parsed.add_generation_prompt,
-                parsed.continue_final_message,
-            )
+            chat = request_chat_form(parsed, parsed.input)
             raw = [chat.item] if chat is not None else parsed.input
-            items = split_input(raw, parsed.instruction, self.config.limits)
-            description = await self._describe(name, model)
+            items, description = await self._items(raw, parsed.instruction, name, model)
             truncate, max_tokens = resolve_truncation(
                 parsed.truncate, parsed.truncate_prompt_tokens, description.max_length
             )
-            slots = find_media(items, description.family, name, self.config.media)
-            items = await load_media(items, slots, self.config.media, self._fetcher)
             job = EmbedJob(
                 tuple(items), parsed.instruction, parsed.dimensions, truncate, max_tokens
             )
@@ -242,19 +226,9 @@ class EmbeddingsIngress:
             body = await read_body(request, self.config.limits.max_request_bytes)
             parsed = parse_request(body, TokenizeRequest)
             name, model = self._route(parsed.model)
-            chat = chat_form(parsed.prompt, parsed.messages, input_name="prompt")
-            check_instructions(chat, parsed.instruction)
-            check_prompt_fields(
-                chat is not None,
-                parsed.add_special_tokens,
-                parsed.add_generation_prompt,
-                parsed.continue_final_message,
-            )
+            chat = request_chat_form(parsed, parsed.prompt, input_name="prompt")
             raw = [chat.item] if chat is not None else [parsed.prompt]
-            items = split_input(raw, parsed.instruction, self.config.limits)
-            description = await self._describe(name, model)
-            slots = find_media(items, description.family, name, self.config.media)
-            items = await load_media(items, slots, self.config.media, self._fetcher)
+            items, _ = await self._items(raw, parsed.instruction, name, model)
             reply = await model.tokenize(EmbedJob(tuple(items), parsed.instruction, None, False))
             if isinstance(reply, EmbedFailure):
                 raise failure_error(reply)
@@ -356,6 +330,16 @@ class EmbeddingsIngress:
                 param="model",
             )
         return requested, model
+
+    async def _items(
+        self, raw: Any, instruction: str | None, name: str, model: ModelCaller
+    ) -> tuple[list[Any], ModelDescription]:
+        """A request's input as checked items with their media loaded (under the media policy),
+        and the model's description."""
+        items = split_input(raw, instruction, self.config.limits)
+        description = await self._describe(name, model)
+        slots = find_media(items, description.family, name, self.config.media)
+        return await load_media(items, slots, self.config.media, self._fetcher), description
 
     async def _describe(
         self, name: str, model: ModelCaller, cached: bool = True

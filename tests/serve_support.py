@@ -189,6 +189,23 @@ def api_client(base_url: str, key: str | None = None, timeout: float = 60) -> It
         yield client
 
 
+def post_concurrently(
+    base_url: str, bodies: list[Any], key: str | None = None, path: str = "/v1/embeddings"
+) -> list[Any]:
+    """POST every body at once (one asyncio client), the responses in the bodies' order."""
+    import asyncio
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def post_all() -> list[Any]:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120) as client:
+            return await asyncio.gather(*(client.post(path, json=body) for body in bodies))
+
+    return asyncio.run(post_all())
+
+
 def assert_embeddings_ok(response: Any, count: int, dim: int) -> list[list[float]]:
     """`response` (httpx) is a 200 embeddings answer with `count` rows of `dim` floats (float
     encoding) in order; returns the rows."""

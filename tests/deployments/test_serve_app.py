@@ -8,7 +8,6 @@ tests) and `tiny-narrow` (one request at a time, a queue of one: the 429 test). 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from pathlib import Path
@@ -16,7 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_support import api_client, assert_openai_error, deployed_app, start_serve_once
+from serve_support import (
+    api_client,
+    assert_openai_error,
+    deployed_app,
+    post_concurrently,
+    start_serve_once,
+)
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
@@ -195,17 +200,9 @@ def test_truncate_extension_and_context_length_exceeded(http, truncating_embedde
 def test_64_concurrent_requests_are_correct_in_order_and_batched(served, tiny_text_embedder):
     texts = [[f"request {i}", f"second input of request {i}"] for i in range(64)]
 
-    async def call_all():
-        headers = {"Authorization": f"Bearer {KEY}"}
-        async with httpx.AsyncClient(base_url=served, headers=headers, timeout=120) as client:
-            return await asyncio.gather(
-                *(
-                    client.post("/v1/embeddings", json={"model": "tiny", "input": pair})
-                    for pair in texts
-                )
-            )
-
-    responses = asyncio.run(call_all())
+    responses = post_concurrently(
+        served, [{"model": "tiny", "input": pair} for pair in texts], key=KEY
+    )
     assert [response.status_code for response in responses] == [200] * 64
     flat = [text for pair in texts for text in pair]
     reference = tiny_text_embedder.embed(flat)
@@ -241,14 +238,7 @@ def test_user_config_reaches_the_batcher_and_reconfigure_changes_it(served):
 def test_full_queue_answers_429_with_retry_after(served):
     payload = {"model": "tiny-narrow", "input": [f"load {i} " * 3 for i in range(32)]}
 
-    async def flood():
-        headers = {"Authorization": f"Bearer {KEY}"}
-        async with httpx.AsyncClient(base_url=served, headers=headers, timeout=120) as client:
-            return await asyncio.gather(
-                *(client.post("/v1/embeddings", json=payload) for _ in range(24))
-            )
-
-    responses = asyncio.run(flood())
+    responses = post_concurrently(served, [payload] * 24, key=KEY)
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {200, 429}, statuses
     assert 429 in statuses and 200 in statuses, statuses

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from serve_support import assert_openai_error, deployed_app, start_serve_once
+from serve_support import assert_openai_error, deployed_app, post_concurrently, start_serve_once
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
@@ -101,13 +101,7 @@ def test_answers_match_the_core_and_the_hop_is_gone(served, tiny_text_embedder):
 def test_replica_queue_bound_is_429_with_retry_after(served):
     payload = {"input": [f"load {i} " * 3 for i in range(32)]}
 
-    async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=served, timeout=120) as client:
-            return await asyncio.gather(
-                *(client.post("/v1/embeddings", json=payload) for _ in range(24))
-            )
-
-    responses = asyncio.run(flood())
+    responses = post_concurrently(served, [payload] * 24)
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {200, 429}, statuses
     assert 200 in statuses and 429 in statuses, statuses

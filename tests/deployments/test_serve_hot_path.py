@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_support import assert_openai_error, deployed_app
+from serve_support import assert_openai_error, deployed_app, post_concurrently
 
 from deployments.config import BatchingConfig, ServeAppConfig
 from deployments.ingress import BATCH_REQUESTS_HEADER, TIMING_HEADER
@@ -109,13 +109,7 @@ def test_mixed_dimensions_share_a_batch_and_match_the_core(served, tiny_text_emb
 def test_replica_queue_token_bound_answers_429_with_retry_after(served):
     payload = {"model": "one-token-queue", "input": [f"load {i} " * 3 for i in range(32)]}
 
-    async def flood() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=served, timeout=120) as client:
-            return await asyncio.gather(
-                *(client.post("/v1/embeddings", json=payload) for _ in range(24))
-            )
-
-    responses = asyncio.run(flood())
+    responses = post_concurrently(served, [payload] * 24)
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {200, 429}, statuses
     assert 200 in statuses and 429 in statuses, statuses
