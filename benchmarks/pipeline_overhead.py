@@ -45,7 +45,7 @@ def run(device: torch.device, quick: bool) -> dict:
                 output=str(tmp_path / "out"),
                 model=str(model_dir),
                 id_column="id",
-                replicas=1,
+                num_replicas=1,
                 cpus_per_replica=2,
                 gpus_per_replica=1 if device.type == "cuda" else 0,
                 progress=False,

@@ -89,8 +89,7 @@ def _block(
     keys: list[str], fragment: int, start: int, stop: int, total: int | None, dim: int, rng
 ) -> pa.Table:
     """Rows start..stop of one fragment as the embed stage hands them to the sink."""
-    from pipelines.fragments import PROVENANCE_FIELDS
-    from pipelines.stages import embedded_schema
+    from pipelines.rows import PROVENANCE_FIELDS, embedded_schema
 
     count = stop - start
     table = pa.table(

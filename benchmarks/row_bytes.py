@@ -30,7 +30,9 @@ def measure(texts: list[str], model_dir: Path, folder: Path) -> dict[str, Any]:
     from pipelines.discovery import discover
     from pipelines.fragments import tag_rows
     from pipelines.readers import ReadSpec, read_file
-    from pipelines.stages import PrepareSettings, embedded_schema, prepare_batch
+    from pipelines.rows import embedded_schema
+    from pipelines.stages import PrepareSettings, prepare_batch
+    from qwen3_embed.options import LoadOptions
 
     corpus = folder / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
@@ -40,7 +42,7 @@ def measure(texts: list[str], model_dir: Path, folder: Path) -> dict[str, Any]:
         tag_rows(read_file(inputs.files[0], inputs.fs, inputs.prefix, spec), "0" * 32)
     )
     prepared = prepare_batch(
-        read, PrepareSettings(str(model_dir), max_length=None, instruction=None, truncate=True)
+        read, PrepareSettings(LoadOptions(model=str(model_dir)), instruction=None, truncate=True)
     )
     rows = read.num_rows
     tokens = int(np.nansum(prepared.column("num_tokens").to_numpy(zero_copy_only=False)))

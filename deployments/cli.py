@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from qwen3_embed.options import LoadOptions, ReplicaOptions, add_flags, help_with_default, rules
+
 from .config import (
     AuthConfig,
     BatchingConfig,
@@ -77,15 +79,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="PATH",
         help="YAML/JSON file with the full ServeAppConfig (the builder args); replaces the model and policy flags",
     )
-    source.add_argument(
-        "--device", default="auto", help="torch device for the replicas (default: auto)"
-    )
-    source.add_argument(
-        "--dtype", default="auto", help="torch dtype (default: auto = bf16 on GPU, fp32 on CPU)"
-    )
-    source.add_argument(
-        "--max-length", type=int, help="token limit per input (default: the model's)"
-    )
+    # How each replica loads its model: the core's knobs, flags and help (`qwen3_embed.options`).
+    add_flags(source, LoadOptions, skip=("model",))
 
     http = parser.add_argument_group("HTTP")
     http.add_argument(
@@ -129,9 +124,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     scale = parser.add_argument_group("replicas and batching")
     replicas = scale.add_mutually_exclusive_group()
-    replicas.add_argument(
-        "--replicas", type=int, default=1, metavar="N", help="replicas per model (default: 1)"
-    )
+    add_flags(replicas, ReplicaOptions, only=("num_replicas",))
     replicas.add_argument(
         "--autoscale", type=_autoscale, metavar="MIN:MAX", help="autoscale replicas per model"
     )
@@ -153,15 +146,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="with --autoscale: seconds of low load before replicas are removed "
         f"(default: {downscale_delay:g}, Serve's)",
     )
-    scale.add_argument(
-        "--gpus-per-replica",
-        type=float,
-        metavar="G",
-        help="GPUs per model replica (default: 1 if the cluster has GPUs, else 0)",
-    )
-    scale.add_argument(
-        "--cpus-per-replica", type=float, default=1.0, help="CPUs per model replica (default: 1)"
-    )
+    add_flags(scale, ReplicaOptions, skip=("num_replicas",))
     scale.add_argument(
         "--max-batch-size",
         type=int,
@@ -176,33 +161,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="W",
         help=f"longest an under-full batch waits for company, in ms; 0 = start at once when idle (default: {defaults_batching.batch_wait_ms:g})",
     )
-    scale.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=None,
-        help="token budget of one forward pass, padding included when padded "
-        "(default: 65536 when packed on a GPU, else 16384)",
-    )
-    scale.add_argument(
-        "--forward-mode",
-        choices=("auto", "padded", "packed"),
-        default="auto",
-        help="batch layout (default: auto = packed for Qwen3 text on a GPU, else padded)",
-    )
-    scale.add_argument(
-        "--compile",
-        action="store_true",
-        help="run the backbone through torch.compile (slower start, faster forwards)",
-    )
-    scale.add_argument(
-        "--max-ongoing-requests", type=int, default=64, help="per model replica (default: 64)"
-    )
-    scale.add_argument(
-        "--max-queued-requests",
-        type=int,
-        default=256,
-        help="per model before 429 + Retry-After (default: 256)",
-    )
+    for name in ("max_ongoing_requests", "max_queued_requests"):
+        field = ModelConfig.model_fields[name]
+        scale.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=field.default,
+            metavar="N",
+            help=help_with_default(field.description or "", field.default),
+        )
 
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument(
@@ -236,22 +203,20 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
         raise ValueError(
             f"--served-model-name was given {len(names)} time(s) for {len(args.model)} --model; give one per model"
         )
+    # Knobs left unset take ModelConfig's defaults (the core's).
+    knobs = {
+        name: getattr(args, name)
+        for name in (*rules(LoadOptions), *rules(ReplicaOptions))
+        if name != "model" and getattr(args, name) is not None
+    }
     models = tuple(
         ModelConfig(
             model=model,
             served_model_name=names[index] if names else None,
-            device=args.device,
-            dtype=args.dtype,
-            max_length=args.max_length,
-            max_batch_tokens=args.max_batch_tokens,
-            forward_mode=args.forward_mode,
-            compile=args.compile,
-            num_replicas=args.replicas,
+            **knobs,
             autoscale=args.autoscale,
             upscale_delay_s=args.upscale_delay_s,
             downscale_delay_s=args.downscale_delay_s,
-            gpus_per_replica=args.gpus_per_replica,
-            cpus_per_replica=args.cpus_per_replica,
             batching=BatchingConfig(
                 max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms
             ),

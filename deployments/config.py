@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from qwen3_embed.option_fields import LoadFields, ReplicaFields
 
 MiB = 1024 * 1024
 # Auto-sized ingress: slots beyond what the models can hold (see IngressConfig.max_ongoing_requests).
@@ -44,37 +46,13 @@ class BatchingConfig(_Frozen):
     )
 
 
-class ModelConfig(_Frozen):
-    """One served model: how to load it and how its deployment (replicas, batching, queue) runs."""
+class ModelConfig(LoadFields, ReplicaFields):
+    """One served model: how to load it (the core's `LoadOptions` knobs: model, revision, device,
+    dtype, max_length, max_batch_tokens, forward_mode, attn_implementation, compile) and how its
+    deployment (replicas, batching, queue) runs."""
 
-    model: str = Field(
-        ..., min_length=1, description="hub id, local directory or fsspec URL of the checkpoint"
-    )
     served_model_name: str | None = Field(
         None, min_length=1, description="the name clients send as `model` (default: `model` itself)"
-    )
-    device: str = Field(
-        "auto", description="torch device; auto = cuda when the replica has a GPU, else cpu"
-    )
-    dtype: str = Field("auto", description="torch dtype; auto = bfloat16 on GPU, float32 on CPU")
-    max_length: int | None = Field(
-        None, ge=1, description="token limit per input (default: the model's)"
-    )
-    max_batch_tokens: int | None = Field(
-        None,
-        ge=1,
-        description=(
-            "token budget of one forward pass, padding included when padded (batches are split "
-            "to fit); None = the core's default: 65536 when packed on a GPU, else 16384"
-        ),
-    )
-    forward_mode: Literal["auto", "padded", "packed"] = Field(
-        "auto",
-        description="batch layout: packed (padding-free, Qwen3 text), padded, or auto = packed "
-        "for Qwen3 text on a GPU, else padded",
-    )
-    compile: bool = Field(
-        False, description="run the backbone through torch.compile (slower start, faster forwards)"
     )
     max_queued_tokens: int = Field(
         262_144,
@@ -82,12 +60,10 @@ class ModelConfig(_Frozen):
         description="tokens waiting in one replica's batch queue before callers get 429 + "
         "Retry-After (a request always fits an empty queue)",
     )
-    num_replicas: int = Field(
-        1, ge=1, description="fixed replica count (ignored when `autoscale` is set)"
-    )
     autoscale: tuple[int, int] | None = Field(
         None,
-        description="(min_replicas, max_replicas) for Serve autoscaling instead of a fixed count",
+        description="(min_replicas, max_replicas) for Serve autoscaling instead of the fixed "
+        "num_replicas",
     )
     # Serve's own defaults: scale up after 30 s of high load, down after 10 min of low load (a
     # lull does not cost a cold start). Short delays suit bursty traffic on warm nodes, and tests.
@@ -103,12 +79,6 @@ class ModelConfig(_Frozen):
         description="with autoscale: seconds the load must ask for fewer replicas before Serve "
         "removes them",
     )
-    gpus_per_replica: float | None = Field(
-        None,
-        ge=0,
-        description="GPUs per replica; None = 1 when the cluster has GPUs at deploy time, else 0",
-    )
-    cpus_per_replica: float = Field(1.0, ge=0, description="CPUs reserved per replica")
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="dynamic batching (user_config)"
     )

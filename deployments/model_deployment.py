@@ -66,20 +66,15 @@ class ModelServer:
         from transformers.utils import logging as transformers_logging
 
         from qwen3_embed import Embedder
+        from qwen3_embed.option_fields import load_options
         from qwen3_embed.vl.media import MediaOptions
 
         # A replica's "Loading weights" bar, relayed to the server's terminal, is noise there.
         transformers_logging.disable_progress_bar()
         self.config = model
         self.limits = limits
-        self.embedder = Embedder.from_pretrained(
-            model.model,
-            device=model.device,
-            dtype=model.dtype,
-            max_length=model.max_length,
-            max_batch_tokens=model.max_batch_tokens,
-            forward_mode=model.forward_mode,
-            compile=model.compile,
+        self.embedder = Embedder.from_options(
+            load_options(model),
             # Defence in depth: the ingress sends media as bytes only, but whoever else calls this
             # deployment through a handle must not make it read local files or fetch URLs either
             # (the core's defaults allow both, for trusted library use). Ignored by text models.
@@ -162,25 +157,16 @@ class ModelServer:
 
     # ------------------------------------------------------------------- serve
     async def embed(self, job: EmbedJob) -> EmbedReply | EmbedFailure:
-        from qwen3_embed import DimensionError, InputError
+        from qwen3_embed import DimensionError
 
         arrived = time.monotonic()
         try:
             dim = self.embedder.validate_dim(job.dimensions)
         except DimensionError as error:
             return EmbedFailure.from_error(error, "dimensions")
-        loop = asyncio.get_running_loop()
-        try:
-            prepared = await loop.run_in_executor(
-                self._prepare_pool,
-                self.embedder.prepare,
-                list(job.items),
-                job.instruction,
-                job.truncate,
-                job.max_tokens,
-            )
-        except InputError as error:
-            return EmbedFailure.from_error(error)
+        prepared = await self._prepare(job, job.truncate, job.max_tokens)
+        if isinstance(prepared, EmbedFailure):
+            return prepared
         pending = _Pending(tuple(prepared), dim, time.monotonic())
         prepare_s = pending.enqueued_at - arrived
         if pending.num_tokens > self.limits.max_tokens_per_request:
@@ -217,21 +203,30 @@ class ModelServer:
     async def tokenize(self, job: EmbedJob) -> TokenizeReply | EmbedFailure:
         """The token ids `embed` would see for the job's one input (before truncation), on the
         prepare thread; no batch, no forward pass."""
+        prepared = await self._prepare(job, False, _NO_TOKEN_LIMIT)
+        if isinstance(prepared, EmbedFailure):
+            return prepared
+        return TokenizeReply(tuple(prepared[0].input_ids), self.embedder.max_length)
+
+    async def _prepare(
+        self, job: EmbedJob, truncate: bool, max_tokens: int | None
+    ) -> list[Any] | EmbedFailure:  # list of qwen3_embed.PreparedInput
+        """The job's items tokenised on the prepare thread, or the failure its first bad item
+        answers."""
         from qwen3_embed import InputError
 
         loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(
+            return await loop.run_in_executor(
                 self._prepare_pool,
                 self.embedder.prepare,
                 list(job.items),
                 job.instruction,
-                False,
-                _NO_TOKEN_LIMIT,
+                truncate,
+                max_tokens,
             )
         except InputError as error:
             return EmbedFailure.from_error(error)
-        return TokenizeReply(tuple(prepared[0].input_ids), self.embedder.max_length)
 
     async def _run_batch(self, batch: list[_Pending]) -> list[_Done]:
         """One batch from the queue: all its requests in one `embed_prepared` call, on the

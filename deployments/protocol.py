@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from qwen3_embed.vocabulary import Family
+
 
 @dataclass(frozen=True)
 class EmbedJob:
@@ -79,7 +81,7 @@ class ModelDescription:
 
     name: str
     source: str
-    family: str  # "text" | "vl"
+    family: Family
     hidden_size: int
     min_dim: int
     max_length: int

@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from qwen3_embed.options import LoadOptions, ReplicaOptions, add_flags
+
 from .config import INPUT_FORMATS, JobConfig
 
 _IMPORTED_AT = time.monotonic()  # "imports" in the summary count from here (argument parsing on)
@@ -56,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="JOB.yaml", help="YAML file with the same fields; flags override it"
     )
-    _flag(parser, "--model", "model", metavar="M")  # required, here or in --config
+    # The model-loading and replica knobs: the core's flags, names, help and defaults.
+    add_flags(parser, LoadOptions)
+    add_flags(parser, ReplicaOptions)
     _flag(parser, "--dim", "dim", type=int, metavar="N")
     _flag(parser, "--instruction", "instruction", metavar="TEXT")
     _flag(parser, "--id-column", "id_column", metavar="NAME")
@@ -64,18 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--text-column", "text_column", metavar="NAME")
     _flag(parser, "--image-column", "image_column", metavar="NAME")
     _flag(parser, "--format", "format", choices=INPUT_FORMATS)
-    _flag(parser, "--replicas", "replicas", type=int, metavar="N")
-    _flag(parser, "--gpus-per-replica", "gpus_per_replica", type=float, metavar="G")
-    _flag(parser, "--cpus-per-replica", "cpus_per_replica", type=float, metavar="C")
-    _flag(parser, "--batch-tokens", "batch_tokens", type=int, metavar="T")
-    _flag(parser, "--forward-mode", "forward_mode", choices=("auto", "padded", "packed"))
-    _flag(parser, "--compile", "compile", action=argparse.BooleanOptionalAction)
     _flag(parser, "--batch-rows", "batch_rows", type=int, metavar="R")
     _flag(parser, "--rows-per-file", "rows_per_file", type=int, metavar="N")
     _flag(parser, "--truncate", "truncate", action=argparse.BooleanOptionalAction)
-    _flag(parser, "--max-length", "max_length", type=int, metavar="N")
-    _flag(parser, "--dtype", "dtype", choices=("auto", "float32", "bfloat16", "float16"))
-    _flag(parser, "--device", "device", metavar="D")
     parser.add_argument(
         "--storage-option",
         dest="storage_options",

@@ -20,6 +20,7 @@ batch (its ledger keys batches by their ids, which a user's dataset need not hav
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import posixpath
@@ -27,8 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
 
-from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, FORWARD_MODES
+from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields, load_options
+
+from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS
 from .map_stages import StageResources, apply_stages, embed_stage, prepare_stage
 from .readers import ReadSpec, RowBuffer, RowSource
 from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
@@ -43,65 +47,52 @@ logger = logging.getLogger(__name__)
 USER_PREFIX = "__user__."
 
 
-@dataclass(frozen=True)
-class EmbedStageConfig:
-    """What `embed_dataset` embeds and how; validated on construction. The resource and batching
-    fields mean what the batch job's fields of the same names mean (see `JobConfig`)."""
+class EmbedStageConfig(LoadFields, ReplicaFields, ReadableConfig):
+    """What `embed_dataset` embeds and how; validated on construction (`InvalidConfigError`).
+    The model-loading, replica and batching fields mean what the batch job's fields of the same
+    names mean (see `JobConfig`)."""
 
-    model: str  # hub id, local checkpoint folder, or fsspec URL of one
-    text_column: str | None = "text"  # None: no text (a VL model's image-only rows)
-    image_column: str | None = None  # VL: paths, URLs, bytes, data URIs, HF Images, lists
-    dim: int | None = None  # Matryoshka dimension; default: the model's hidden size
-    instruction: str | None = None  # embed rows as queries with this instruction
-    truncate: bool = True  # off: over-long inputs become error rows
-    max_length: int | None = None
-    replicas: int = 1
-    gpus_per_replica: float | None = None  # default: 1 when the cluster has GPUs, else 0
-    cpus_per_replica: float = 1.0
-    batch_tokens: int | None = None
-    forward_mode: str = "auto"
-    compile: bool = False
-    batch_rows: int | None = None  # rows per prepare task batch and per replica call
-    dtype: str = "auto"
-    device: str = "auto"
-    storage_options: tuple[tuple[str, Any], ...] = ()  # for remote images (s3://, gs://, ...)
+    what = "embed stage config"
+
+    text_column: str | None = Field(
+        "text", min_length=1, description="None: no text (a VL model's image-only rows)"
+    )
+    image_column: str | None = Field(
+        None, min_length=1, description="VL: paths, URLs, bytes, data URIs, HF Images, lists"
+    )
+    dim: int | None = Field(
+        None, strict=True, description="Matryoshka dimension; default: the model's hidden size"
+    )
+    instruction: str | None = Field(None, description="embed rows as queries with this instruction")
+    truncate: bool = Field(True, strict=True, description="off: over-long inputs become error rows")
+    batch_rows: int | None = Field(
+        None, ge=1, strict=True, description="rows per prepare task batch and per replica call"
+    )
+    storage_options: tuple[tuple[str, Any], ...] = Field(
+        (), description="for remote images (s3://, gs://, ...)"
+    )
     # Names of the columns the stage adds; the user's own columns keep theirs.
-    embedding_column: str = "embedding"
-    num_tokens_column: str = "num_tokens"
-    status_column: str = "embedding_status"
-    error_column: str = "embedding_error"
-    code_column: str = "embedding_error_code"
+    embedding_column: str = Field("embedding", min_length=1)
+    num_tokens_column: str = Field("num_tokens", min_length=1)
+    status_column: str = Field("embedding_status", min_length=1)
+    error_column: str = Field("embedding_error", min_length=1)
+    code_column: str = Field("embedding_error_code", min_length=1)
 
-    def __post_init__(self) -> None:
-        options = self.storage_options
-        if isinstance(options, dict):
-            object.__setattr__(self, "storage_options", tuple(sorted(options.items())))
-        problems = list(self._problems())
-        if problems:
-            raise ValueError("invalid embed stage config: " + "; ".join(problems))
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> tuple[tuple[str, Any], ...]:
+        pairs = sorted(value.items()) if isinstance(value, dict) else tuple(value or ())
+        return tuple((str(key), option) for key, option in pairs)
 
-    def _problems(self):
-        if not isinstance(self.model, str) or not self.model.strip():
-            yield "model must be a non-empty string"
+    @model_validator(mode="after")
+    def _columns(self) -> EmbedStageConfig:
         if self.text_column is None and self.image_column is None:
-            yield "give text_column, image_column or both"
-        names = [self.text_column, self.image_column, *self.output_columns]
-        if any(name is not None and (not isinstance(name, str) or not name) for name in names):
-            yield "column names must be non-empty strings"
+            raise ValueError("give text_column, image_column or both")
         if len(set(self.output_columns)) != len(self.output_columns):
-            yield f"the output column names must differ, got {list(self.output_columns)}"
-        if self.dim is not None and (isinstance(self.dim, bool) or not isinstance(self.dim, int)):
-            yield f"dim must be an integer, got {self.dim!r}"
-        for name in ("replicas", "batch_tokens", "batch_rows", "max_length"):
-            value = getattr(self, name)
-            if (value is not None or name == "replicas") and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                yield f"{name} must be an integer >= 1, got {value!r}"
-        if self.forward_mode not in FORWARD_MODES:
-            yield f"forward_mode must be one of {', '.join(FORWARD_MODES)}, got {self.forward_mode!r}"
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            yield f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}"
+            raise ValueError(
+                f"the output column names must differ, got {list(self.output_columns)}"
+            )
+        return self
 
     @property
     def output_columns(self) -> tuple[str, ...]:
@@ -133,7 +124,7 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
     from qwen3_embed import Preparer
 
     model = os.path.abspath(config.model) if os.path.isdir(config.model) else config.model
-    preparer = Preparer.from_pretrained(model, max_length=config.max_length)  # no weights
+    preparer = Preparer.from_pretrained(model, config.max_length, config.revision)  # no weights
     family = preparer.info.family
     dim = preparer.validate_dim(config.dim)
     if config.image_column is not None and family != "vl":
@@ -153,23 +144,13 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
     resources = StageResources(
         prepare_rows=config.batch_rows or DEFAULT_BATCH_ROWS[family],
         embed_rows=config.batch_rows or DEFAULT_EMBED_ROWS[family],
-        replicas=config.replicas,
+        num_replicas=config.num_replicas,
         cpus_per_replica=config.cpus_per_replica,
         gpus_per_replica=gpus_per_replica(config.gpus_per_replica),
     )
-    prepare = PrepareSettings(
-        model, config.max_length, config.instruction, config.truncate, config.storage_options
-    )
-    embed = EmbedSettings(
-        model,
-        dim,
-        config.device,
-        config.dtype,
-        config.max_length,
-        config.batch_tokens,
-        config.forward_mode,
-        config.compile,
-    )
+    load = dataclasses.replace(load_options(config), model=model)
+    prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
+    embed = EmbedSettings(load, dim)
     stages = (
         prepare_stage(prepare_user_batch, {"settings": prepare, "columns": columns}, resources),
         embed_stage(UserEmbedWorker, {"settings": embed, "columns": columns}, resources),

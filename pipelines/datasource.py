@@ -15,11 +15,10 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from .discovery import InputFile, InputSet
-from .fragments import PROVENANCE_FIELDS, fragment_key, read_groups, tag_rows
-from .readers import READ_SCHEMA, ReadSpec, read_file, read_image_files
+from .fragments import fragment_key, read_groups, tag_rows
+from .readers import ReadSpec, read_file, read_image_files
 from .resume import DoneSet, mark_skipped
-
-TRACKED_READ_SCHEMA = pa.schema([*READ_SCHEMA, *PROVENANCE_FIELDS])
+from .rows import READ_SCHEMA, TRACKED_READ_SCHEMA
 
 
 class CorpusDatasource(Datasource):

@@ -34,14 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .discovery import InputFile, InputSet
-from .readers import CODE_UNREADABLE_FILE
+from .rows import CODE_UNREADABLE_FILE, FRAGMENT_COLUMN, FRAGMENT_ROWS_COLUMN, PROVENANCE_FIELDS
 
-FRAGMENT_COLUMN = "fragment"
-FRAGMENT_ROWS_COLUMN = "fragment_rows"
-PROVENANCE_FIELDS = (
-    pa.field(FRAGMENT_COLUMN, pa.string()),  # null: an untracked fragment
-    pa.field(FRAGMENT_ROWS_COLUMN, pa.int64()),  # set on a fragment's last row only
-)
 PROVENANCE_KEY = b"qwen3_embed.fragments"
 UNTRACKED = ""  # the key untracked rows are counted under in a record: never done
 IMAGES_PER_READ_TASK = 64

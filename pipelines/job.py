@@ -27,6 +27,8 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import DataContext, read_datasource
 
+from qwen3_embed.option_fields import load_options
+
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
 from .dataset_stage import gpus_per_replica
 from .datasource import CorpusDatasource
@@ -115,7 +117,7 @@ def plan_job(config: JobConfig) -> JobPlan:
     storage = config.storage_options_dict
     inputs = discover(config.input, config.format, storage)
     model = os.path.abspath(config.model) if os.path.isdir(config.model) else config.model
-    preparer = Preparer.from_pretrained(model, max_length=config.max_length)  # no weights
+    preparer = Preparer.from_pretrained(model, config.max_length, config.revision)  # no weights
     info = preparer.info
     dim = preparer.validate_dim(config.dim)  # the core's rule, checked without loading weights
     _check_inputs_fit(inputs, info.family, config)
@@ -222,7 +224,7 @@ def run_embedding_job(
             "fingerprint": fingerprint,
         },
         "ids": {"column": plan.id_column, "source": plan.id_source},
-        "replicas": config.replicas,
+        "num_replicas": config.num_replicas,
         "gpus_per_replica": gpus,
     }
     # Claims OUTPUT for this run (see sink.StaleWriterError) before anything is written.
@@ -345,24 +347,14 @@ def _embedding_stages(plan: JobPlan, gpus: float, ledger_name: str) -> tuple[Map
     resources = StageResources(
         prepare_rows=plan.batch_rows,
         embed_rows=plan.embed_rows,
-        replicas=config.replicas,
+        num_replicas=config.num_replicas,
         cpus_per_replica=config.cpus_per_replica,
         gpus_per_replica=gpus,
     )
-    prepare = PrepareSettings(
-        plan.model, config.max_length, config.instruction, config.truncate, config.storage_options
-    )
-    embed = EmbedSettings(
-        plan.model,
-        plan.dim,
-        config.device,
-        config.dtype,
-        config.max_length,
-        config.batch_tokens,
-        config.forward_mode,
-        config.compile,
-        ledger_name,
-    )
+    # `plan.model` is the model as the workers must name it (a local folder made absolute).
+    load = dataclasses.replace(load_options(config), model=plan.model)
+    prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
+    embed = EmbedSettings(load, plan.dim, ledger_name)
     return (
         prepare_stage(prepare_batch, {"settings": prepare}, resources),
         embed_stage(EmbedWorker, {"settings": embed}, resources),

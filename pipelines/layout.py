@@ -17,32 +17,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-import pyarrow as pa
-
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 ERRORS_DIR = "_errors"
 MANIFEST_FILE = "_manifest.json"
 TMP_DIR = "_tmp"
-
-ERRORS_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("error", pa.string(), nullable=False),
-        pa.field("code", pa.string(), nullable=False),
-    ]
-)
-
-
-def output_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
-            pa.field("num_tokens", pa.int32(), nullable=False),
-        ],
-        metadata=metadata,
-    )
 
 
 def schema_metadata(

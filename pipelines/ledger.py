@@ -25,10 +25,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from .rows import CODE_REPLICA_CRASHED
+
 logger = logging.getLogger(__name__)
 
 REPLICA_CRASHES_PER_BATCH = 2  # deaths of a batch's replicas before it is split into rows
-CODE_REPLICA_CRASHED = "replica_crashed"
 LEDGER_NAMESPACE = "qwen3-embed"
 
 

@@ -85,7 +85,7 @@ def nothing_to_do_manifest(
         "done_by_run": previous.get("done_by_run")
         or {"run_id": previous.get("run_id"), "finished_at": previous.get("finished_at")},
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "replicas": 0,
+        "num_replicas": 0,
         "gpus_per_replica": 0.0,
         "wall_seconds": round(wall_seconds, 3),
         "execute_seconds": 0.0,
@@ -197,7 +197,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"  tokens       {manifest['tokens']:,} in output ({run['tokens']:,} this run)",
         f"  throughput   {manifest['rows_per_second']:,.1f} rows/s, {manifest['tokens_per_second']:,.0f} tokens/s "
         f"over the whole run; pipeline {manifest['execute_seconds']:.1f} s "
-        f"({manifest['replicas']} replica(s), {manifest['gpus_per_replica']:g} GPU each)",
+        f"({manifest['num_replicas']} replica(s), {manifest['gpus_per_replica']:g} GPU each)",
     ]
     if manifest.get("phases"):
         lines.append(f"  start-up     {format_phases(manifest['phases'])}")

@@ -29,7 +29,7 @@ class StageResources:
 
     prepare_rows: int
     embed_rows: int
-    replicas: int
+    num_replicas: int
     cpus_per_replica: float
     gpus_per_replica: float
 
@@ -75,7 +75,7 @@ def embed_stage(
         worker,
         {
             "fn_constructor_kwargs": constructor_kwargs,
-            "compute": ActorPoolStrategy(size=resources.replicas),
+            "compute": ActorPoolStrategy(size=resources.num_replicas),
             "batch_format": "pyarrow",
             "batch_size": resources.embed_rows,
             "num_cpus": resources.cpus_per_replica,

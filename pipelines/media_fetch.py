@@ -31,7 +31,6 @@ FETCH_ATTEMPTS = 4
 BACKOFF_S = 0.5
 MAX_BACKOFF_S = 4.0
 HTTP_TIMEOUT_S = 30.0
-CODE_MEDIA_UNAVAILABLE = "media_unavailable"  # transient failures, every attempt spent
 RETRIABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 

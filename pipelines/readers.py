@@ -35,15 +35,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .discovery import COMPRESSION_SUFFIXES, InputFile
+from .rows import (
+    CODE_EMPTY_FILE,
+    CODE_INVALID_INPUT,
+    CODE_INVALID_ROW,
+    CODE_READ_ERROR,
+    CODE_UNREADABLE_FILE,
+    READ_SCHEMA,
+    STATUS_ERROR,
+    STATUS_OK,
+)
 
 logger = logging.getLogger(__name__)
-
-STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = "ok", "error", "skipped"
-CODE_INVALID_ROW = "invalid_row"  # the row itself cannot be read (bad JSON, bad CSV record, bad id)
-CODE_INVALID_INPUT = "invalid_input"  # a value of the wrong type
-CODE_READ_ERROR = "read_error"  # an image file or reference that cannot be read
-CODE_UNREADABLE_FILE = "unreadable_file"  # a file (or its rest) cannot be read: one row for it
-CODE_EMPTY_FILE = "empty_file"  # a 0-byte file: one row reports it
 
 # What a truncated or corrupt file raises while it is decoded: ArrowInvalid (a parquet footer),
 # OSError (a parquet page, a compressed stream, a file gone since it was listed). A transient
@@ -52,23 +55,7 @@ CODE_EMPTY_FILE = "empty_file"  # a 0-byte file: one row reports it
 FILE_ERRORS = (pa.ArrowInvalid, OSError)
 READ_ATTEMPTS = 3
 
-IMAGE_ELEMENT = pa.struct([("bytes", pa.binary()), ("ref", pa.string())])
 MAX_IMAGES_PER_ROW = 1024  # far beyond the core's media limit per item: a sanity bound only
-
-READ_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("code", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("image", pa.binary()),  # image bytes (image folders, binary columns)
-        pa.field("image_ref", pa.string()),  # an image path / URL / data URI from a table
-        # Several images for one row (a list column, a JSON array): the pages of a document, in
-        # order; each element holds bytes or a reference, like `image` / `image_ref` above.
-        pa.field("images", pa.list_(IMAGE_ELEMENT)),
-    ]
-)
 
 
 @dataclass(frozen=True)

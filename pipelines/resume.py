@@ -30,15 +30,9 @@ import pyarrow.parquet as pq
 
 from qwen3_embed.errors import Qwen3EmbedError
 
-from .fragments import (
-    FRAGMENT_COLUMN,
-    FRAGMENT_ROWS_COLUMN,
-    done_fragments,
-    needs_id_check,
-    parse_provenance,
-)
+from .fragments import done_fragments, needs_id_check, parse_provenance
 from .layout import ERRORS_DIR, MANIFEST_FILE, TMP_DIR, identity_from_metadata, is_part_file
-from .readers import STATUS_SKIPPED
+from .rows import FRAGMENT_COLUMN, FRAGMENT_ROWS_COLUMN, STATUS_SKIPPED
 from .storage import Location, list_files, read_bytes
 
 DIGEST_DTYPE = "S16"

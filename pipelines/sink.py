@@ -26,8 +26,8 @@ from ray.data.datasource.datasink import WriteResult
 from qwen3_embed.errors import Qwen3EmbedError
 
 from .fragments import PROVENANCE_KEY, provenance
-from .layout import ERRORS_DIR, ERRORS_SCHEMA, MANIFEST_FILE, output_schema, part_name
-from .readers import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from .layout import ERRORS_DIR, MANIFEST_FILE, part_name
+from .rows import ERRORS_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, output_schema
 from .storage import read_bytes, resolve, write_atomically
 
 

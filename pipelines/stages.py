@@ -34,35 +34,25 @@ import numpy as np
 import pyarrow as pa
 
 from qwen3_embed.errors import Qwen3EmbedError
+from qwen3_embed.options import LoadOptions
 
 from .ledger import CrashGuard
-from .media_fetch import CODE_MEDIA_UNAVAILABLE, FetchFailed, fetch_reference
-from .readers import CODE_READ_ERROR, READ_SCHEMA, STATUS_ERROR, STATUS_OK
+from .media_fetch import FetchFailed, fetch_reference
+from .rows import (
+    CODE_EMBED_FAILED,
+    CODE_MEDIA_UNAVAILABLE,
+    CODE_PREPARE_FAILED,
+    CODE_READ_ERROR,
+    PREPARED_SCHEMA,
+    STAGE_COLUMNS,
+    STATUS_ERROR,
+    STATUS_OK,
+    embedded_schema,
+)
 
 logger = logging.getLogger(__name__)
 
-CODE_EMBED_FAILED = "embed_failed"
-CODE_PREPARE_FAILED = "prepare_failed"
 STAGE_ATTEMPTS = 3  # tries of a whole block before it is split into rows
-
-_ROW_STATE = [
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
-    pa.field("code", pa.string()),
-    pa.field("num_tokens", pa.int32()),
-]
-PREPARED_SCHEMA = pa.schema(
-    [*_ROW_STATE, pa.field("input_ids", pa.list_(pa.int32())), pa.field("media", pa.binary())]
-)
-
-
-def embedded_schema(dim: int) -> pa.Schema:
-    return pa.schema([*_ROW_STATE, pa.field("embedding", pa.list_(pa.float32(), dim))])
-
-
-# Every column name the stages own; any other column of a block is the caller's, passed through.
-STAGE_COLUMNS = frozenset(READ_SCHEMA.names) | frozenset(PREPARED_SCHEMA.names) | {"embedding"}
 
 
 def with_passthrough(out: pa.Table, source: pa.Table) -> pa.Table:
@@ -76,8 +66,7 @@ def with_passthrough(out: pa.Table, source: pa.Table) -> pa.Table:
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    model: str
-    max_length: int | None
+    load: LoadOptions  # only the tokenizer's part is used: model, revision, max_length
     instruction: str | None
     truncate: bool
     storage_options: tuple[tuple[str, Any], ...] = ()
@@ -85,14 +74,8 @@ class PrepareSettings:
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    model: str
+    load: LoadOptions
     dim: int
-    device: str
-    dtype: str
-    max_length: int | None
-    batch_tokens: int | None  # None: the core's default for the device and forward mode
-    forward_mode: str = "auto"
-    compile: bool = False
     ledger: str | None = None  # the run's ledger actor (see `ledger`); None outside a job
 
 
@@ -175,16 +158,16 @@ def _failed_rows(table: pa.Table, schema: pa.Schema, reason: str, code: str) -> 
 
 
 # ----------------------------------------------------------------------------- prepare
-_PREPARERS: dict[tuple[str, int | None], Any] = {}
+_PREPARERS: dict[tuple[str, str | None, int | None], Any] = {}
 
 
-def _preparer(model: str, max_length: int | None):
+def _preparer(load: LoadOptions):
     """One Preparer per worker process: Ray reuses task workers, so the tokenizer loads once."""
-    key = (model, max_length)
+    key = (load.model, load.revision, load.max_length)
     if key not in _PREPARERS:
         from qwen3_embed import Preparer
 
-        _PREPARERS[key] = Preparer.from_pretrained(model, max_length=max_length)
+        _PREPARERS[key] = Preparer.from_options(load)
     return _PREPARERS[key]
 
 
@@ -203,7 +186,7 @@ def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
 def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
     from qwen3_embed import InputError
 
-    preparer = _preparer(settings.model, settings.max_length)
+    preparer = _preparer(settings.load)
     columns = {
         name: table.column(name).to_pylist()
         for name in ("id", "status", "error", "code", "text", "image", "image_ref", "images")
@@ -321,15 +304,7 @@ class EmbedWorker:
         # A replica's "Loading weights" bar, relayed to the driver's terminal, is noise there.
         transformers_logging.disable_progress_bar()
         self.settings = settings
-        self.embedder = Embedder.from_pretrained(
-            settings.model,
-            device=settings.device,
-            dtype=settings.dtype,
-            max_length=settings.max_length,
-            max_batch_tokens=settings.batch_tokens,
-            forward_mode=settings.forward_mode,
-            compile=settings.compile,
-        )
+        self.embedder = Embedder.from_options(settings.load)
         self.dim = self.embedder.validate_dim(settings.dim)
         self.guard = CrashGuard(settings.ledger)  # bounds replica deaths per batch / row
         self.guard.replica_ready()

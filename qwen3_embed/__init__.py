@@ -19,18 +19,18 @@ from .errors import (
     MissingExtraError,
     UnsupportedModelError,
 )
+from .options import DEFAULT_MAX_BATCH_TOKENS, LoadOptions, ReplicaOptions
 from .registry import SEED_MODELS, ModelSpec
 
 if TYPE_CHECKING:
     from .contracts import PreparedInput
-    from .embedder import DEFAULT_MAX_BATCH_TOKENS, Embedder, EmbeddingOutput
+    from .embedder import Embedder, EmbeddingOutput
     from .preparer import Preparer
     from .vl.media import MediaOptions
 
 # name -> module that defines it, imported on first use (PEP 562)
 _LAZY = {
     "PreparedInput": ".contracts",
-    "DEFAULT_MAX_BATCH_TOKENS": ".embedder",
     "Embedder": ".embedder",
     "EmbeddingOutput": ".embedder",
     "Preparer": ".preparer",
@@ -53,11 +53,13 @@ __all__ = [
     "InputError",
     "InputTooLargeForDeviceError",
     "InputTooLongError",
+    "LoadOptions",
     "MediaOptions",
     "MissingExtraError",
     "ModelSpec",
     "PreparedInput",
     "Preparer",
+    "ReplicaOptions",
     "UnsupportedModelError",
 ]
 __version__ = "0.1.0"

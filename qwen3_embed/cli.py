@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .registry import SEED_MODELS
+from .vocabulary import FAMILIES
 
 # command name -> module that provides add_parser(subparsers) and run(args) -> int
 LAYER_COMMANDS = {"embed": "pipelines.cli", "serve": "deployments.cli"}
@@ -81,7 +82,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         "make-tiny-model", help="write a tiny random-weight checkpoint for offline smoke tests"
     )
     tiny.add_argument("directory")
-    tiny.add_argument("--family", choices=("text", "vl"), default="text")
+    tiny.add_argument("--family", choices=FAMILIES, default="text")
     tiny.add_argument(
         "--no-eos-postprocessor",
         action="store_true",

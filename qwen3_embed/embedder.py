@@ -16,11 +16,19 @@ from .device import resolve_attention, resolve_device, resolve_dtype
 from .errors import InputTooLargeForDeviceError
 from .model_info import ModelInfo, read_model_info
 from .oom import TokenBudget
+from .options import (
+    DEFAULT_GPU_PACKED_BATCH_TOKENS,
+    DEFAULT_MAX_BATCH_TOKENS,
+    DTYPE_ALIASES,
+    FORWARD_MODES,
+    LoadOptions,
+)
 from .pooling import pool, truncate_and_normalize
 from .preparer import Preparer
 from .registry import lookup
 from .runner import run_forwards
 from .source import resolve_model_dir
+from .vocabulary import Family
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,12 +37,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Tokens per forward pass when none is given: padded (CPU, non-Qwen, VL) forwards pay for their
-# padding and a (B, T) attention working set; a packed forward on a GPU pays for real tokens only,
-# and 0.6B needs tens of thousands of them per pass to keep an H100's matrix units busy.
-DEFAULT_MAX_BATCH_TOKENS = 16384
-DEFAULT_GPU_PACKED_BATCH_TOKENS = 65536
-FORWARD_MODES = ("auto", "padded", "packed")
 ITEM_ERRORS = ("raise", "collect")
 # `show_progress_bar=None` draws a bar from this many inputs on, where someone can see it (a
 # Jupyter kernel or a terminal): below it a call is short even on a CPU, and a bar per call of a
@@ -87,6 +89,9 @@ class Embedder:
     ) -> Embedder:
         """Load from a hub id, a local directory or an fsspec URL (copied once into a local cache).
 
+        The keyword arguments are the knobs of `qwen3_embed.options.LoadOptions` (see its help
+        texts, or `from_options`); `device` and `dtype` may also be torch objects.
+
         `media_options` (VL only, `qwen3_embed.vl.media.MediaOptions`) says where images and videos
         may come from (local paths, URLs) and how large they may be; the default is permissive.
 
@@ -97,25 +102,46 @@ class Embedder:
         tokens of one forward, padding included when padded. `compile=True` runs the backbone
         through `torch.compile` (dynamic shapes); the first batches pay for compilation.
         """
-        source_text = os.fspath(source)
-        model_dir = resolve_model_dir(source_text, revision)
+        options = LoadOptions(
+            model=os.fspath(source),
+            revision=revision,
+            device=str(device),
+            dtype=DTYPE_ALIASES.get(str(dtype), str(dtype).removeprefix("torch.")),
+            max_length=max_length,
+            max_batch_tokens=max_batch_tokens,
+            forward_mode=forward_mode,
+            attn_implementation=attn_implementation or "auto",
+            compile=compile,
+        )
+        return cls.from_options(options, media_options)
+
+    @classmethod
+    def from_options(
+        cls, options: LoadOptions, media_options: MediaOptions | None = None
+    ) -> Embedder:
+        """Load the model `options` describe (the batch job's, the Dataset stage's and Serve's
+        replicas all load through here)."""
+        source_text = options.model
+        model_dir = resolve_model_dir(source_text, options.revision)
         info = read_model_info(model_dir, lookup(source_text))
-        preparer = Preparer.from_model_dir(source_text, model_dir, info, max_length, media_options)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        attn = resolve_attention(attn_implementation)
-        mode = resolve_forward_mode(forward_mode, preparer.info, torch_device)
+        preparer = Preparer.from_model_dir(
+            source_text, model_dir, info, options.max_length, media_options
+        )
+        torch_device = resolve_device(options.device)
+        torch_dtype = resolve_dtype(options.dtype, torch_device)
+        attn = resolve_attention(options.attn_implementation)
+        mode = resolve_forward_mode(options.forward_mode, preparer.info, torch_device)
         backend = _load_backend(model_dir, preparer.impl, torch_device, torch_dtype, attn, mode)
-        if compile:
+        if options.compile:
             backend.compile()
-        embedder = cls(preparer, backend, max_batch_tokens)
+        embedder = cls(preparer, backend, options.max_batch_tokens)
         logger.info(
             "loaded %s on %s: forward_mode=%s, attention kernel=%s, compiled=%s, max_batch_tokens=%d",
             source_text,
             torch_device,
             embedder.forward_mode,
             getattr(backend, "packed_kernel", None) or attn,
-            compile,
+            options.compile,
             embedder.max_batch_tokens,
         )
         return embedder
@@ -130,7 +156,7 @@ class Embedder:
         return self.preparer.source
 
     @property
-    def family(self) -> str:
+    def family(self) -> Family:
         return self.info.family
 
     @property
@@ -180,36 +206,14 @@ class Embedder:
         return self.preparer.validate_dim(dim)
 
     # ------------------------------------------------------------------ stages
-    def prepare_each(
-        self,
-        inputs: Sequence[Any],
-        instruction: str | None = None,
-        truncate: bool = True,
-        max_length: int | None = None,
-        *,
-        prompt: str | None = None,
-        prompt_name: str | None = None,
-    ) -> list[PrepareResult]:
-        """CPU stage, per item (see `Preparer.prepare_each`)."""
-        return self.preparer.prepare_each(
-            inputs, instruction, truncate, max_length, prompt=prompt, prompt_name=prompt_name
-        )
+    def prepare_each(self, inputs: Sequence[Any], *args: Any, **kwargs: Any) -> list[PrepareResult]:
+        """CPU stage, per item: `Preparer.prepare_each`, same arguments (instruction, truncate,
+        max_length, prompt=, prompt_name=)."""
+        return self.preparer.prepare_each(inputs, *args, **kwargs)
 
-    def prepare(
-        self,
-        inputs: Sequence[Any],
-        instruction: str | None = None,
-        truncate: bool = True,
-        max_length: int | None = None,
-        *,
-        prompt: str | None = None,
-        prompt_name: str | None = None,
-    ) -> list[PreparedInput]:
-        """CPU stage: raises the first InputError (see `Preparer.prepare`). `max_length`
-        overrides the embedder's for this call."""
-        return self.preparer.prepare(
-            inputs, instruction, truncate, max_length, prompt=prompt, prompt_name=prompt_name
-        )
+    def prepare(self, inputs: Sequence[Any], *args: Any, **kwargs: Any) -> list[PreparedInput]:
+        """CPU stage, raising the first InputError: `Preparer.prepare`, same arguments."""
+        return self.preparer.prepare(inputs, *args, **kwargs)
 
     def forward_pooled(self, batch: Sequence[PreparedInput]) -> torch.Tensor:
         """Device stage for one batch: (B, H) pooled, not yet truncated or normalised."""

@@ -15,6 +15,10 @@ code strings or spells statuses of its own for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .vocabulary import InputErrorCode
 
 
 class Qwen3EmbedError(Exception):
@@ -26,7 +30,9 @@ class Qwen3EmbedError(Exception):
 class InputError(Qwen3EmbedError, ValueError):
     """One input item breaks a rule. `index` is its position in the call (None when unknown)."""
 
-    def __init__(self, reason: str, index: int | None = None, code: str = "invalid_input"):
+    def __init__(
+        self, reason: str, index: int | None = None, code: InputErrorCode = "invalid_input"
+    ):
         self.reason = reason
         self.index = index
         self.code = code

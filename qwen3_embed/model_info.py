@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import UnsupportedModelError
 from .registry import DEFAULT_MAX_LENGTH, FAMILY_MIN_DIM, WEB_SEARCH_INSTRUCTION, ModelSpec
+from .vocabulary import Family, PoolingMode
 
 QWEN_TEXT_TYPES = ("qwen3",)
 QWEN_VL_TYPES = ("qwen3_vl",)
@@ -22,11 +23,11 @@ QWEN_VL_TYPES = ("qwen3_vl",)
 @dataclass(frozen=True)
 class ModelInfo:
     model_type: str
-    family: str  # "text" | "vl"
+    family: Family
     hidden_size: int
     min_dim: int
     max_length: int
-    pooling_mode: str  # "lasttoken" | "mean" | "cls"
+    pooling_mode: PoolingMode
     normalize: bool
     default_query_instruction: str | None
     is_qwen: bool  # Qwen rules apply: EOS appended, left padding, instruction prompt format
@@ -38,7 +39,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class SentenceTransformersLayout:
-    pooling_mode: str
+    pooling_mode: PoolingMode
     normalize: bool
     max_seq_length: int | None
 

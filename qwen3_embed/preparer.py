@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .contracts import InputPreparer, PreparedInput, PrepareResult
 from .errors import DimensionError, InputError
 from .model_info import ModelInfo, read_model_info
+from .options import LoadOptions
 from .prompts import check_instruction, resolve_prompt
 from .registry import lookup
 from .source import resolve_model_dir
@@ -42,6 +43,15 @@ class Preparer:
         model_dir = resolve_model_dir(source_text, revision)
         info = read_model_info(model_dir, lookup(source_text))
         return cls.from_model_dir(source_text, model_dir, info, max_length, media_options)
+
+    @classmethod
+    def from_options(
+        cls, options: LoadOptions, media_options: MediaOptions | None = None
+    ) -> Preparer:
+        """The tokenizer / processor of the model `options` describe (no weights)."""
+        return cls.from_pretrained(
+            options.model, options.max_length, options.revision, media_options
+        )
 
     @classmethod
     def from_model_dir(
@@ -130,22 +140,12 @@ class Preparer:
             for index, result in enumerate(results)
         ]
 
-    def prepare(
-        self,
-        inputs: Sequence[Any],
-        instruction: str | None = None,
-        truncate: bool = True,
-        max_length: int | None = None,
-        *,
-        prompt: str | None = None,
-        prompt_name: str | None = None,
-    ) -> list[PreparedInput]:
-        """Validate and tokenise every input; raises the first InputError (naming its index)."""
+    def prepare(self, inputs: Sequence[Any], *args: Any, **kwargs: Any) -> list[PreparedInput]:
+        """Validate and tokenise every input; raises the first InputError (naming its index).
+        The arguments are `prepare_each`'s."""
         if isinstance(inputs, (str, bytes, dict)):
             raise InputError("inputs must be a list of items, not a single item; wrap it in a list")
-        results = self.prepare_each(
-            inputs, instruction, truncate, max_length, prompt=prompt, prompt_name=prompt_name
-        )
+        results = self.prepare_each(inputs, *args, **kwargs)
         for result in results:
             if isinstance(result, InputError):
                 raise result

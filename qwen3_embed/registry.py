@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .vocabulary import Family
+
 WEB_SEARCH_INSTRUCTION = (
     "Given a web search query, retrieve relevant passages that answer the query"
 )
@@ -19,7 +21,7 @@ class ModelSpec:
     """What we know about a published checkpoint without downloading it."""
 
     model_id: str
-    family: str  # "text" | "vl"
+    family: Family
     hidden_size: int
     min_dim: int
     max_length: int
@@ -38,7 +40,7 @@ SEED_MODELS: dict[str, ModelSpec] = {
 }
 
 # Minimum MRL dimension per family, for models that are not seeds.
-FAMILY_MIN_DIM = {"text": 32, "vl": 64}
+FAMILY_MIN_DIM: dict[Family, int] = {"text": 32, "vl": 64}
 DEFAULT_MAX_LENGTH = 8192
 
 

@@ -5,6 +5,7 @@ client examples run as written."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -89,6 +90,26 @@ def test_every_command_block_is_tested_or_says_what_it_needs():
 def test_every_readme_command_parses(argv):
     args = build_parser(argv).parse_args(argv)
     assert callable(args.handler)
+
+
+@pytest.mark.parametrize("command", ["embed", "serve"])
+def test_the_options_table_names_every_flag(command):
+    """The README's "`qwen3-embed <command>` options" table names every flag --help shows (and
+    no flag the command no longer has)."""
+    table = README.split(f"**`qwen3-embed {command}` options**", 1)[1].split("\n\n", 2)[1]
+    documented = {
+        flag for flag in re.findall(r"`(--[a-z][a-z0-9-]*)", table) if not flag.startswith("--no-")
+    }
+    parser = build_parser([command])._subparsers._group_actions[0].choices[command]
+    flags = {
+        option
+        for action in parser._actions
+        if action.help != argparse.SUPPRESS
+        for option in action.option_strings
+        if option.startswith("--") and not option.startswith("--no-") and option != "--help"
+    }
+    assert flags - documented == set(), f"flags missing from the {command} table"
+    assert documented - flags == set(), f"the {command} table names flags the command lacks"
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -301,8 +301,8 @@ def test_job_yaml_loads_through_the_pipeline_config():
     assert config.gpus_per_replica is not None and config.gpus_per_replica > 0
     # The CLI's --config loads the same thing (flags would override it).
     assert _checked_config(["embed", "--config", str(path)], REPO) == config
-    overridden = _checked_config(["embed", "--config", str(path), "--replicas", "2"], REPO)
-    assert overridden.replicas == 2 and overridden.model == config.model
+    overridden = _checked_config(["embed", "--config", str(path), "--num-replicas", "2"], REPO)
+    assert overridden.num_replicas == 2 and overridden.model == config.model
 
 
 # --------------------------------------------------------------------------------- KubeRay
@@ -429,7 +429,7 @@ def test_rayjob_gpu_request_matches_the_worker_groups():
     total, pods = _capacity(RAYJOB)
     assert config.gpus_per_replica and config.gpus_per_replica > 0
     assert _fits_on_a_pod(config.gpus_per_replica, config.cpus_per_replica, pods)
-    assert config.replicas * config.gpus_per_replica <= total, (config.replicas, total)
+    assert config.num_replicas * config.gpus_per_replica <= total, (config.num_replicas, total)
     # Whole replicas per pod: no GPU left idle by a fraction that does not divide the pod.
     for pod_gpus, _ in pods:
         per_pod = pod_gpus / config.gpus_per_replica
@@ -481,7 +481,7 @@ def test_serve_and_job_gpu_requests_fit_the_launcher_node_types(launcher: str):
                 for m in app.models
             ]
     job = JobConfig.from_yaml(CONFIGS / JOB_FILE)
-    requests.append((JOB_FILE, job.gpus_per_replica, job.cpus_per_replica, job.replicas))
+    requests.append((JOB_FILE, job.gpus_per_replica, job.cpus_per_replica, job.num_replicas))
     for what, gpus, cpus, replicas in requests:
         assert _fits_on_a_pod(gpus, cpus, pods), what
         assert replicas * gpus <= capacity, what

@@ -157,7 +157,7 @@ BATCH_DRIVER = textwrap.dedent(
     result = run_embedding_job(
         JobConfig(
             input=CORPUS, output=OUTPUT, model=MODEL, id_column="id",
-            replicas=2, cpus_per_replica=0.5, gpus_per_replica=0,
+            num_replicas=2, cpus_per_replica=0.5, gpus_per_replica=0,
             batch_rows=BATCH_ROWS, rows_per_file=ROWS_PER_FILE, progress=False,
         )
     )

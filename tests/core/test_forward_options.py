@@ -13,10 +13,19 @@ def test_batch_job_flags_reach_its_config():
 
     argv = ["embed", "in.jsonl", "out", "--model", "m", "--forward-mode", "packed", "--compile"]
     config = config_from_args(build_parser(argv).parse_args(argv))
-    assert (config.forward_mode, config.compile, config.batch_tokens) == ("packed", True, None)
-    argv = ["embed", "in.jsonl", "out", "--model", "m", "--no-compile", "--batch-tokens", "4096"]
+    assert (config.forward_mode, config.compile, config.max_batch_tokens) == ("packed", True, None)
+    argv = [
+        "embed",
+        "in.jsonl",
+        "out",
+        "--model",
+        "m",
+        "--no-compile",
+        "--max-batch-tokens",
+        "4096",
+    ]
     config = config_from_args(build_parser(argv).parse_args(argv))
-    assert (config.forward_mode, config.compile, config.batch_tokens) == ("auto", False, 4096)
+    assert (config.forward_mode, config.compile, config.max_batch_tokens) == ("auto", False, 4096)
 
 
 def test_batch_job_refuses_an_unknown_forward_mode():

@@ -41,7 +41,8 @@ def oom_embedder(tiny_text_model_dir, monkeypatch):
 
 
 def test_batch_job_writes_an_error_row_for_the_lone_oom_input(oom_embedder, tiny_text_embedder):
-    from pipelines.stages import PREPARED_SCHEMA, EmbedWorker
+    from pipelines.rows import PREPARED_SCHEMA
+    from pipelines.stages import EmbedWorker
 
     embedder, lengths = oom_embedder
     prepared = embedder.prepare(TEXTS)

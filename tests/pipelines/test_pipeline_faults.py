@@ -25,14 +25,10 @@ import pytest
 
 from pipelines import JobConfig, run_embedding_job
 from pipelines.discovery import discover
-from pipelines.ledger import CODE_REPLICA_CRASHED, REPLICA_CRASHES_PER_BATCH
+from pipelines.ledger import REPLICA_CRASHES_PER_BATCH
 from pipelines.readers import READ_ATTEMPTS, ReadSpec, read_file
-from pipelines.stages import (
-    PREPARED_SCHEMA,
-    STAGE_ATTEMPTS,
-    StageBroken,
-    run_guarded,
-)
+from pipelines.rows import CODE_REPLICA_CRASHED, PREPARED_SCHEMA
+from pipelines.stages import STAGE_ATTEMPTS, StageBroken, run_guarded
 
 SPEC = ReadSpec(id_column=None, text_column="text", image_column=None, block_rows=64)
 
@@ -353,7 +349,7 @@ KILL_DRIVER = textwrap.dedent(
     result = run_embedding_job(
         JobConfig(
             input=sys.argv[1], output=OUTPUT, model=sys.argv[4], id_column="id",
-            replicas=2, cpus_per_replica=0.5,  # the other CPU reads, prepares and writes
+            num_replicas=2, cpus_per_replica=0.5,  # the other CPU reads, prepares and writes
             batch_rows=20, rows_per_file=40, progress=False,
         )
     )

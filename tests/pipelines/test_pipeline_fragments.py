@@ -17,18 +17,24 @@ from pipelines import resume as resume_module
 from pipelines.datasource import CorpusDatasource
 from pipelines.discovery import discover
 from pipelines.fragments import (
-    FRAGMENT_COLUMN,
-    FRAGMENT_ROWS_COLUMN,
     PROVENANCE_KEY,
     fragment_key,
     parse_provenance,
     read_groups,
     tag_rows,
 )
-from pipelines.readers import READ_SCHEMA, STATUS_SKIPPED, ReadSpec, read_file
+from pipelines.readers import ReadSpec, read_file
 from pipelines.resume import DoneSet, mark_skipped, scan_for_resume, scan_output
+from pipelines.rows import (
+    FRAGMENT_COLUMN,
+    FRAGMENT_ROWS_COLUMN,
+    PREPARED_SCHEMA,
+    READ_SCHEMA,
+    STATUS_SKIPPED,
+    embedded_schema,
+)
 from pipelines.sink import EmbeddingSink, SinkSettings
-from pipelines.stages import PREPARED_SCHEMA, _failed_rows, embedded_schema, with_passthrough
+from pipelines.stages import _failed_rows, with_passthrough
 from pipelines.storage import resolve
 
 SPEC = ReadSpec(id_column=None, text_column="text", image_column=None, block_rows=4)

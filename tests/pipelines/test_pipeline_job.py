@@ -4,7 +4,6 @@ resume, refusal, and S3 in both directions through moto's S3 server on loopback.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import json
 import os
@@ -348,4 +347,4 @@ def test_s3_input_and_output(ray_cluster, s3, tiny_text_model_dir, tiny_text_emb
     assert more.manifest["this_run"]["rows_skipped"] == 13 and more.rows_embedded == 13
     assert more.consistent
     with pytest.raises(OutputMismatchError, match=r"dim 64 \(this job: 32\)"):
-        plan_job(dataclasses.replace(config, dim=32))
+        plan_job(config.replace(dim=32))

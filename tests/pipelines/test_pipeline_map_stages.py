@@ -14,7 +14,7 @@ from pipelines.map_stages import (
 )
 
 RESOURCES = StageResources(
-    prepare_rows=7, embed_rows=11, replicas=3, cpus_per_replica=0.5, gpus_per_replica=1.0
+    prepare_rows=7, embed_rows=11, num_replicas=3, cpus_per_replica=0.5, gpus_per_replica=1.0
 )
 
 
@@ -64,7 +64,7 @@ def test_stages_apply_in_order(ray_cluster):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     resources = StageResources(
-        prepare_rows=2, embed_rows=4, replicas=1, cpus_per_replica=0.5, gpus_per_replica=0.0
+        prepare_rows=2, embed_rows=4, num_replicas=1, cpus_per_replica=0.5, gpus_per_replica=0.0
     )
     stages = (
         prepare_stage(_prepare, {"settings": "p"}, resources),

@@ -4,7 +4,6 @@ bookkeeping, the sink, and the two stages called directly on Arrow tables."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import json
 import subprocess
@@ -14,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pydantic
 import pytest
 
 from pipelines.cli import add_arguments, config_from_args
 from pipelines.config import JobConfig
 from pipelines.discovery import discover
-from pipelines.layout import ERRORS_SCHEMA, output_schema, part_name
-from pipelines.readers import READ_SCHEMA, ReadSpec, read_file
+from pipelines.layout import part_name
+from pipelines.readers import ReadSpec, read_file
 from pipelines.resume import (
     DoneSet,
     OutputMismatchError,
@@ -29,6 +29,7 @@ from pipelines.resume import (
     mark_skipped,
     scan_output,
 )
+from pipelines.rows import ERRORS_SCHEMA, READ_SCHEMA, output_schema
 from pipelines.storage import glob_to_regex, resolve, write_bytes_atomically
 
 SPEC = ReadSpec(id_column=None, text_column="text", image_column=None, block_rows=4)
@@ -47,17 +48,17 @@ def rows(tables) -> list[dict]:
 # ------------------------------------------------------------------------------ config
 def test_config_is_immutable_and_validated():
     config = JobConfig(input="a.jsonl", output="out", model="m")
-    assert config.input == ("a.jsonl",) and config.truncate and config.replicas == 1
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert config.input == ("a.jsonl",) and config.truncate and config.num_replicas == 1
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         config.dim = 3  # type: ignore[misc]
     with pytest.raises(ValueError) as error:
         JobConfig(
-            input=(), output="out", model="m", dim=0, format="xml", replicas=0, instruction=" "
+            input=(), output="out", model="m", dim=0, format="xml", num_replicas=0, instruction=" "
         )
     message = str(error.value)
     for expected in (
         "input must name",
-        "dim must be a positive integer",
+        "dim must be an integer >= 1",
         "format='xml' is invalid; valid values are: auto",
         "replicas must be an integer >= 1",
         "instruction must be a non-empty string",
@@ -68,7 +69,7 @@ def test_config_is_immutable_and_validated():
 def test_yaml_then_flags(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(
-        "input: [a.jsonl, b.jsonl]\noutput: out\nmodel: some/model\ndim: 64\nreplicas: 2\n"
+        "input: [a.jsonl, b.jsonl]\noutput: out\nmodel: some/model\ndim: 64\nnum_replicas: 2\n"
         "storage_options: {endpoint_override: 'http://x:1', region: us-east-1}\n"
     )
     config = parse(
@@ -89,7 +90,7 @@ def test_yaml_then_flags(tmp_path):
         and config.output == "out"
         and config.model == "some/model"
     )
-    assert config.dim == 32 and config.replicas == 2 and config.truncate is False
+    assert config.dim == 32 and config.num_replicas == 2 and config.truncate is False
     assert config.storage_options_dict == {
         "endpoint_override": "http://x:1",
         "region": "eu-west-1",
@@ -380,7 +381,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
 # ------------------------------------------------------------------------------- sink
 def embedded_table(ids: list[str], statuses: list[str], dim: int = 4) -> pa.Table:
-    from pipelines.stages import embedded_schema
+    from pipelines.rows import embedded_schema
 
     ok = np.array([status == "ok" for status in statuses])
     return pa.table(
@@ -455,17 +456,23 @@ def read_table(texts: list) -> pa.Table:
 
 def test_stages_on_tables_match_the_core(tiny_text_model_dir, tiny_text_embedder):
     from pipelines.stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
+    from qwen3_embed.options import LoadOptions
 
     texts = ["a short document", "", "x " * 200, "another one, a little longer than the first"]
-    prepare = PrepareSettings(
-        str(tiny_text_model_dir), max_length=64, instruction=None, truncate=False
+    load = LoadOptions(
+        model=str(tiny_text_model_dir),
+        device="cpu",
+        dtype="float32",
+        max_length=64,
+        max_batch_tokens=16384,
     )
+    prepare = PrepareSettings(load, instruction=None, truncate=False)
     prepared = prepare_batch(read_table(texts), prepare)
     statuses = prepared.column("status").to_pylist()
     assert statuses == ["ok", "error", "error", "ok"]
     assert prepared.column("code").to_pylist()[1:3] == ["invalid_input", "input_too_long"]
 
-    worker = EmbedWorker(EmbedSettings(str(tiny_text_model_dir), 32, "cpu", "float32", 64, 16384))
+    worker = EmbedWorker(EmbedSettings(load, 32))
     out = worker(prepared)
     good = [texts[0], texts[3]]
     reference = tiny_text_embedder.embed(good, dim=32)
@@ -515,7 +522,8 @@ def test_plan_checks_before_any_cluster(tiny_text_model_dir, tmp_path, monkeypat
 def test_a_failing_item_fails_alone():
     import torch
 
-    from pipelines.stages import PREPARED_SCHEMA, EmbedWorker
+    from pipelines.rows import PREPARED_SCHEMA
+    from pipelines.stages import EmbedWorker
     from qwen3_embed import EmbeddingOutput
 
     class Embedder:  # fails on any batch holding the 3-token item

@@ -17,11 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.discovery import discover
-from pipelines.layout import ERRORS_SCHEMA, part_name
-from pipelines.ledger import CODE_REPLICA_CRASHED, REPLICA_CRASHES_PER_BATCH, CrashGuard, Ledger
+from pipelines.layout import part_name
+from pipelines.ledger import REPLICA_CRASHES_PER_BATCH, CrashGuard, Ledger
 from pipelines.manifest import format_summary, nothing_to_do_manifest
 from pipelines.resume import input_fingerprint, nothing_to_do, output_fingerprint
-from pipelines.stages import PREPARED_SCHEMA, _failed_rows
+from pipelines.rows import CODE_REPLICA_CRASHED, ERRORS_SCHEMA, PREPARED_SCHEMA
+from pipelines.stages import _failed_rows
 from pipelines.storage import resolve
 from qwen3_embed.stderr_filter import forward, is_benign
 
@@ -57,7 +58,7 @@ def manifest(**changes) -> dict:
         "rows_per_second": 1.0,
         "tokens_per_second": 10.0,
         "execute_seconds": 5.0,
-        "replicas": 1,
+        "num_replicas": 1,
         "gpus_per_replica": 0.0,
         "this_run": {
             "rows_embedded": 10,

@@ -1,0 +1,124 @@
+"""The batch path's rows, in one place: their states, their error codes and every schema they
+take on the way through the pipeline
+
+    read (READ_SCHEMA, + PROVENANCE_FIELDS when tracked)  ->  prepare (PREPARED_SCHEMA)
+      ->  embed (embedded_schema(dim))  ->  write: OUTPUT parts (output_schema) + _errors (ERRORS_SCHEMA)
+
+Every row carries its state from the first stage on: `status` ok / error / skipped (already in
+OUTPUT, see `resume`), and for errors a reason and one of `ROW_ERROR_CODES`. A stage passes
+rows that are not `ok` through untouched, so each input row reaches the writer exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import pyarrow as pa
+
+RowStatus = Literal["ok", "error", "skipped"]
+ROW_STATUSES: tuple[RowStatus, ...] = get_args(RowStatus)
+STATUS_OK, STATUS_ERROR, STATUS_SKIPPED = ROW_STATUSES
+
+RowErrorCode = Literal[
+    "invalid_row",
+    "invalid_input",
+    "input_too_long",
+    "input_too_large_for_device",
+    "read_error",
+    "media_unavailable",
+    "unreadable_file",
+    "empty_file",
+    "prepare_failed",
+    "embed_failed",
+    "replica_crashed",
+]
+# Code -> what it means, for the README's table and for anyone reading `_errors/`. The core's
+# input codes (`qwen3_embed.vocabulary.INPUT_ERROR_CODES`) are among them: a row the core refuses
+# keeps the core's code (tests/pipelines/test_row_vocabulary.py holds both lists to this).
+ROW_ERROR_CODES: dict[RowErrorCode, str] = {
+    "invalid_row": "the row itself cannot be read (bad JSON, a bad CSV record, a bad id)",
+    "invalid_input": "a value the model cannot embed (empty or null text, a wrong type, ...)",
+    "input_too_long": "over max_length with truncation off",
+    "input_too_large_for_device": "out of device memory even when embedded alone",
+    "read_error": "an image file or reference that cannot be read",
+    "media_unavailable": "a remote image still failing after every retry (transient errors)",
+    "unreadable_file": "a file, or its rest, cannot be read: one row reports it",
+    "empty_file": "a 0-byte file: one row reports it",
+    "prepare_failed": "tokenising / loading media failed for this row alone",
+    "embed_failed": "the forward pass failed for this row alone",
+    "replica_crashed": "replicas died while holding this row, up to the job's bound",
+}
+
+CODE_INVALID_ROW: RowErrorCode = "invalid_row"
+CODE_INVALID_INPUT: RowErrorCode = "invalid_input"
+CODE_READ_ERROR: RowErrorCode = "read_error"
+CODE_MEDIA_UNAVAILABLE: RowErrorCode = "media_unavailable"
+CODE_UNREADABLE_FILE: RowErrorCode = "unreadable_file"
+CODE_EMPTY_FILE: RowErrorCode = "empty_file"
+CODE_PREPARE_FAILED: RowErrorCode = "prepare_failed"
+CODE_EMBED_FAILED: RowErrorCode = "embed_failed"
+CODE_REPLICA_CRASHED: RowErrorCode = "replica_crashed"
+
+# ------------------------------------------------------------------ through the pipeline
+_ID = pa.field("id", pa.string(), nullable=False)
+_STATE = [
+    _ID,
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("code", pa.string()),
+]
+
+IMAGE_ELEMENT = pa.struct([("bytes", pa.binary()), ("ref", pa.string())])
+READ_SCHEMA = pa.schema(
+    [
+        *_STATE,
+        pa.field("text", pa.string()),
+        pa.field("image", pa.binary()),  # image bytes (image folders, binary columns)
+        pa.field("image_ref", pa.string()),  # an image path / URL / data URI from a table
+        # Several images for one row (a list column, a JSON array): the pages of a document, in
+        # order; each element holds bytes or a reference, like `image` / `image_ref` above.
+        pa.field("images", pa.list_(IMAGE_ELEMENT)),
+    ]
+)
+
+# Which input fragment a row came from (see `fragments`), on rows of a tracked read.
+FRAGMENT_COLUMN = "fragment"
+FRAGMENT_ROWS_COLUMN = "fragment_rows"
+PROVENANCE_FIELDS = (
+    pa.field(FRAGMENT_COLUMN, pa.string()),  # null: an untracked fragment
+    pa.field(FRAGMENT_ROWS_COLUMN, pa.int64()),  # set on a fragment's last row only
+)
+TRACKED_READ_SCHEMA = pa.schema([*READ_SCHEMA, *PROVENANCE_FIELDS])
+
+_STAGE_STATE = [*_STATE, pa.field("num_tokens", pa.int32())]
+PREPARED_SCHEMA = pa.schema(
+    [*_STAGE_STATE, pa.field("input_ids", pa.list_(pa.int32())), pa.field("media", pa.binary())]
+)
+
+
+def embedded_schema(dim: int) -> pa.Schema:
+    return pa.schema([*_STAGE_STATE, pa.field("embedding", pa.list_(pa.float32(), dim))])
+
+
+# Every column name the stages own; any other column of a block is the caller's, passed through.
+STAGE_COLUMNS = frozenset(READ_SCHEMA.names) | frozenset(PREPARED_SCHEMA.names) | {"embedding"}
+
+# ------------------------------------------------------------------------- in OUTPUT
+ERRORS_SCHEMA = pa.schema(
+    [
+        _ID,
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("code", pa.string(), nullable=False),
+    ]
+)
+
+
+def output_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
+    return pa.schema(
+        [
+            _ID,
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("num_tokens", pa.int32(), nullable=False),
+        ],
+        metadata=metadata,
+    )
