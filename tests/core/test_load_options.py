@@ -157,3 +157,19 @@ def test_from_options_loads_what_from_pretrained_loads(tiny_text_model_dir, tiny
     assert Embedder.from_pretrained(
         tiny_text_model_dir, device="cpu", dtype="fp32"
     ).backend.dtype == (torch.float32)
+
+
+def test_the_core_loads_without_pydantic_or_ray():
+    """A GPU machine with only the core's dependencies (torch, transformers) imports the core and
+    its options; pydantic and Ray belong to the layers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, qwen3_embed, qwen3_embed.options, qwen3_embed.embedder, qwen3_embed.preparer; "
+        "print(sorted(m for m in ('pydantic', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
