@@ -66,7 +66,6 @@ class ModelServer:
         from transformers.utils import logging as transformers_logging
 
         from qwen3_embed import Embedder
-        from qwen3_embed.option_fields import load_options
         from qwen3_embed.vl.media import MediaOptions
 
         # A replica's "Loading weights" bar, relayed to the server's terminal, is noise there.
@@ -74,7 +73,7 @@ class ModelServer:
         self.config = model
         self.limits = limits
         self.embedder = Embedder.from_options(
-            load_options(model),
+            model.load_options(),
             # Defence in depth: the ingress sends media as bytes only, but whoever else calls this
             # deployment through a handle must not make it read local files or fetch URLs either
             # (the core's defaults allow both, for trusted library use). Ignored by text models.

@@ -130,8 +130,7 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
     @field_validator("storage_options", mode="before")
     @classmethod
     def _options(cls, value: Any) -> tuple[tuple[str, Any], ...]:
-        pairs = sorted(value.items()) if isinstance(value, Mapping) else tuple(value or ())
-        return tuple((str(key), option) for key, option in pairs)
+        return storage_option_pairs(value)
 
     @field_validator("instruction")
     @classmethod
@@ -215,3 +214,10 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
             for key, value in self.storage_options
         }
         return values
+
+
+def storage_option_pairs(value: Any) -> tuple[tuple[str, Any], ...]:
+    """Storage options as sorted (key, value) pairs: hashable, so a config stays frozen; YAML
+    and callers give a mapping."""
+    pairs = sorted(value.items()) if isinstance(value, Mapping) else tuple(value or ())
+    return tuple((str(key), option) for key, option in pairs)

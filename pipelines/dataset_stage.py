@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields, load_options
+from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
 
-from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS
+from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, storage_option_pairs
 from .map_stages import StageResources, apply_stages, embed_stage, prepare_stage
 from .readers import ReadSpec, RowBuffer, RowSource
 from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
@@ -81,8 +81,7 @@ class EmbedStageConfig(LoadFields, ReplicaFields, ReadableConfig):
     @field_validator("storage_options", mode="before")
     @classmethod
     def _options(cls, value: Any) -> tuple[tuple[str, Any], ...]:
-        pairs = sorted(value.items()) if isinstance(value, dict) else tuple(value or ())
-        return tuple((str(key), option) for key, option in pairs)
+        return storage_option_pairs(value)
 
     @model_validator(mode="after")
     def _columns(self) -> EmbedStageConfig:
@@ -148,7 +147,7 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
         cpus_per_replica=config.cpus_per_replica,
         gpus_per_replica=gpus_per_replica(config.gpus_per_replica),
     )
-    load = dataclasses.replace(load_options(config), model=model)
+    load = dataclasses.replace(config.load_options(), model=model)
     prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
     embed = EmbedSettings(load, dim)
     stages = (

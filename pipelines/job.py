@@ -27,8 +27,6 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import DataContext, read_datasource
 
-from qwen3_embed.option_fields import load_options
-
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
 from .dataset_stage import gpus_per_replica
 from .datasource import CorpusDatasource
@@ -352,7 +350,7 @@ def _embedding_stages(plan: JobPlan, gpus: float, ledger_name: str) -> tuple[Map
         gpus_per_replica=gpus,
     )
     # `plan.model` is the model as the workers must name it (a local folder made absolute).
-    load = dataclasses.replace(load_options(config), model=plan.model)
+    load = dataclasses.replace(config.load_options(), model=plan.model)
     prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
     embed = EmbedSettings(load, plan.dim, ledger_name)
     return (

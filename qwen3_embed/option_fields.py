@@ -80,13 +80,14 @@ def _fields(cls: type) -> dict[str, Any]:
     return fields
 
 
-LoadFields = create_model("LoadFields", __base__=FrozenConfig, **_fields(LoadOptions))
+class _HoldsLoadOptions(FrozenConfig):
+    def load_options(self) -> LoadOptions:
+        """The `LoadOptions` this config holds (what its replicas load with)."""
+        return LoadOptions.pick(self)
+
+
+LoadFields = create_model("LoadFields", __base__=_HoldsLoadOptions, **_fields(LoadOptions))
 ReplicaFields = create_model("ReplicaFields", __base__=FrozenConfig, **_fields(ReplicaOptions))
-
-
-def load_options(config: Any) -> LoadOptions:
-    """The `LoadOptions` a config holds."""
-    return LoadOptions.pick(config)
 
 
 def describe(error: ValidationError, model: type[BaseModel]) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from qwen3_embed.option_fields import InvalidConfigError, load_options
+from qwen3_embed.option_fields import InvalidConfigError
 from qwen3_embed.options import (
     DEPRECATED_NAMES,
     InvalidOptionsError,
@@ -84,9 +84,9 @@ def test_the_configs_hand_their_load_options_to_the_core():
     job_config, stage_config, model_config = _configs()
     values = {"model": "m", "dtype": "float32", "max_batch_tokens": 4096, "compile": True}
     expected = LoadOptions(**values)
-    assert load_options(job_config(input="a", output="o", **values)) == expected
-    assert load_options(stage_config(**values)) == expected
-    assert load_options(model_config(**values)) == expected
+    assert job_config(input="a", output="o", **values).load_options() == expected
+    assert stage_config(**values).load_options() == expected
+    assert model_config(**values).load_options() == expected
 
 
 def test_old_knob_names_still_work_with_a_warning(tmp_path):
