@@ -352,9 +352,12 @@ class EmbeddingsIngress:
 
     async def __del__(self) -> None:
         """Serve's shutdown hook (it awaits an async `__del__`): close the media fetcher's
-        connection pool instead of leaving its sockets to the garbage collector."""
-        if self._fetcher is not None:
-            await self._fetcher.aclose()
+        connection pool instead of leaving its sockets to the garbage collector. Serve calls it
+        also when `__init__` failed (e.g. a missing model directory), before `_fetcher` exists:
+        that start-up error is the one to report, not a second one from here."""
+        fetcher = getattr(self, "_fetcher", None)
+        if fetcher is not None:
+            await fetcher.aclose()
 
     # ------------------------------------------ colocated model (ingress.colocate)
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:

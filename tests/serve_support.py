@@ -1,16 +1,20 @@
 """Helpers shared by the serving tests (no tests of its own): free ports, a socket that records
-connections, a tiny HTTP server with redirects, OpenAI error-shape checks, an app deployed on the session's Serve for a test module."""
+connections, a tiny HTTP server with redirects, OpenAI error-shape checks, an app deployed on the session's Serve for a test module, `qwen3-embed serve` run as a subprocess."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -247,3 +251,76 @@ def proxy_pids() -> list[int]:
 
     details = ray.get(_get_global_client()._controller.get_serve_instance_details.remote())
     return [actor_pid(proxy["actor_name"]) for proxy in details["proxies"].values()]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_serve_command(
+    arguments: list[str], log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`python -m qwen3_embed serve ARGUMENTS` as a user starts it, with its own private Ray (no
+    RAY_ADDRESS) and output in `log`. Its own session: a failing test kills the whole tree
+    (driver, Ray, HAProxy) with os.killpg."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(extra_env or {})})
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qwen3_embed", "serve", *arguments],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_serving(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
+    """Until the command says it is serving (start-up over) and `url` (/ready) answers 200."""
+    import httpx
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve exited early with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if (
+                "qwen3-embed: serving" in log.read_text()
+                and httpx.get(url, timeout=2).status_code == 200
+            ):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"not ready after {timeout_s}s:\n{log.read_text()[-4000:]}")
+
+
+def kill_serve_command(proc: subprocess.Popen) -> None:
+    """If the command still runs (a test failed), kill its whole session, and every process
+    under it by name too: Ray starts HAProxy in a process group of its own, and HAProxy outlives
+    a killed Ray."""
+    import psutil
+
+    if proc.poll() is None:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        proc.wait(timeout=30)
+
+
+def serve_processes(proc: subprocess.Popen, title_part: str) -> list[Any]:
+    """The live processes under a `qwen3-embed serve` subprocess (its Ray and what Ray started)
+    whose command line contains `title_part` (Ray titles its actors `ray::ServeReplica:...`)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if title_part in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found

@@ -3,68 +3,41 @@ tiny model, an API key from an environment variable; then Ctrl-C (SIGINT) and a 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from serve_support import assert_openai_error, free_port
+from serve_support import (
+    assert_openai_error,
+    free_port,
+    kill_serve_command,
+    serve_processes,
+    start_serve_command,
+    wait_serving,
+)
 
-REPO = Path(__file__).resolve().parents[2]
+from deployments.ray_env import LATENCY_SWITCHES
+
 KEY_VAR = "QWEN3_EMBED_TEST_CLI_KEYS"
 KEY = "cli-key-abc"
-
-
-def _wait_serving(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 240) -> None:
-    """Until the command says it is serving (start-up over) and /ready answers 200."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"serve exited early with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if (
-                "qwen3-embed: serving" in log.read_text()
-                and httpx.get(url, timeout=2).status_code == 200
-            ):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"not ready after {timeout_s}s:\n{log.read_text()[-4000:]}")
 
 
 def test_serve_command_serves_then_exits_cleanly_on_sigint(
     tiny_text_model_dir, tiny_text_embedder, tmp_path
 ):
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    env.update({KEY_VAR: KEY, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    command = [
-        sys.executable, "-m", "qwen3_embed", "serve",
+    arguments = [
         "--model", str(tiny_text_model_dir), "--served-model-name", "tiny",
         "--port", str(port), "--num-cpus", "2", "--cpus-per-replica", "0.5",
         "--max-batch-size", "8", "--batch-wait-ms", "5", "--api-key-env", KEY_VAR,
     ]  # fmt: skip
     log = tmp_path / "serve.log"
-    with log.open("wb") as sink:
-        # Own session: if the test fails, the whole tree (driver, its Ray) is killed below.
-        proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_serve_command(arguments, log, {KEY_VAR: KEY})
     try:
         base = f"http://127.0.0.1:{port}"
-        _wait_serving(proc, f"{base}/ready", log)
+        wait_serving(proc, f"{base}/ready", log)
         assert_openai_error(
             httpx.post(f"{base}/v1/embeddings", json={"input": "x"}, timeout=30),
             401,
@@ -81,6 +54,15 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
         rows = np.asarray([row["embedding"] for row in response.json()["data"]], dtype=np.float32)
         assert np.max(np.abs(rows - reference.embeddings.numpy())) <= 1e-5
         assert KEY not in log.read_text()  # keys are never logged
+        # The private Ray runs Serve with the latency switches (deployments/ray_env.py), seen in
+        # the replicas' own environments (ingress and model), and with Ray's Python proxy.
+        replicas = serve_processes(proc, "ServeReplica:")
+        assert len(replicas) == 2
+        for replica in replicas:
+            environment = replica.environ()
+            for name, value in LATENCY_SWITCHES.items():
+                assert environment.get(name) == value, name
+            assert environment.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "0"
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0, log.read_text()[-4000:]
@@ -96,6 +78,4 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{base}/health", timeout=2)  # the proxy went away with it
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        kill_serve_command(proc)

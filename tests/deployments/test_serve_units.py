@@ -756,3 +756,60 @@ def test_cli_module_does_not_import_ray_or_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     )
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_cli_refuses_haproxy_on_a_cluster_before_starting_ray(capsys, monkeypatch):
+    from deployments.cli import run
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert run(_parse("--model", "a", "--http-proxy", "haproxy", "--address", "auto")) == 2
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert run(_parse("--model", "a", "--http-proxy", "haproxy")) == 2
+    with pytest.raises(SystemExit):
+        _parse("--model", "a", "--http-proxy", "nginx")
+
+
+# ------------------------------------------------------------- the private Ray's environment
+def test_serve_environment_per_http_proxy():
+    from deployments.ray_env import (
+        HAPROXY,
+        HAPROXY_PORT_VARIABLES,
+        LATENCY_SWITCHES,
+        serve_environment,
+    )
+
+    assert serve_environment("ray") == LATENCY_SWITCHES
+    ports = iter((41001, 41002, 41003))
+    haproxy = serve_environment("haproxy", pick_port=lambda: next(ports))
+    assert haproxy == {
+        **LATENCY_SWITCHES,
+        **HAPROXY,
+        **dict(zip(HAPROXY_PORT_VARIABLES, ("41001", "41002", "41003"), strict=True)),
+    }
+    # Real free ports: distinct, none of Ray's fixed defaults.
+    chosen = [serve_environment("haproxy")[name] for name in HAPROXY_PORT_VARIABLES]
+    assert all(port.isdigit() and port not in {"8500", "8404", "9101"} for port in chosen)
+    with pytest.raises(ValueError, match="http proxy must be one of ray, haproxy"):
+        serve_environment("nginx")  # type: ignore[arg-type]
+
+
+def test_apply_environment_lets_the_users_values_win():
+    from deployments.ray_env import apply_environment, serve_environment
+
+    environ = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+    applied = apply_environment(serve_environment("ray"), environ)
+    assert applied["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"  # the user's
+    assert environ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"  # ours, where unset
+    with pytest.raises(ValueError, match="needs RAY_SERVE_ENABLE_HA_PROXY=1"):
+        apply_environment(serve_environment("haproxy"), {"RAY_SERVE_ENABLE_HA_PROXY": "0"})
+
+
+def test_ingress_shutdown_hook_after_a_failed_start():
+    """Serve awaits `__del__` also when `__init__` raised (a missing model directory): the hook
+    must not add a second, misleading error to the start-up one."""
+    from deployments.ingress import EmbeddingsIngress
+
+    cls = EmbeddingsIngress.func_or_class
+    never_initialised = object.__new__(cls)
+    asyncio.run(cls.__del__(never_initialised))
