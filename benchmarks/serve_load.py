@@ -1,6 +1,7 @@
 """Benchmark 3: online serving under 1, 8 and 64 concurrent clients (one text per request) and
-sequential 16-text requests, for this app (`qwen3-embed serve`'s Ray Serve application) and
-infinity (`infinity_emb v2`, in its own virtual environment), next to the core's own latency
+sequential 16-text requests, for this app (the `qwen3-embed serve` command, run in a subprocess
+exactly as users run it, in three layouts: split, `--colocate-ingress`, and that with
+`--http-proxy haproxy`) and infinity (`infinity_emb v2`, in its own virtual environment), next to the core's own latency
 and batched throughput. Same model directory (sentence-transformers format), same texts, same
 HTTP client (httpx on loopback), one server at a time, all in one run.
 
@@ -12,12 +13,18 @@ queueing, forward, rendering.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import os
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +33,7 @@ import torch
 
 from qwen3_embed import Embedder
 
-from .common import build_model, log, row, shape_for, start_ray
+from .common import RAY_CPUS, build_model, log, row, shape_for
 from .corpus import make_corpus
 from .infinity_peer import InfinityServer, ensure_environment
 from .st_format import write_sentence_transformers_files
@@ -40,7 +47,8 @@ BATCH_TEXTS = 16
 SERVED_NAME = "bench"
 MAX_LENGTH = 512
 COLOCATED = "qwen3-embed serve --colocate-ingress"
-APP_LAYOUTS = ("qwen3-embed serve", COLOCATED)
+HAPROXY = "qwen3-embed serve --colocate-ingress --http-proxy haproxy"
+APP_LAYOUTS = ("qwen3-embed serve", COLOCATED, HAPROXY)
 
 
 def _free_port() -> int:
@@ -174,42 +182,69 @@ def _this_app(
     quick: bool,
     reference,
     colocate: bool = False,
+    http_proxy: str = "ray",
 ):
-    import ray
-    from ray import serve
-
-    from deployments.app import build_app
-
-    start_ray()
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = build_app(
+    """`qwen3-embed serve` run as users run it: the command in a subprocess, with the private Ray
+    (and its Serve settings, deployments/ray_env.py) that it starts itself."""
+    port = _free_port()
+    config = {
+        "models": [
             {
-                "models": [
-                    {
-                        "model": str(model_dir),
-                        "served_model_name": SERVED_NAME,
-                        "cpus_per_replica": THREADS,  # Ray sets OMP_NUM_THREADS from it
-                        "gpus_per_replica": 1 if device.type == "cuda" else 0,
-                        "batching": {"max_batch_size": 64},  # no wait: continuous batching
-                    }
-                ],
-                "ingress": {
-                    "cpus_per_replica": 0.25,
-                    "timing_header": True,
-                    "colocate": colocate,
-                },
+                "model": str(model_dir),
+                "served_model_name": SERVED_NAME,
+                "cpus_per_replica": THREADS,  # Ray sets OMP_NUM_THREADS from it
+                "gpus_per_replica": 1 if device.type == "cuda" else 0,
+                "batching": {"max_batch_size": 64},  # no wait: continuous batching
             }
-        )
-        serve.run(app, name="bench", route_prefix="/")
-        url = f"http://127.0.0.1:{port}/v1/embeddings"
-        measured = _measure_server(url, texts, quick)
-        measured["max_abs_diff_vs_core"] = _parity(url, texts, reference)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        ],
+        "ingress": {"cpus_per_replica": 0.25, "timing_header": True, "colocate": colocate},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "app.json"
+        config_path.write_text(json.dumps(config))
+        command = [
+            sys.executable, "-m", "qwen3_embed", "serve", "--app-config", str(config_path),
+            "--port", str(port), "--num-cpus", str(RAY_CPUS), "--http-proxy", http_proxy,
+        ]  # fmt: skip
+        log_path = Path(tmp) / "serve.log"
+        with _serve_command(command, log_path, f"http://127.0.0.1:{port}/ready"):
+            url = f"http://127.0.0.1:{port}/v1/embeddings"
+            measured = _measure_server(url, texts, quick)
+            measured["max_abs_diff_vs_core"] = _parity(url, texts, reference)
     return measured
+
+
+@contextlib.contextmanager
+def _serve_command(command: list[str], log_path: Path, ready_url: str) -> Iterator[None]:
+    """Run the command until it serves (`/ready` answers 200); Ctrl-C it afterwards."""
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    with log_path.open("wb") as sink:
+        proc = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not _ready(ready_url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"qwen3-embed serve did not start: {log_path.read_text()[-2000:]}"
+                )
+            time.sleep(1)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _hops(stages: dict[str, float]) -> dict[str, float]:
@@ -254,6 +289,7 @@ def run(device: torch.device, quick: bool) -> dict:
             ("infinity", _infinity),
             ("qwen3-embed serve", _this_app),
             (COLOCATED, functools.partial(_this_app, colocate=True)),
+            (HAPROXY, functools.partial(_this_app, colocate=True, http_proxy="haproxy")),
         ):
             log(f"{name}:")
             try:

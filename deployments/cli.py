@@ -78,7 +78,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     source.add_argument(
         "--app-config",
         metavar="PATH",
-        help="YAML/JSON file with the full ServeAppConfig (the builder args); replaces the model and policy flags",
+        help="YAML/JSON file with the full ServeAppConfig (the builder args); replaces the model and policy flags (refused beside it)",
     )
     # How each replica loads its model: the core's knobs, flags and help (`qwen3_embed.options`).
     add_flags(source, LoadOptions, skip=("model",))
@@ -201,11 +201,39 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+# Flags about the server itself, which hold with --app-config too; every other flag describes the
+# app, which the file then describes instead.
+SERVER_FLAGS = frozenset(
+    {
+        "app_config", "host", "port", "route_prefix", "request_timeout_s", "http_proxy",
+        "address", "num_cpus", "num_gpus", "app_name", "handler",
+    }
+)  # fmt: skip
+
+
+def _app_flags_given(args: argparse.Namespace) -> list[str]:
+    """The app flags set to something other than their defaults (as --flag names)."""
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers())
+    defaults = vars(root.parse_args(["serve"]))
+    return [
+        f"--{name.replace('_', '-')}"
+        for name, default in defaults.items()
+        if name not in SERVER_FLAGS and getattr(args, name, default) != default
+    ]
+
+
 def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
     """The flags (or --app-config) as one validated ServeAppConfig; ValueError when inconsistent."""
     if args.app_config:
         if args.model:
             raise ValueError("--app-config and --model are exclusive: put the models in the file")
+        ignored = _app_flags_given(args)
+        if ignored:
+            raise ValueError(
+                f"--app-config replaces the model and policy flags; {', '.join(ignored)} would be "
+                "ignored: put them in the file"
+            )
         text = Path(args.app_config).read_text(encoding="utf-8")
         return ServeAppConfig.model_validate(yaml.safe_load(text))
     if not args.model:

@@ -737,6 +737,14 @@ def test_cli_app_config_file(tmp_path):
     assert config.models[0].name == "n" and config.limits.max_inputs_per_request == 9
     with pytest.raises(ValueError, match="exclusive"):
         config_from_args(_parse("--app-config", str(path), "--model", "m"))
+    # App flags beside the file would be silently ignored: refused, each named.
+    with pytest.raises(ValueError, match="--colocate-ingress, --max-batch-size would be ignored"):
+        config_from_args(
+            _parse("--app-config", str(path), "--colocate-ingress", "--max-batch-size", "4")
+        )
+    # Server flags hold with a file.
+    served = _parse("--app-config", str(path), "--port", "9", "--http-proxy", "haproxy")
+    assert config_from_args(served).models[0].name == "n"
     path.write_text(yaml.safe_dump({"models": [{"model": "m", "max_batch_sise": 1}]}))
     with pytest.raises(ValidationError):
         config_from_args(_parse("--app-config", str(path)))
