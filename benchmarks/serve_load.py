@@ -43,6 +43,9 @@ CONCURRENCY = (1, 8, 64)
 # Serve replica): QWEN3_EMBED_BENCH_THREADS, default 2 (this machine's cores). On a machine
 # shared with other work, 1 avoids OpenMP threads spinning against each other.
 THREADS = int(os.environ.get("QWEN3_EMBED_BENCH_THREADS", "2"))
+# The core's forward mode, for the core alone and this app alike (infinity has its own):
+# QWEN3_EMBED_BENCH_FORWARD_MODE, default auto (padded on CPU, packed for Qwen3 text on a GPU).
+FORWARD_MODE = os.environ.get("QWEN3_EMBED_BENCH_FORWARD_MODE", "auto")
 BATCH_TEXTS = 16
 SERVED_NAME = "bench"
 MAX_LENGTH = 512
@@ -125,7 +128,7 @@ def _short(m: dict) -> str:
 
 def _core(model_dir: Path, texts: list[str], device: torch.device, quick: bool) -> dict:
     torch.set_num_threads(THREADS)
-    embedder = Embedder.from_pretrained(model_dir, device=device)
+    embedder = Embedder.from_pretrained(model_dir, device=device, forward_mode=FORWARD_MODE)
     embedder.embed(texts[:4])
     singles = []
     for text in texts[: 10 if quick else 40]:
@@ -143,6 +146,7 @@ def _core(model_dir: Path, texts: list[str], device: torch.device, quick: bool) 
         batches.append(time.perf_counter() - start)
     reference = embedder.embed(texts[:8]).embeddings.numpy()
     return {
+        "forward_mode": embedder.forward_mode,
         "single_p50_ms": float(np.percentile(singles, 50) * 1000),
         "single_p99_ms": float(np.percentile(singles, 99) * 1000),
         "batched_texts_per_second": throughput,
@@ -193,6 +197,7 @@ def _this_app(
                 "model": str(model_dir),
                 "served_model_name": SERVED_NAME,
                 "cpus_per_replica": THREADS,  # Ray sets OMP_NUM_THREADS from it
+                "forward_mode": FORWARD_MODE,
                 "gpus_per_replica": 1 if device.type == "cuda" else 0,
                 "batching": {"max_batch_size": 64},  # no wait: continuous batching
             }
@@ -273,6 +278,7 @@ def run(device: torch.device, quick: bool) -> dict:
         "benchmark": "serve_load",
         "model": shape.name,
         "torch_threads": THREADS,
+        "forward_mode": FORWARD_MODE,
         "servers": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -317,7 +323,7 @@ def _rows(results: dict) -> list[dict]:
     infinity = servers["infinity"]
     rows = [
         row(
-            "core alone: one text / batches of 64 / 16 texts",
+            f"core alone ({core['forward_mode']} forwards): one text / batches of 64 / 16 texts",
             f"p50 {core['single_p50_ms']:.1f} / p99 {core['single_p99_ms']:.1f} ms; "
             f"{core['batched_texts_per_second']:.1f} texts/s; "
             f"16 texts p50 {core['16-text']['p50_ms']:.1f} ms",
