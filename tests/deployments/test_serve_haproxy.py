@@ -1,8 +1,9 @@
 """`qwen3-embed serve --http-proxy haproxy` (slow: CI's slow step): Ray 2.60's HAProxy mode in the
 private Ray the command starts, as a user runs it. HAProxy, not Ray's Python proxy, holds the
 port; the answers are the app's own (vectors equal to the core's through the official `openai`
-client, OpenAI-shaped errors, auth); a replica killed under requests gives the documented
-answer and is replaced; Ctrl-C exits 0 and leaves no HAProxy behind."""
+client, OpenAI-shaped errors, auth, the queue bound's 429 + Retry-After); a replica killed under
+requests gives the documented answer and is replaced; Ctrl-C exits 0 and leaves no HAProxy
+behind."""
 
 from __future__ import annotations
 
@@ -143,5 +144,57 @@ def test_haproxy_mode_serves_the_same_answers_survives_a_replica_kill_and_exits_
         assert not alive, f"HAProxy outlived the command: {alive}"
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{base}/health", timeout=2)
+    finally:
+        kill_serve_command(proc)
+
+
+def test_haproxy_mode_passes_the_queue_bound_429_through(tiny_text_model_dir, tmp_path):
+    """Backpressure through HAProxy: the replica's own queue bound still answers 429 +
+    Retry-After with the OpenAI body (HAProxy rewrites only 502/503/504)."""
+    import json
+
+    config = {
+        "models": [
+            {
+                "model": str(tiny_text_model_dir),
+                "served_model_name": "tiny",
+                "max_length": 48,
+                "cpus_per_replica": 0.5,
+                # One request runs, one token may wait: a burst meets the bound.
+                "batching": {"max_batch_size": 1},
+                "max_queued_tokens": 1,
+                "retry_after_s": 3,
+            }
+        ],
+        "ingress": {"colocate": True},
+    }
+    config_path = tmp_path / "app.json"
+    config_path.write_text(json.dumps(config))
+    port = free_port()
+    log = tmp_path / "serve.log"
+    arguments = ["--app-config", str(config_path), "--port", str(port), "--num-cpus", "2"]
+    proc = start_serve_command([*arguments, "--http-proxy", "haproxy"], log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_serving(proc, f"{base}/ready", log, timeout_s=300)
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                return await asyncio.gather(
+                    *(
+                        http.post("/v1/embeddings", json={"input": [f"burst text {i}"]})
+                        for i in range(60)
+                    )
+                )
+
+        answers = asyncio.run(burst())
+        statuses = sorted(answer.status_code for answer in answers)
+        print(f"\n[haproxy burst] {statuses.count(200)} x 200, {statuses.count(429)} x 429")
+        assert set(statuses) == {200, 429}, statuses
+        rejected = next(answer for answer in answers if answer.status_code == 429)
+        assert_openai_error(rejected, 429, "queue_full")
+        assert rejected.headers["retry-after"] == "3"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-4000:]
     finally:
         kill_serve_command(proc)
