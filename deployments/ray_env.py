@@ -19,7 +19,7 @@ HTTP_PROXIES: tuple[str, ...] = get_args(HttpProxy)
 
 # Ray Serve's own latency switches: three of its RAY_SERVE_THROUGHPUT_OPTIMIZED preset (the rest
 # of that preset changes logging and inter-replica transport, which this app does not need).
-# Measured on 2 cores (README, Benchmarks): 1-client p50 67 -> 52 ms, 64 clients +26% texts/s.
+# Measured on 2 cores, one A/B run each (README, online serving): split layout 1-client p50 67 -> 52 ms.
 LATENCY_SWITCHES: Mapping[str, str] = {
     # User code runs on the replica's own event loop, not a second thread: one thread hop less
     # per request. Safe for this app: its blocking steps (tokenising, the forward, rendering a
