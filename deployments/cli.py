@@ -110,8 +110,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "2.60's HAProxy mode (experimental in Ray): HAProxy forwards straight to the ingress "
         "replicas' own HTTP servers, a few ms less per request. Only for the private Ray started "
         "here (a cluster sets RAY_SERVE_ENABLE_HA_PROXY=1 at `ray start`). In that mode a request "
-        "in flight on a replica that dies gets a bare 500, and Ctrl-C takes ~35 s (Ray drains "
-        "the replicas) (default: ray)",
+        "in flight on an ingress replica that dies gets a bare 500 or a closed connection, and "
+        "Ctrl-C takes ~35 s (Ray drains the replicas) (default: ray)",
     )
     http.add_argument(
         "--api-key-env",
