@@ -1,4 +1,4 @@
-"""qwen3_embed: the one core for Qwen3-Embedding and Qwen3-VL-Embedding.
+"""qwen3_embed: the one core for Qwen3-Embedding and Qwen3-VL-Embedding, and their rerankers.
 
 Model loading, input formatting, batching, pooling and Matryoshka truncation live here and only
 here; the Ray Data pipeline (`pipelines`) and the Ray Serve app (`deployments`) call into it.
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from .contracts import PreparedInput
     from .embedder import Embedder, EmbeddingOutput
     from .preparer import Preparer
+    from .rerank.preparer import RerankPreparer
+    from .reranker import Reranker, RerankOutput
     from .vl.media import MediaOptions
 
 # name -> module that defines it, imported on first use (PEP 562)
@@ -34,6 +36,9 @@ _LAZY = {
     "Embedder": ".embedder",
     "EmbeddingOutput": ".embedder",
     "Preparer": ".preparer",
+    "Reranker": ".reranker",
+    "RerankOutput": ".reranker",
+    "RerankPreparer": ".rerank.preparer",
     "MediaOptions": ".vl.media",
 }
 
@@ -60,6 +65,9 @@ __all__ = [
     "PreparedInput",
     "Preparer",
     "ReplicaOptions",
+    "RerankOutput",
+    "RerankPreparer",
+    "Reranker",
     "UnsupportedModelError",
 ]
 __version__ = "0.1.0"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,9 +24,11 @@ from .options import (
 )
 from .pooling import pool, truncate_and_normalize
 from .preparer import Preparer
+from .progress import PROGRESS_BAR_MIN_ITEMS, progress_bar, want_progress  # noqa: F401 (re-export)
 from .registry import lookup
 from .runner import run_forwards
 from .source import resolve_model_dir
+from .task import require_task
 from .vocabulary import Family
 
 if TYPE_CHECKING:
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ITEM_ERRORS = ("raise", "collect")
-# `show_progress_bar=None` draws a bar from this many inputs on, where someone can see it (a
-# Jupyter kernel or a terminal): below it a call is short even on a CPU, and a bar per call of a
-# loop over small chunks would be noise.
-PROGRESS_BAR_MIN_ITEMS = 1000
 
 
 @dataclass
@@ -123,27 +120,16 @@ class Embedder:
         replicas all load through here)."""
         source_text = options.model
         model_dir = resolve_model_dir(source_text, options.revision)
+        # A reranker checkpoint looks like an embedding model to config.json: refuse it by the
+        # signals `qwen3_embed.task` reads, naming the class to use.
+        require_task(source_text, model_dir, "embed")
         info = read_model_info(model_dir, lookup(source_text))
         preparer = Preparer.from_model_dir(
             source_text, model_dir, info, options.max_length, media_options
         )
-        torch_device = resolve_device(options.device)
-        torch_dtype = resolve_dtype(options.dtype, torch_device)
-        attn = resolve_attention(options.attn_implementation)
-        mode = resolve_forward_mode(options.forward_mode, preparer.info, torch_device)
-        backend = _load_backend(model_dir, preparer.impl, torch_device, torch_dtype, attn, mode)
-        if options.compile:
-            backend.compile()
+        backend = load_backend(options, model_dir, preparer.impl)
         embedder = cls(preparer, backend, options.max_batch_tokens)
-        logger.info(
-            "loaded %s on %s: forward_mode=%s, attention kernel=%s, compiled=%s, max_batch_tokens=%d",
-            source_text,
-            torch_device,
-            embedder.forward_mode,
-            getattr(backend, "packed_kernel", None) or attn,
-            options.compile,
-            embedder.max_batch_tokens,
-        )
+        log_loaded(source_text, backend, options, embedder.max_batch_tokens)
         return embedder
 
     # -------------------------------------------------------------- properties
@@ -245,7 +231,7 @@ class Embedder:
         lengths = [item.num_tokens for item in prepared]
         if not prepared:
             return EmbeddingOutput(torch.empty((0, out_dim), dtype=torch.float32), 0, lengths)
-        bar = _progress_bar(len(prepared)) if show_progress_bar else None
+        bar = progress_bar(len(prepared)) if show_progress_bar else None
         try:
             vectors, failures = run_forwards(
                 self.backend,
@@ -286,7 +272,7 @@ class Embedder:
             inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
         )
         return self.embed_prepared(
-            prepared, dim, show_progress_bar=_want_progress(show_progress_bar, len(prepared))
+            prepared, dim, show_progress_bar=want_progress(show_progress_bar, len(prepared))
         )
 
     def encode(
@@ -328,29 +314,6 @@ class Embedder:
         return f"Embedder({self.source!r}, family={self.family!r}, hidden_size={self.hidden_size}, device={self.device})"
 
 
-def _want_progress(show_progress_bar: bool | None, count: int) -> bool:
-    if show_progress_bar is not None:
-        return bool(show_progress_bar)
-    return count >= PROGRESS_BAR_MIN_ITEMS and _output_is_watched()
-
-
-def _output_is_watched() -> bool:
-    """A Jupyter kernel (its stderr is a cell's output, though not a TTY) or a terminal; not a
-    batch job's or a server's log."""
-    if "ipykernel" in sys.modules:
-        return True
-    stream = sys.stderr
-    return stream is not None and hasattr(stream, "isatty") and stream.isatty()
-
-
-def _progress_bar(total: int) -> Any:
-    # tqdm comes with huggingface-hub (a dependency), and is imported only when a bar is drawn;
-    # tqdm.auto picks the notebook widget in Jupyter (with ipywidgets), text elsewhere.
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="embedding", unit="input", disable=False)
-
-
 def resolve_forward_mode(forward_mode: str, info: ModelInfo, device: torch.device) -> str:
     """ "auto" -> packed for Qwen3 text models on a GPU, else padded. An explicit "packed" that
     the model cannot run is refused, never quietly run padded."""
@@ -373,6 +336,32 @@ def default_batch_tokens(backend: Backend) -> int:
     if backend.forward_mode == "packed" and backend.device.type == "cuda":
         return DEFAULT_GPU_PACKED_BATCH_TOKENS
     return DEFAULT_MAX_BATCH_TOKENS
+
+
+def load_backend(options: LoadOptions, model_dir: os.PathLike, impl: InputPreparer) -> Backend:
+    """The device half for `impl`'s family under `options`' device, dtype, attention kernel,
+    forward mode and compile knobs (the Embedder's and the Reranker's, alike)."""
+    torch_device = resolve_device(options.device)
+    torch_dtype = resolve_dtype(options.dtype, torch_device)
+    attn = resolve_attention(options.attn_implementation)
+    mode = resolve_forward_mode(options.forward_mode, impl.info, torch_device)
+    backend = _load_backend(model_dir, impl, torch_device, torch_dtype, attn, mode)
+    backend.attn_implementation = attn
+    if options.compile:
+        backend.compile()
+    return backend
+
+
+def log_loaded(source: str, backend: Backend, options: LoadOptions, max_batch_tokens: int) -> None:
+    logger.info(
+        "loaded %s on %s: forward_mode=%s, attention kernel=%s, compiled=%s, max_batch_tokens=%d",
+        source,
+        backend.device,
+        backend.forward_mode,
+        getattr(backend, "packed_kernel", None) or getattr(backend, "attn_implementation", None),
+        options.compile,
+        max_batch_tokens,
+    )
 
 
 def _load_backend(

@@ -18,6 +18,7 @@ from .options import LoadOptions
 from .prompts import check_instruction, resolve_prompt
 from .registry import lookup
 from .source import resolve_model_dir
+from .task import require_task
 
 if TYPE_CHECKING:
     from .vl.media import MediaOptions
@@ -41,6 +42,7 @@ class Preparer:
         """`media_options` (VL only) says where images/videos may come from and how big they may be."""
         source_text = os.fspath(source)
         model_dir = resolve_model_dir(source_text, revision)
+        require_task(source_text, model_dir, "embed")  # a reranker is refused, naming Reranker
         info = read_model_info(model_dir, lookup(source_text))
         return cls.from_model_dir(source_text, model_dir, info, max_length, media_options)
 

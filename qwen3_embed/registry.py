@@ -39,6 +39,16 @@ SEED_MODELS: dict[str, ModelSpec] = {
     )
 }
 
+# The published rerankers (`Reranker`), by hub id: family and default max_length (the official
+# code's: 8192 for the text model card's block, 10240 for `qwen3_vl_reranker.py`).
+SEED_RERANKERS: dict[str, tuple[Family, int]] = {
+    "Qwen/Qwen3-Reranker-0.6B": ("text", 8192),
+    "Qwen/Qwen3-Reranker-4B": ("text", 8192),
+    "Qwen/Qwen3-Reranker-8B": ("text", 8192),
+    "Qwen/Qwen3-VL-Reranker-2B": ("vl", 10240),
+    "Qwen/Qwen3-VL-Reranker-8B": ("vl", 10240),
+}
+
 # Minimum MRL dimension per family, for models that are not seeds.
 FAMILY_MIN_DIM: dict[Family, int] = {"text": 32, "vl": 64}
 DEFAULT_MAX_LENGTH = 8192
@@ -49,4 +59,14 @@ def lookup(source: str) -> ModelSpec | None:
     for model_id, spec in SEED_MODELS.items():
         if model_id.lower() == source.strip().lower():
             return spec
+    return None
+
+
+def lookup_task(source: str) -> str | None:
+    """ "embed" or "rerank" for a published hub id (case-insensitive), else None."""
+    key = source.strip().lower()
+    if any(model_id.lower() == key for model_id in SEED_MODELS):
+        return "embed"
+    if any(model_id.lower() == key for model_id in SEED_RERANKERS):
+        return "rerank"
     return None

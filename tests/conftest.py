@@ -101,3 +101,43 @@ def tiny_vl_embedder(tiny_vl_model_dir):
     from qwen3_embed import Embedder
 
     return Embedder.from_pretrained(tiny_vl_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_reranker_dir(tmp_path_factory) -> Path:
+    """A Qwen3-Reranker-like checkpoint: Qwen3ForCausalLM, head tied to the input embeddings (as
+    the 0.6B), tokenizer holding `yes` / `no`. Its directory name says "reranker"."""
+    from qwen3_embed.testing import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-text-reranker"), task="rerank")
+
+
+@pytest.fixture(scope="session")
+def tiny_text_reranker(tiny_text_reranker_dir):
+    from qwen3_embed import Reranker
+
+    return Reranker.from_pretrained(tiny_text_reranker_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_reranker_dir(tmp_path_factory) -> Path:
+    """A Qwen3-VL-Reranker-like checkpoint: Qwen3VLForConditionalGeneration with its own LM head
+    (untied), tokenizer holding `yes` / `no`. Its directory name says "reranker"."""
+    reason = vl_extra_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    from qwen3_embed.testing import make_tiny_model
+
+    return make_tiny_model(
+        tmp_path_factory.mktemp("tiny-vl-reranker"),
+        family="vl",
+        task="rerank",
+        tie_word_embeddings=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_reranker(tiny_vl_reranker_dir):
+    from qwen3_embed import Reranker
+
+    return Reranker.from_pretrained(tiny_vl_reranker_dir, device="cpu")

@@ -7,7 +7,8 @@ __all__ = ["make_tiny_text_model", "make_tiny_model"]
 
 
 def make_tiny_model(directory, family: str = "text", **kwargs):
-    """Build a tiny checkpoint of `family` ("text" or "vl") in `directory`."""
+    """Build a tiny checkpoint of `family` ("text" or "vl") in `directory`; `task="rerank"`
+    builds a reranker of that family (tokenizer with `yes` / `no`; `Reranker` loads it)."""
     if family == "text":
         return make_tiny_text_model(directory, **kwargs)
     if family == "vl":

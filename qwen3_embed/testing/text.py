@@ -27,13 +27,25 @@ def make_tiny_text_model(
     num_kv_heads: int = 2,
     intermediate_size: int = 128,
     seed: int = 0,
+    task: str = "embed",
+    tie_word_embeddings: bool = True,
 ) -> Path:
-    """Write a random Qwen3 checkpoint + Qwen-style tokenizer to `directory` and return it."""
+    """Write a random Qwen3 checkpoint + Qwen-style tokenizer to `directory` and return it.
+
+    `task="rerank"` makes a Qwen3-Reranker-like checkpoint instead: a tokenizer holding `yes`
+    and `no` and no EOS post-processor (the base Qwen3 tokenizer's), no sentence-transformers
+    files; `tie_word_embeddings=False` saves an LM head of its own (as the 4B / 8B do), True
+    ties it to the input embeddings (as the 0.6B does)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    if task not in ("embed", "rerank"):
+        raise ValueError(f"unknown task {task!r}; valid values are: embed, rerank")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_qwen_style_tokenizer(append_eos=append_eos)
+    reranker = task == "rerank"
+    tokenizer = build_qwen_style_tokenizer(
+        append_eos=append_eos and not reranker, reranker=reranker
+    )
     save_tokenizer(tokenizer, directory)
     config = Qwen3Config(
         vocab_size=tokenizer.get_vocab_size(),
@@ -44,14 +56,15 @@ def make_tiny_text_model(
         num_key_value_heads=num_kv_heads,
         head_dim=hidden_size // num_heads,
         max_position_embeddings=32768,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         pad_token_id=tokenizer.token_to_id("<|endoftext|>"),
         eos_token_id=tokenizer.token_to_id("<|im_end|>"),
     )
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config).eval()
     model.save_pretrained(directory)
-    write_sentence_transformers_config(directory)
+    if not reranker:
+        write_sentence_transformers_config(directory)
     return directory
 
 

@@ -43,9 +43,21 @@ TRAINING_TEXT = [
 ]
 
 
-def build_qwen_style_tokenizer(vocab_size: int = 1024, append_eos: bool = True) -> Tokenizer:
+# A reranker reads its answer from the `yes` and `no` tokens: its tokenizer must hold both, as
+# single tokens (trained from these lines, so that they are learnt as merges like in Qwen's BPE).
+RERANKER_TRAINING_TEXT = [
+    "Judge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".',
+    "<Instruct>: <Query>: <Document>: <think>\n\n</think>\n\n",
+    "yes no yes no",
+]
+
+
+def build_qwen_style_tokenizer(
+    vocab_size: int = 1024, append_eos: bool = True, reranker: bool = False
+) -> Tokenizer:
     """Train the tokenizer; with `append_eos`, its post-processor appends <|endoftext|> like the
-    shipped Qwen3-Embedding tokenizer.json does."""
+    shipped Qwen3-Embedding tokenizer.json does; with `reranker`, `yes` and `no` are tokens."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
@@ -55,7 +67,12 @@ def build_qwen_style_tokenizer(vocab_size: int = 1024, append_eos: bool = True) 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(TRAINING_TEXT * 20, trainer=trainer)
+    corpus = TRAINING_TEXT + (RERANKER_TRAINING_TEXT if reranker else [])
+    tokenizer.train_from_iterator(corpus * 20, trainer=trainer)
+    if reranker:
+        missing = [word for word in ("yes", "no") if tokenizer.token_to_id(word) is None]
+        if missing:
+            raise RuntimeError(f"the trained reranker tokenizer lacks the token(s) {missing}")
     eos_id = tokenizer.token_to_id(ENDOFTEXT)
     if append_eos:
         tokenizer.post_processor = processors.TemplateProcessing(

@@ -47,14 +47,19 @@ def make_tiny_vl_model(
     vision_hidden_size: int = 32,
     vision_depth: int = 2,
     seed: int = 0,
+    task: str = "embed",
+    tie_word_embeddings: bool = True,
 ) -> Path:
     """Write a random Qwen3-VL checkpoint + processor to `directory` and return it.
 
     The text hidden size (128) leaves room for Matryoshka dims between the family minimum (64)
-    and the full size."""
+    and the full size. `task="rerank"` gives the tokenizer `yes` and `no` tokens (a
+    Qwen3-VL-Reranker reads its score from them); the architecture is the same."""
     from ..vl.extra import require_vl_extra
 
     require_vl_extra()  # the processor's image and video processors need torchvision
+    if task not in ("embed", "rerank"):
+        raise ValueError(f"unknown task {task!r}; valid values are: embed, rerank")
     from transformers import (
         Qwen2VLImageProcessor,
         Qwen3VLConfig,
@@ -66,7 +71,7 @@ def make_tiny_vl_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # Qwen3-VL's tokenizer appends no EOS: the pooled token is the "\n" after "assistant".
-    tokenizer = build_qwen_style_tokenizer(append_eos=False)
+    tokenizer = build_qwen_style_tokenizer(append_eos=False, reranker=task == "rerank")
     save_tokenizer(tokenizer, directory, chat_template=QWEN3_VL_CHAT_TEMPLATE)
     token_id = tokenizer.token_to_id
     num_heads = 4
@@ -110,7 +115,7 @@ def make_tiny_vl_model(
         video_token_id=token_id("<|video_pad|>"),
         vision_start_token_id=token_id("<|vision_start|>"),
         vision_end_token_id=token_id("<|vision_end|>"),
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).eval()
