@@ -29,6 +29,7 @@ from .progress import progress_bar, want_progress
 from .rerank.head import read_score_vector
 from .rerank.pairs import check_documents
 from .rerank.preparer import RerankPreparer, read_reranker_info
+from .rerank.quiet import quiet_head_report
 from .runner import run_forwards
 from .source import resolve_model_dir
 from .task import require_task
@@ -122,7 +123,8 @@ class Reranker:
             source, model_dir, info, options.max_length, media_options
         )
         score_vector = read_score_vector(model_dir, preparer.yes_id, preparer.no_id)
-        backend = load_backend(options, model_dir, preparer.impl)
+        with quiet_head_report():
+            backend = load_backend(options, model_dir, preparer.impl)
         reranker = cls(preparer, backend, score_vector, options.max_batch_tokens)
         log_loaded(source, backend, options, reranker.max_batch_tokens)
         return reranker

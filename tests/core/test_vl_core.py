@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from media_support import write_mp4
+from media_support import decord_like_reader, write_mp4
 from PIL import Image
 
 pytest.importorskip("torchvision")
@@ -126,27 +126,6 @@ def official_format_model_input(
     content += [{"type": "text", "text": one} for one in texts]
     system = {"type": "text", "text": instruction or OFFICIAL_DEFAULT_INSTRUCTION}
     return [{"role": "system", "content": [system]}, {"role": "user", "content": content}]
-
-
-def decord_like_reader(element: dict):
-    """qwen-vl-utils' decord/torchcodec reader, decoding with PyAV (this machine has neither)."""
-    from qwen_vl_utils.vision_process import smart_nframes
-
-    path = element["video"].removeprefix("file://")
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        video_fps = float(stream.average_rate)
-        frames = [
-            torch.from_numpy(frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)
-        ]
-    total_frames = len(frames)
-    nframes = smart_nframes(element, total_frames=total_frames, video_fps=video_fps)
-    idx = torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
-    video = torch.stack(frames).permute(0, 3, 1, 2)[idx]  # (T, C, H, W)
-    metadata = dict(
-        fps=video_fps, frames_indices=idx, total_num_frames=total_frames, video_backend="decord"
-    )
-    return video, metadata, nframes / max(total_frames, 1e-6) * video_fps
 
 
 def official_embed(
