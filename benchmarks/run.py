@@ -30,6 +30,8 @@ OPTIONAL = {
     # Not in the default set: at full size it writes and deletes GiBs of synthetic OUTPUT.
     "resume": "benchmarks.resume_scale",
     "rowbytes": "benchmarks.row_bytes",
+    # The reranker against sentence-transformers' CrossEncoder (not in the default set).
+    "rerank": "benchmarks.rerank_vs_st",
 }
 
 

@@ -125,3 +125,16 @@ def test_row_bytes_quick_measures_each_stage():
     # Token ids are int32: at least 4 bytes a token once prepared.
     assert measured["prepared_block_bytes_per_token"] >= 4
     assert measured["read_block_bytes_per_row"] > measured["text_bytes_per_row"]
+
+
+@pytest.mark.slow
+def test_quick_rerank_benchmark_checks_parity_with_cross_encoder():
+    """The reranker benchmark's peer is sentence-transformers' CrossEncoder on the same weights,
+    scoring the same tokens (checked before timing); speed is not asserted."""
+    import torch
+
+    from benchmarks import rerank_vs_st
+
+    result = rerank_vs_st.run(torch.device("cpu"), quick=True)
+    assert result["peer"] == "sentence-transformers CrossEncoder"
+    assert result["max_abs_diff_vs_peer"] <= 1e-4 and result["tokens"] > 0
