@@ -58,11 +58,16 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
             "append_eos": not args.no_eos_postprocessor,
             "hidden_size": args.hidden_size or TINY_TEXT_HIDDEN_SIZE,
         }
+    what, outputs = "model", "vectors"
+    if args.task == "rerank":
+        kwargs["task"] = "rerank"
+        kwargs.pop("append_eos", None)  # a reranker's tokenizer is the base Qwen3 one
+        what, outputs = "reranker (load it with qwen3_embed.Reranker)", "scores"
     # A one-shard, instant write: transformers' "Writing model shards" bar says nothing.
     transformers_logging.disable_progress_bar()
     directory = make_tiny_model(args.directory, family=args.family, **kwargs)
     print(
-        f"wrote a tiny RANDOM-WEIGHT {args.family} model to {directory} (for smoke tests; its vectors mean nothing)"
+        f"wrote a tiny RANDOM-WEIGHT {args.family} {what} to {directory} (for smoke tests; its {outputs} mean nothing)"
     )
     return 0
 
@@ -83,6 +88,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     )
     tiny.add_argument("directory")
     tiny.add_argument("--family", choices=FAMILIES, default="text")
+    tiny.add_argument(
+        "--task",
+        choices=("embed", "rerank"),
+        default="embed",
+        help="embed (an embedding model) or rerank (a Qwen3-Reranker-like checkpoint whose "
+        "tokenizer holds yes / no)",
+    )
     tiny.add_argument(
         "--no-eos-postprocessor",
         action="store_true",

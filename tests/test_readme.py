@@ -41,6 +41,7 @@ TESTED_BY = {
     "http-examples": "test_offline_server_and_http_examples_run_as_written",
     "generic-clients": "tests/deployments/test_serve_app.py::test_readme_generic_client_blocks_run_as_written",
     "python-api": "test_python_api_blocks_run",
+    "python-api-rerank": "test_reranker_blocks_run",
     "ci": ".ci/run itself",
     "cluster-submit": "tests/cluster/test_cluster_submit.py (a real head on 127.0.0.1, free ports)",
 }
@@ -152,6 +153,40 @@ def test_python_api_blocks_run(tmp_path, monkeypatch):
     exec(hub_block.replace('"Qwen/Qwen3-Embedding-0.6B"', '"/tmp/tiny-qwen3"'), namespace)  # noqa: S102
     assert namespace["documents"].embeddings.shape == (1, 256)
     assert namespace["out"].embeddings.shape == (2, namespace["embedder"].hidden_size)
+
+
+def test_reranker_blocks_run(tmp_path, monkeypatch):
+    """The runnable block as written; the hub block with tiny rerankers for the hub ids (and a
+    photo and a clip of its own for the VL call's car.jpg and clip.mp4)."""
+    import numpy as np
+    from media_support import write_mp4
+    from PIL import Image
+
+    from qwen3_embed.testing import make_tiny_model
+
+    (runnable,) = tagged("python-api-rerank")
+    monkeypatch.chdir(tmp_path)
+    result = subprocess.run(
+        ["bash", "-c", runnable], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(2,)" in result.stdout
+    hub_block = next(
+        block
+        for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+        if "Reranker.from_pretrained(" in block and "Qwen3-Reranker-0.6B" in block
+    )
+    text_dir = make_tiny_model(tmp_path / "tiny-text-reranker", task="rerank")
+    vl_dir = make_tiny_model(tmp_path / "tiny-vl-reranker", family="vl", task="rerank")
+    Image.fromarray(np.full((64, 96, 3), 200, dtype=np.uint8)).save(tmp_path / "car.jpg")
+    write_mp4(tmp_path / "clip.mp4", np.full((4, 48, 64, 3), 90, dtype=np.uint8), fps=2)
+    code = hub_block.replace('"Qwen/Qwen3-Reranker-0.6B"', repr(str(text_dir))).replace(
+        '"Qwen/Qwen3-VL-Reranker-2B"', repr(str(vl_dir))
+    )
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102
+    assert namespace["scores"].shape == (2,) and namespace["pairs"].shape == (1,)
+    assert namespace["vl"].family == "vl"
 
 
 def test_notebook_conventions_block_runs(tmp_path):
