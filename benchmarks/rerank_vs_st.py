@@ -130,8 +130,8 @@ def _pairs(count: int, quick: bool) -> list[tuple[str, str]]:
 
 def run(device: torch.device, quick: bool, shape: Shape | None = None) -> dict:
     shape = shape or (QUICK_SHAPE if quick else CPU_SHAPE)
-    count, runs = (48, 1) if quick else (400, 3)
-    sweep = [8, 32] if quick else [8, 16, 32, 64]
+    count, runs = (48, 1) if quick else (200, 3)
+    sweep = [8, 32] if quick else [8, 32, 64]
     max_length = 8192
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     pairs = _pairs(count, quick)
