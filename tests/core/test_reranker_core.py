@@ -196,6 +196,27 @@ def test_reranker_checkpoint_given_to_embedder_is_refused(tiny_text_reranker_dir
         Embedder.from_pretrained(tiny_text_reranker_dir, device="cpu")
 
 
+def test_reranker_checkpoint_given_to_the_embedding_preparer_is_refused(tiny_text_reranker_dir):
+    """The batch job's CPU workers load a `Preparer` alone: it refuses a reranker too."""
+    from qwen3_embed import Preparer
+
+    with pytest.raises(UnsupportedModelError, match="load it with qwen3_embed.Reranker"):
+        Preparer.from_pretrained(tiny_text_reranker_dir)
+
+
+def test_checkpoint_without_safetensors_is_refused(tmp_path):
+    from safetensors.torch import load_file
+
+    from qwen3_embed.testing import make_tiny_model
+
+    directory = make_tiny_model(tmp_path / "bin-reranker", task="rerank")
+    state = load_file(directory / "model.safetensors")
+    torch.save(state, directory / "pytorch_model.bin")
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(UnsupportedModelError, match="safetensors"):
+        Reranker.from_pretrained(directory, device="cpu")
+
+
 def test_embedding_checkpoint_given_to_reranker_is_refused(tmp_path):
     from qwen3_embed.testing import make_tiny_model
 
