@@ -11,7 +11,7 @@ Point these variables at a checkout (a work tree, or a git directory without one
     QWEN3_EMBEDDING_CHECKOUT     git clone https://github.com/QwenLM/Qwen3-Embedding
     QWEN3_VL_EMBEDDING_CHECKOUT  git clone https://github.com/QwenLM/Qwen3-VL-Embedding
 
-`.ci/run` clones both at the commits below. Without the variable the parity tests are skipped
+`.ci/run` points them at snapshots of both (at the commits below) where the machine holds them; CI reaches no code host, so it never clones. Without the variable the parity tests are skipped
 (saying how to run them); with it set, a missing file is a failure, never a skip.
 """
 
