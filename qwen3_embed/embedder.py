@@ -53,6 +53,10 @@ class EmbeddingOutput:
     # With `errors="collect"`: inputs that ran out of device memory even alone, by position; their
     # rows in `embeddings` are zeros and must not be used.
     failures: dict[int, InputTooLargeForDeviceError] = field(default_factory=dict)
+    # `embed(precision=...)`: the values' precision (see `qwen3_embed.precision`); for anything
+    # but float32, `embeddings` holds (N, width) float16 / int8 / uint8 values, packed bits for
+    # binary / ubinary.
+    precision: str = "float32"
 
 
 class Embedder:
@@ -261,19 +265,32 @@ class Embedder:
         prompt_name: str | None = None,
         prompt: str | None = None,
         show_progress_bar: bool | None = None,
+        precision: str = "float32",
+        ranges: Any = None,
     ) -> EmbeddingOutput:
         """Embed `inputs` (queries when `instruction` is given, documents otherwise).
 
         `prompt_name` (a key of `prompts`, e.g. "query") or a literal `prompt` instead of
         `instruction`, as in sentence-transformers. `show_progress_bar`: None = a tqdm bar from
-        `PROGRESS_BAR_MIN_ITEMS` inputs on, in a notebook or a terminal; True / False force it."""
-        self.validate_dim(dim)  # fail before any work
+        `PROGRESS_BAR_MIN_ITEMS` inputs on, in a notebook or a terminal; True / False force it.
+        `precision` (float32, float16, int8, uint8, binary, ubinary) quantises the vectors by
+        `qwen3_embed.precision.quantize`; int8 / uint8 need `ranges` (2, dim), e.g. a batch
+        job's manifest's `precision.ranges` or `precision.calibration_ranges(sample_vectors)`."""
+        from .precision import check_quantization, quantize
+
+        out_dim = self.validate_dim(dim)  # fail before any work
+        check_quantization(precision, ranges, out_dim)
         prepared = self.prepare(
             inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
         )
-        return self.embed_prepared(
+        output = self.embed_prepared(
             prepared, dim, show_progress_bar=want_progress(show_progress_bar, len(prepared))
         )
+        if precision == "float32":
+            return output
+        output.embeddings = torch.from_numpy(quantize(output.embeddings.numpy(), precision, ranges))
+        output.precision = precision
+        return output
 
     def encode(
         self,
@@ -287,13 +304,17 @@ class Embedder:
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
+        precision: str = "float32",
+        ranges: Any = None,
     ) -> np.ndarray | torch.Tensor:
         """`embed` with sentence-transformers' `encode` conventions, for notebooks and tools
         written against it: returns the (N, dim) float32 vectors themselves, a numpy array by
         default (`convert_to_numpy=True`), a CPU tensor with `convert_to_tensor=True` (which wins,
         as there) or `convert_to_numpy=False`; one item (a string, or a VL dict) gives one 1-D
         vector. `truncate_dim` is `embed`'s `dim`. Vectors are L2-normalised when the model
-        normalises (sentence-transformers' `normalize_embeddings` is not needed)."""
+        normalises (sentence-transformers' `normalize_embeddings` is not needed). `precision`
+        and `ranges` as in `embed` (sentence-transformers' `encode(precision=...)` computes int8
+        ranges from the call's own vectors; here they are given, so calls stay comparable)."""
         single = isinstance(inputs, (str, dict))
         items = [inputs] if single else inputs
         output = self.embed(
@@ -304,6 +325,8 @@ class Embedder:
             prompt_name=prompt_name,
             prompt=prompt,
             show_progress_bar=show_progress_bar,
+            precision=precision,
+            ranges=ranges,
         )
         vectors = output.embeddings[0] if single else output.embeddings
         if convert_to_tensor or not convert_to_numpy:
