@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwen3_embed.options import LoadOptions, ReplicaOptions, add_flags
+from qwen3_embed.precision import PRECISIONS
 
 from .config import INPUT_FORMATS, JobConfig
 
@@ -67,7 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--derived-ids", "derived_ids", action="store_true")
     _flag(parser, "--text-column", "text_column", metavar="NAME")
     _flag(parser, "--image-column", "image_column", metavar="NAME")
+    _flag(parser, "--video-column", "video_column", metavar="NAME")
     _flag(parser, "--format", "format", choices=INPUT_FORMATS)
+    _flag(parser, "--precision", "precision", choices=PRECISIONS)
+    _flag(parser, "--calibration", "calibration", metavar="FILE")
+    _flag(parser, "--calibration-rows", "calibration_rows", type=int, metavar="N")
     _flag(parser, "--batch-rows", "batch_rows", type=int, metavar="R")
     _flag(parser, "--rows-per-file", "rows_per_file", type=int, metavar="N")
     _flag(parser, "--truncate", "truncate", action=argparse.BooleanOptionalAction)

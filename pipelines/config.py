@@ -17,8 +17,11 @@ from pydantic import Field, field_validator, model_validator
 
 from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
 from qwen3_embed.options import help_with_default, rename_deprecated
+from qwen3_embed.precision import PRECISIONS, RANGED_PRECISIONS
 
-INPUT_FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "images")
+INPUT_FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "images", "videos")
+# Rows embedded before the main pass to find int8 / uint8 ranges (per-dimension min and max).
+DEFAULT_CALIBRATION_ROWS = 1000
 # A prepared image is up to ~5.5 MB of uint8 pixels (1.8 megapixels; normalised on the replica),
 # so VL batches stay small.
 DEFAULT_BATCH_ROWS = {"text": 256, "vl": 16}
@@ -76,6 +79,33 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
         min_length=1,
         description="VL models: column holding an image (path relative to the table, URL, "
         "bytes, data URI)",
+    )
+    video_column: str = Field(
+        "video",
+        min_length=1,
+        description="VL models: column holding a video (a file path relative to the table, a "
+        "URL or the file's bytes) or a list of frame images; per-row `fps` and `max_frames` "
+        "columns, when the input has them, apply to video files",
+    )
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "float32",
+        description=f"output precision, one of {', '.join(PRECISIONS)} (sentence-transformers' "
+        "quantize_embeddings rules; int8/uint8 use ranges from a calibration sample or "
+        "--calibration)",
+    )
+    calibration: str | None = Field(
+        None,
+        pattern=_NAME,
+        description="int8/uint8: a JSON file with the ranges (a job's _manifest.json, or "
+        "[[min per dim...], [max per dim...]]); default: computed from the first "
+        "calibration_rows rows before the main pass",
+    )
+    calibration_rows: int = Field(
+        DEFAULT_CALIBRATION_ROWS,
+        ge=2,
+        strict=True,
+        description="int8/uint8 without --calibration: rows embedded first (in input order) "
+        "whose per-dimension min and max become the ranges",
     )
     format: Literal[INPUT_FORMATS] = Field(  # type: ignore[valid-type]
         "auto",
@@ -147,6 +177,10 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
             )
         if self.derived_ids and self.id_column is not None:
             raise ValueError("give id_column or derived_ids, not both")
+        if self.calibration is not None and self.precision not in RANGED_PRECISIONS:
+            raise ValueError(
+                f"calibration gives int8/uint8 ranges; precision {self.precision!r} takes none"
+            )
         return self
 
     # ------------------------------------------------------------------- loading

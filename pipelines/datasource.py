@@ -16,7 +16,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from .discovery import InputFile, InputSet
 from .fragments import fragment_key, read_groups, tag_rows
-from .readers import ReadSpec, read_file, read_image_files
+from .readers import ReadSpec, read_file, read_image_files, read_video_files
 from .resume import DoneSet, mark_skipped
 from .rows import READ_SCHEMA, TRACKED_READ_SCHEMA
 
@@ -80,6 +80,8 @@ class CorpusDatasource(Datasource):
             done = DoneSet(ray.get(done_ref)) if done_ref is not None else None
             if files[0].format == "images":
                 tables = read_image_files(files, fs, spec)
+            elif files[0].format == "videos":
+                tables = read_video_files(files, fs, prefix, spec)
             else:
                 tables = read_file(files[0], fs, prefix, spec)
             if tracked:

@@ -23,6 +23,7 @@ EXTENSIONS = {
     "csv": (".csv", ".tsv"),
     "txt": (".txt",),
     "images": (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"),
+    "videos": (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"),
 }
 # Whole-file compression that pyarrow's input streams undo on the fly (not for parquet/images).
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4", ".br")
@@ -32,7 +33,7 @@ COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".lz4", ".br")
 class InputFile:
     path: str  # filesystem path (no scheme)
     relpath: str  # relative to the inputs' root; the stem of derived ids
-    format: str  # parquet | jsonl | csv | txt | images
+    format: str  # parquet | jsonl | csv | txt | images | videos
     size: int
     mtime_ns: int | None = None  # None where the filesystem does not say (some HTTP servers)
 
@@ -64,7 +65,7 @@ def detect_format(path: str) -> str | None:
         compressed = False
     for fmt, extensions in EXTENSIONS.items():
         if name.endswith(extensions):
-            return None if compressed and fmt in ("parquet", "images") else fmt
+            return None if compressed and fmt in ("parquet", "images", "videos") else fmt
     return None
 
 

@@ -38,18 +38,20 @@ from .rows import CODE_UNREADABLE_FILE, FRAGMENT_COLUMN, FRAGMENT_ROWS_COLUMN, P
 
 PROVENANCE_KEY = b"qwen3_embed.fragments"
 UNTRACKED = ""  # the key untracked rows are counted under in a record: never done
-IMAGES_PER_READ_TASK = 64
+IMAGES_PER_READ_TASK = 64  # image or video files per read task
+MEDIA_FOLDER_FORMATS = ("images", "videos")  # a file is one item, its id its path
 
 
 def read_groups(inputs: InputSet) -> list[list[InputFile]]:
     """The files of each read task: one task per table/text file (row numbers, and so derived
-    ids, stay simple and exact), image files in groups."""
-    images = [file for file in inputs.files if file.format == "images"]
-    groups = [[file] for file in inputs.files if file.format != "images"]
-    groups.extend(
-        images[start : start + IMAGES_PER_READ_TASK]
-        for start in range(0, len(images), IMAGES_PER_READ_TASK)
-    )
+    ids, stay simple and exact), image and video files in groups."""
+    groups = [[file] for file in inputs.files if file.format not in MEDIA_FOLDER_FORMATS]
+    for media in MEDIA_FOLDER_FORMATS:  # one format per group: one reader per read task
+        files = [file for file in inputs.files if file.format == media]
+        groups.extend(
+            files[start : start + IMAGES_PER_READ_TASK]
+            for start in range(0, len(files), IMAGES_PER_READ_TASK)
+        )
     return groups
 
 

@@ -15,6 +15,7 @@ that bounds replica deaths per batch and times their start-up for the summary's 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -23,9 +24,17 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pyarrow.fs as pafs
 import ray
 from ray.data import DataContext, read_datasource
+
+from qwen3_embed.precision import (
+    RANGED_PRECISIONS,
+    PrecisionSpec,
+    calibration_ranges,
+    ranges_from_file,
+)
 
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
 from .dataset_stage import gpus_per_replica
@@ -49,7 +58,7 @@ from .resume import (
 )
 from .sink import EmbeddingSink, SinkSettings, WriteTally
 from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
-from .storage import ATOMIC_PUT_FILESYSTEMS, Location, resolve
+from .storage import ATOMIC_PUT_FILESYSTEMS, Location, read_bytes, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +87,14 @@ class JobPlan:
     # file and row); `id_source` says how it was chosen, for the summary and the manifest.
     id_column: str | None = None
     id_source: str = ID_DERIVED
+    # The output precision with its int8 / uint8 ranges; ranges None for those two means they
+    # are computed from a calibration sample when the job runs (`calibrate`).
+    precision: PrecisionSpec = PrecisionSpec()
+    calibration_source: str | None = None  # where the ranges came from (file, resumed, sample)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.precision.name in RANGED_PRECISIONS and self.precision.ranges is None
 
     @property
     def batch_rows(self) -> int:
@@ -96,6 +113,7 @@ class JobPlan:
             "dim": self.dim,
             "instruction": self.config.instruction,
             "normalized": self.normalized,
+            "precision": self.config.precision,
         }
 
 
@@ -131,7 +149,56 @@ def plan_job(config: JobConfig) -> JobPlan:
     plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize)
     previous = check_output(output, plan.identity)
     id_column, id_source = _choose_ids(config, inputs, previous)
-    return dataclasses.replace(plan, previous=previous, id_column=id_column, id_source=id_source)
+    precision, source = _choose_precision(config, dim, output, previous)
+    return dataclasses.replace(
+        plan,
+        previous=previous,
+        id_column=id_column,
+        id_source=id_source,
+        precision=precision,
+        calibration_source=source,
+    )
+
+
+def _choose_precision(
+    config: JobConfig, dim: int, output: Location, previous: dict[str, Any] | None
+) -> tuple[PrecisionSpec, str | None]:
+    """The output precision and, for int8 / uint8, the ranges known before the run: those of
+    `--calibration FILE`, else those OUTPUT was started with (a rerun quantises as the first
+    run did). Ranges that differ from OUTPUT's are refused like another model."""
+    from .resume import OutputMismatchError
+
+    if config.precision not in RANGED_PRECISIONS:
+        return PrecisionSpec.of(config.precision), None
+    kept = None
+    if previous is not None and isinstance(previous.get("precision"), dict):
+        kept = previous["precision"].get("ranges")
+    given = None
+    if config.calibration is not None:
+        location = resolve(config.calibration, config.storage_options_dict)
+        try:
+            data = json.loads(read_bytes(location))
+        except ValueError as error:
+            raise ValueError(f"--calibration {config.calibration}: not JSON: {error}") from None
+        try:
+            given = ranges_from_file(data, config.precision, dim)
+        except ValueError as error:
+            raise ValueError(f"--calibration {config.calibration}: {error}") from None
+    if (
+        given is not None
+        and kept is not None
+        and not np.array_equal(given, np.asarray(kept, dtype=np.float32))
+    ):
+        raise OutputMismatchError(
+            f"OUTPUT {output.uri()} already holds {config.precision} vectors quantised with "
+            f"other ranges than those of {config.calibration}; use a new OUTPUT folder, or "
+            "leave --calibration out to resume with OUTPUT's ranges"
+        )
+    if given is not None:
+        return PrecisionSpec.of(config.precision, given), f"file {config.calibration}"
+    if kept is not None:
+        return PrecisionSpec.of(config.precision, kept), "kept from OUTPUT's manifest"
+    return PrecisionSpec.of(config.precision), None
 
 
 def _choose_ids(
@@ -146,7 +213,7 @@ def _choose_ids(
         return config.id_column, ID_GIVEN
     if previous is not None:
         return previous_id_column(previous), ID_KEPT
-    if {"txt", "images"} & set(inputs.formats()):
+    if {"txt", "images", "videos"} & set(inputs.formats()):
         return None, ID_DERIVED  # such files have no columns: every id is derived
     for file in inputs.files[:3]:  # the first that can tell (one may be empty or unreadable)
         found = has_column(file, inputs.fs, DEFAULT_ID_COLUMN)
@@ -204,6 +271,16 @@ def run_embedding_job(
     started_local = _connect_ray(config)
     gpus = _gpus_per_replica(config, started_local)
     phases["ray_start"] = time.monotonic() - mark
+    calibration_rows = None
+    if plan.needs_calibration:
+        mark = time.monotonic()
+        ranges, calibration_rows = calibrate(plan, gpus)
+        plan = dataclasses.replace(
+            plan,
+            precision=PrecisionSpec.of(plan.precision.name, ranges),
+            calibration_source=f"the first {calibration_rows} rows embedded",
+        )
+        phases["calibration"] = time.monotonic() - mark
     _prepare_output_folder(output)
     base = {
         "status": "running",
@@ -222,9 +299,12 @@ def run_embedding_job(
             "fingerprint": fingerprint,
         },
         "ids": {"column": plan.id_column, "source": plan.id_source},
+        "precision": plan.precision.to_dict(),
         "num_replicas": config.num_replicas,
         "gpus_per_replica": gpus,
     }
+    if plan.calibration_source is not None:
+        base["calibration"] = {"source": plan.calibration_source, "rows": calibration_rows}
     # Claims OUTPUT for this run (see sink.StaleWriterError) before anything is written.
     write_manifest(output, base)
 
@@ -304,12 +384,7 @@ def _execute(
     DataContext.get_current().enable_progress_bars = config.progress
     if not config.progress:  # the user turned them off: Ray's "how to enable" is not news
         logging.getLogger("ray.data._internal.progress").addFilter(_PROGRESS_DISABLED_NOTICE)
-    spec = ReadSpec(
-        id_column=plan.id_column,
-        text_column=config.text_column,
-        image_column=config.image_column if plan.family == "vl" else None,
-        block_rows=min(1024, config.rows_per_file),
-    )
+    spec = _read_spec(plan)
     dataset = read_datasource(
         CorpusDatasource(
             plan.inputs, spec, resume.done_ref, resume.read_config, resume.done_fragments
@@ -317,7 +392,9 @@ def _execute(
     )
     # The same stages as `embed_dataset` (see map_stages), on the job's own rows.
     dataset = apply_stages(dataset, _embedding_stages(plan, gpus, ledger_name))
-    metadata = schema_metadata(plan.model, dim, config.instruction, plan.normalized, plan.family)
+    metadata = schema_metadata(
+        plan.model, dim, config.instruction, plan.normalized, plan.family, plan.precision
+    )
     sink = EmbeddingSink(
         SinkSettings(
             plan.output.uri(),  # absolute: workers do not share the driver's working directory
@@ -326,6 +403,7 @@ def _execute(
             tuple(metadata.items()),
             config.rows_per_file,
             run_id,
+            plan.precision.name,
         )
     )
     executing, executing_at = time.monotonic(), time.time()
@@ -340,19 +418,61 @@ def _execute(
     return sink.tally, execute_seconds, timings
 
 
-def _embedding_stages(plan: JobPlan, gpus: float, ledger_name: str) -> tuple[MapStage, ...]:
+def _read_spec(plan: JobPlan) -> ReadSpec:
+    config = plan.config
+    vl = plan.family == "vl"
+    return ReadSpec(
+        id_column=plan.id_column,
+        text_column=config.text_column,
+        image_column=config.image_column if vl else None,
+        block_rows=min(1024, config.rows_per_file),
+        video_column=config.video_column if vl else None,
+    )
+
+
+def calibrate(plan: JobPlan, gpus: float) -> tuple[np.ndarray, int]:
+    """int8 / uint8 ranges: the per-dimension min and max of the float32 vectors of the first
+    `calibration_rows` input rows (in input order), embedded by the job's own stages on one
+    replica before the main pass. Returns (ranges (2, dim), rows embedded). Rows that fail are
+    left out (the main pass reports them); a sample with no good row fails the job."""
+    import pyarrow.compute as pc
+
+    config = plan.config
+    dataset = read_datasource(CorpusDatasource(plan.inputs, _read_spec(plan)))
+    dataset = dataset.limit(config.calibration_rows)
+    float32 = dataclasses.replace(plan, precision=PrecisionSpec())
+    dataset = apply_stages(dataset, _embedding_stages(float32, gpus, None, replicas=1))
+    pieces = []
+    for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        ok = batch.filter(pc.equal(batch.column("status"), "ok"))
+        if ok.num_rows:
+            values = ok.column("embedding").combine_chunks().flatten().to_numpy()
+            pieces.append(values.reshape(ok.num_rows, plan.dim))
+    if not pieces:
+        raise ValueError(
+            f"calibration for precision {config.precision}: none of the first "
+            f"{config.calibration_rows} rows could be embedded; fix the input (see a float32 "
+            "run's _errors/) or give --calibration FILE"
+        )
+    sample = np.concatenate(pieces)
+    return calibration_ranges(sample), int(sample.shape[0])
+
+
+def _embedding_stages(
+    plan: JobPlan, gpus: float, ledger_name: str | None, replicas: int | None = None
+) -> tuple[MapStage, ...]:
     config = plan.config
     resources = StageResources(
         prepare_rows=plan.batch_rows,
         embed_rows=plan.embed_rows,
-        num_replicas=config.num_replicas,
+        num_replicas=replicas or config.num_replicas,
         cpus_per_replica=config.cpus_per_replica,
         gpus_per_replica=gpus,
     )
     # `plan.model` is the model as the workers must name it (a local folder made absolute).
     load = dataclasses.replace(config.load_options(), model=plan.model)
     prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
-    embed = EmbedSettings(load, plan.dim, ledger_name)
+    embed = EmbedSettings(load, plan.dim, ledger_name, plan.precision)
     return (
         prepare_stage(prepare_batch, {"settings": prepare}, resources),
         embed_stage(EmbedWorker, {"settings": embed}, resources),
@@ -373,15 +493,17 @@ def _rounded(phases: dict[str, float]) -> dict[str, float]:
 
 def _check_inputs_fit(inputs: InputSet, family: str, config: JobConfig) -> None:
     formats = set(inputs.formats())
-    if "images" in formats and family != "vl":
-        raise ValueError(
-            f"the inputs include image files, but {config.model} is a {family} model; images need a VL model"
-        )
-    columnless = formats & {"txt", "images"}
+    for media in ("images", "videos"):
+        if media in formats and family != "vl":
+            raise ValueError(
+                f"the inputs include {media[:-1]} files, but {config.model} is a {family} model; "
+                f"{media} need a VL model"
+            )
+    columnless = formats & {"txt", "images", "videos"}
     if config.id_column is not None and columnless:
         raise ValueError(
             f"--id-column {config.id_column!r} cannot apply to {' and '.join(sorted(columnless))} inputs, which have no "
-            "columns (their ids are always derived: file:line, or the image's path)"
+            "columns (their ids are always derived: file:line, or the image's or video's path)"
         )
 
 

@@ -2,6 +2,7 @@
 
     OUTPUT/
       part-<hash>.parquet        id: string, embedding: fixed_size_list<float32>[dim], num_tokens: int32
+                                 (--precision: float16 / int8 / uint8 values, or dim/8 packed bytes)
       _errors/part-<hash>.parquet  id: string, error: string, code: string
       _manifest.json             job identity, config, counts, timings
       _tmp/                      files being written (never read; removed at the next start)
@@ -15,7 +16,10 @@ left behind can be trusted by the next run.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
+
+from qwen3_embed.precision import PrecisionSpec
 
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
@@ -25,19 +29,32 @@ TMP_DIR = "_tmp"
 
 
 def schema_metadata(
-    model: str, dim: int, instruction: str | None, normalized: bool, family: str
+    model: str,
+    dim: int,
+    instruction: str | None,
+    normalized: bool,
+    family: str,
+    precision: PrecisionSpec | None = None,
 ) -> dict[str, str]:
-    """Parquet schema metadata: enough to tell what the vectors are without the manifest."""
+    """Parquet schema metadata: enough to tell what the vectors are without the manifest:
+    `precision` names the embedding column's precision, and for int8 / uint8
+    `precision_ranges` holds the ranges as JSON `[[min...], [max...]]` (to quantise queries
+    the same way)."""
     from qwen3_embed import __version__
 
-    return {
+    precision = precision or PrecisionSpec()
+    metadata = {
         "model": model,
         "dim": str(dim),
         "instruction": instruction or "",
         "normalized": "true" if normalized else "false",
         "family": family,
         "producer": f"qwen3-embed {__version__}",
+        "precision": precision.name,
     }
+    if precision.ranges is not None:
+        metadata["precision_ranges"] = json.dumps(precision.to_dict()["ranges"])
+    return metadata
 
 
 def identity_from_metadata(metadata: dict[bytes, bytes]) -> dict[str, object] | None:
@@ -49,6 +66,7 @@ def identity_from_metadata(metadata: dict[bytes, bytes]) -> dict[str, object] | 
         "dim": int(values["dim"]),
         "instruction": values.get("instruction") or None,
         "normalized": values.get("normalized") == "true",
+        "precision": values.get("precision") or "float32",  # files from before --precision
     }
 
 

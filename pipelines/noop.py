@@ -27,12 +27,15 @@ def read_settings(
 ) -> dict[str, Any]:
     """What decides the row ids, besides the files themselves (see `input_fingerprint`);
     `id_column` is the one the job uses (`config.id_column`, or the default it chose)."""
-    return {
+    settings = {
         "root": root,
         "id_column": id_column,
         "text_column": config.text_column,
         "image_column": config.image_column if family == "vl" else None,
     }
+    if family == "vl":  # the rows' videos (a key only for VL, so text jobs keep their keys)
+        settings["video_column"] = config.video_column
+    return settings
 
 
 def previous_id_column(manifest: dict[str, Any]) -> str | None:
@@ -68,6 +71,9 @@ def finish_if_nothing_to_do(config: JobConfig, phases: dict[str, float]) -> JobR
             identity.get("model") == model
             and previous.get("config", {}).get("dim") == config.dim
             and identity.get("instruction") == config.instruction
+            and identity.get("precision", "float32") == config.precision
+            # ranges from a file are checked against OUTPUT's by the full checks
+            and config.calibration is None
         )
         if not same_job:
             return None

@@ -56,6 +56,9 @@ FILE_ERRORS = (pa.ArrowInvalid, OSError)
 READ_ATTEMPTS = 3
 
 MAX_IMAGES_PER_ROW = 1024  # far beyond the core's media limit per item: a sanity bound only
+# A VL row's own video sampling (the core's per-item `fps` / `max_frames`), read from these
+# columns when the input has them.
+FPS_COLUMN, MAX_FRAMES_COLUMN = "fps", "max_frames"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,15 @@ class ReadSpec:
     text_column: str
     image_column: str | None  # None for text models: images are never read
     block_rows: int = 1024
+    video_column: str | None = None  # None for text models: videos are never read
+
+    @property
+    def media_columns(self) -> tuple[str, ...]:
+        """The VL columns read besides id and text: image, video, fps, max_frames."""
+        names = (self.image_column,)
+        if self.video_column is not None:
+            names += (self.video_column, FPS_COLUMN, MAX_FRAMES_COLUMN)
+        return tuple(name for name in names if name)
 
 
 MAX_BLOCK_BYTES = 64 * 1024**2  # image bytes make rows large: cut blocks by size as well
@@ -90,13 +102,18 @@ class RowBuffer:
         image: bytes | None = None,
         image_ref: str | None = None,
         images: list[dict[str, Any]] | None = None,
+        video: VideoValue | None = None,
     ) -> None:
-        self.payload_bytes += len(text or "") + len(image or b"")
-        self.payload_bytes += sum(len(element["bytes"] or b"") for element in images or ())
-        self._append(row_id, STATUS_OK, None, None, text, image, image_ref, images)
+        video = video or VideoValue()
+        self.payload_bytes += len(text or "") + len(image or b"") + len(video.data or b"")
+        for element in (*(images or ()), *(video.frames or ())):
+            self.payload_bytes += len(element["bytes"] or b"")
+        self._append(
+            row_id, STATUS_OK, None, None, text, image, image_ref, images, *video.columns()
+        )
 
     def add_error(self, row_id: str, reason: str, code: str) -> None:
-        self._append(row_id, STATUS_ERROR, reason, code, None, None, None, None)
+        self._append(row_id, STATUS_ERROR, reason, code, None, None, None, None, *VIDEO_NULLS)
 
     def _append(self, *values: Any) -> None:
         for name, value in zip(READ_SCHEMA.names, values, strict=True):
@@ -112,8 +129,27 @@ class RowBuffer:
         return table
 
 
+@dataclass(frozen=True)
+class VideoValue:
+    """A row's video, as READ_SCHEMA carries it: the file's bytes, a reference to it, or its
+    frames (elements like `images`'), and the row's own fps / max_frames."""
+
+    data: bytes | None = None
+    ref: str | None = None
+    frames: list[dict[str, Any]] | None = None
+    fps: float | None = None
+    max_frames: int | None = None
+
+    def columns(self) -> tuple[Any, ...]:
+        return (self.data, self.ref, self.frames, self.fps, self.max_frames)
+
+
+VIDEO_NULLS = VideoValue().columns()
+
+
 class RowSource:
-    """Validates the id / text / image values of one row and files it into a RowBuffer."""
+    """Validates the id / text / image / video values of one row and files it into a
+    RowBuffer."""
 
     def __init__(self, spec: ReadSpec, file: InputFile, fs_prefix: str):
         self.spec = spec
@@ -124,7 +160,17 @@ class RowSource:
     def derived_id(self, row: int) -> str:
         return f"{self.file.relpath}:{row}"
 
-    def add(self, buffer: RowBuffer, row: int, record_id: Any, text: Any, image: Any) -> None:
+    def add(
+        self,
+        buffer: RowBuffer,
+        row: int,
+        record_id: Any,
+        text: Any,
+        image: Any,
+        video: Any = None,
+        fps: Any = None,
+        max_frames: Any = None,
+    ) -> None:
         # A row without a usable id keeps the derived one, so its error row can still be found.
         row_id = self.derived_id(row)
         if self.spec.id_column is not None:
@@ -153,26 +199,62 @@ class RowSource:
             if problem is not None:
                 buffer.add_error(row_id, problem, CODE_INVALID_INPUT)
                 return
-        buffer.add(row_id, text=text, image=image_bytes, image_ref=image_ref, images=images)
+        video_value = None
+        if self.spec.video_column is not None:
+            video_value, problem = self._video(video, fps, max_frames)
+            if problem is not None:
+                buffer.add_error(row_id, problem, CODE_INVALID_INPUT)
+                return
+        buffer.add(
+            row_id,
+            text=text,
+            image=image_bytes,
+            image_ref=image_ref,
+            images=images,
+            video=video_value,
+        )
 
-    def _image_list(self, values: Any) -> tuple[list[dict[str, Any]] | None, str | None]:
-        """A list of images for one row (one item with several images, in list order)."""
+    def _video(self, value: Any, fps: Any, max_frames: Any) -> tuple[VideoValue | None, str | None]:
+        """A row's video: a file (bytes, a path relative to the table, a URL) or a list of frame
+        images; with the row's fps / max_frames (their ranges are the core's to check)."""
+        fps, problem = _number(fps, FPS_COLUMN, float)
+        if problem is None:
+            max_frames, problem = _number(max_frames, MAX_FRAMES_COLUMN, int)
+        if problem is not None:
+            return None, problem
+        column = self.spec.video_column
+        if value is None:
+            return VideoValue(fps=fps, max_frames=max_frames), None
+        if isinstance(value, (list, tuple)):
+            frames, problem = self._image_list(value, column, "frames")
+            return VideoValue(frames=frames, fps=fps, max_frames=max_frames), problem
+        data, reference, problem = self._image_value(value, column)
+        return VideoValue(data, reference, None, fps, max_frames), problem
+
+    def _image_list(
+        self, values: Any, column: str | None = None, what: str = "images"
+    ) -> tuple[list[dict[str, Any]] | None, str | None]:
+        """A list of images for one row (one item with several images, in list order; or a
+        video's frames, in order)."""
+        column = column or self.spec.image_column
         if len(values) > MAX_IMAGES_PER_ROW:
             return None, (
-                f"column {self.spec.image_column!r} holds {len(values)} images in one row, more "
+                f"column {column!r} holds {len(values)} {what} in one row, more "
                 f"than {MAX_IMAGES_PER_ROW}"
             )
         elements = []
         for position, value in enumerate(values):
-            data, reference, problem = self._image_value(value)
+            data, reference, problem = self._image_value(value, column)
             if problem is None and data is None and reference is None:
                 problem = "is empty"  # a page that is missing must not shift the others
             if problem is not None:
-                return None, f"{self.spec.image_column}[{position}]: {problem}"
+                return None, f"{column}[{position}]: {problem}"
             elements.append({"bytes": data, "ref": reference})
         return elements, None
 
-    def _image_value(self, value: Any) -> tuple[bytes | None, str | None, str | None]:
+    def _image_value(
+        self, value: Any, column: str | None = None
+    ) -> tuple[bytes | None, str | None, str | None]:
         if isinstance(value, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
             value = value.get("bytes") or value.get("path")
             if value is None:
@@ -184,7 +266,7 @@ class RowSource:
         return (
             None,
             None,
-            f"column {self.spec.image_column!r} must hold paths, URLs or bytes (or a list of them), got {type(value).__name__}",
+            f"column {column or self.spec.image_column!r} must hold paths, URLs or bytes (or a list of them), got {type(value).__name__}",
         )
 
     def resolve_reference(self, value: str) -> str:
@@ -192,6 +274,27 @@ class RowSource:
         if not value or "://" in value or value.startswith(("data:", "/", "~")):
             return value
         return f"{self.fs_prefix}{posixpath.normpath(posixpath.join(self.folder, value))}"
+
+
+def _number(value: Any, column: str, kind: type) -> tuple[Any, str | None]:
+    """A per-row fps (float) or max_frames (int): a number, or a CSV field's text of one;
+    null / empty is None."""
+    if value is None or value == "":
+        return None, None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None, f"column {column!r} must hold numbers, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, f"column {column!r} must hold numbers, got {type(value).__name__}"
+    if value != value:  # NaN: a null in a float column
+        return None, None
+    if kind is int:
+        if not float(value).is_integer():
+            return None, f"column {column!r} must hold whole numbers, got {value!r}"
+        return int(value), None
+    return float(value), None
 
 
 # ---------------------------------------------------------------------------- formats
@@ -289,6 +392,24 @@ def read_image_files(
         yield buffer.flush()
 
 
+def read_video_files(
+    files: list[InputFile], fs: pafs.FileSystem, fs_prefix: str, spec: ReadSpec
+) -> Iterator[pa.Table]:
+    """A video folder: each file is one item, its id the file's relative path. The rows carry a
+    reference, not the bytes (videos are large): the prepare task streams a local file and
+    fetches a remote one, where the core's per-item limits apply."""
+    buffer = RowBuffer(spec.block_rows)
+    for file in files:
+        if file.size == 0:
+            buffer.add_error(file.relpath, "the file is empty (0 bytes)", CODE_EMPTY_FILE)
+        else:
+            buffer.add(file.relpath, video=VideoValue(ref=fs_prefix + file.path))
+        if buffer.full():
+            yield buffer.flush()
+    if len(buffer):
+        yield buffer.flush()
+
+
 DEFAULT_ID_COLUMN = "id"
 
 
@@ -320,12 +441,9 @@ def _require_columns(file: InputFile, available: list[str], spec: ReadSpec) -> N
     if spec.id_column is not None:
         wanted.append(spec.id_column)
     missing = [name for name in wanted if name not in available]
-    if (
-        spec.image_column is not None
-        and spec.text_column not in available
-        and spec.image_column not in available
-    ):
-        missing.append(f"{spec.text_column} or {spec.image_column}")
+    content = [name for name in (spec.image_column, spec.video_column) if name is not None]
+    if content and not any(name in available for name in (spec.text_column, *content)):
+        missing.append(" or ".join((spec.text_column, *content)))
     if missing:
         raise ValueError(
             f"{file.path}: missing column(s) {missing}; its columns are: {', '.join(available)}"
@@ -340,7 +458,7 @@ def _read_parquet(
     _require_columns(file, available, spec)
     names = [
         name
-        for name in (spec.id_column, spec.text_column, spec.image_column)
+        for name in (spec.id_column, spec.text_column, *spec.media_columns)
         if name and name in available
     ]
     # Row group by row group: a corrupt group then costs only itself and what follows it, not
@@ -358,10 +476,27 @@ def _read_parquet(
         ids = _column(batch, spec.id_column, count)
         texts = _column(batch, spec.text_column, count)
         images = _column(batch, spec.image_column, count)
+        videos = _video_columns(batch, spec, count)
         for offset in range(count):
-            source.add(buffer, row + offset, ids[offset], texts[offset], images[offset])
+            source.add(
+                buffer,
+                row + offset,
+                ids[offset],
+                texts[offset],
+                images[offset],
+                *(values[offset] for values in videos),
+            )
             yield
         row += count
+
+
+def _video_columns(batch: pa.RecordBatch, spec: ReadSpec, count: int) -> list[list[Any]]:
+    """The video, fps and max_frames columns' values (all None without a video column)."""
+    if spec.video_column is None:
+        return []
+    return [
+        _column(batch, name, count) for name in (spec.video_column, FPS_COLUMN, MAX_FRAMES_COLUMN)
+    ]
 
 
 def _column(batch: pa.RecordBatch, name: str | None, count: int) -> list[Any]:
@@ -379,6 +514,7 @@ def _read_jsonl(
     file: InputFile, fs: pafs.FileSystem, spec: ReadSpec, source: RowSource, buffer: RowBuffer
 ):
     wanted = (spec.id_column, spec.text_column, spec.image_column)
+    video_keys = (spec.video_column, FPS_COLUMN, MAX_FRAMES_COLUMN) if spec.video_column else ()
     first = True
     with _open_lines(file, fs) as lines:
         for row, line in enumerate(lines):
@@ -406,7 +542,7 @@ def _read_jsonl(
                 yield
                 continue
             record_id, text, image = (record.get(key) if key else None for key in wanted)
-            source.add(buffer, row, record_id, text, image)
+            source.add(buffer, row, record_id, text, image, *map(record.get, video_keys))
             yield
 
 
@@ -428,10 +564,10 @@ def _read_csv(
             if header is None:
                 return
             _require_columns(file, header, spec)
-            positions = [
-                header.index(key) if key and key in header else None
-                for key in (spec.id_column, spec.text_column, spec.image_column)
-            ]
+            keys = [spec.id_column, spec.text_column, spec.image_column]
+            if spec.video_column is not None:
+                keys += [spec.video_column, FPS_COLUMN, MAX_FRAMES_COLUMN]
+            positions = [header.index(key) if key and key in header else None for key in keys]
             row = 0
             for record in records:
                 if not record:
@@ -443,10 +579,12 @@ def _read_csv(
                         CODE_INVALID_ROW,
                     )
                 else:
-                    record_id, value, image = (
+                    record_id, value, image, *video = (
                         record[at] if at is not None else None for at in positions
                     )
-                    source.add(buffer, row, record_id, value, image or None)
+                    source.add(
+                        buffer, row, record_id, value, image or None, *(v or None for v in video)
+                    )
                 row += 1
                 yield
         except UnicodeDecodeError as error:

@@ -260,8 +260,8 @@ def read_manifest(output: Location) -> dict | None:
 
 
 def check_output(output: Location, identity: dict[str, object]) -> dict | None:
-    """Refuse a non-empty OUTPUT written by a different job (model, dim, instruction or
-    normalisation), or holding files that are not ours. Returns the existing manifest, if any."""
+    """Refuse a non-empty OUTPUT written by a different job (model, dim, instruction,
+    normalisation or precision), or holding files that are not ours. Returns the existing manifest, if any."""
     info = output.fs.get_file_info(output.path)
     if info.type == pafs.FileType.NotFound:
         return None
@@ -293,10 +293,12 @@ def check_output(output: Location, identity: dict[str, object]) -> dict | None:
                 "cannot tell which job wrote them, so refusing to add to it"
             )
     if existing is not None:
+        # An OUTPUT from before `precision` existed holds float32 vectors.
+        existing = {"precision": "float32", **existing}
         differences = [
             f"{key} {existing.get(key)!r} (this job: {identity[key]!r})"
-            for key in ("model", "dim", "instruction", "normalized")
-            if existing.get(key) != identity[key]
+            for key in ("model", "dim", "instruction", "normalized", "precision")
+            if key in identity and existing.get(key) != identity[key]
         ]
         if differences:
             raise OutputMismatchError(

@@ -78,6 +78,13 @@ READ_SCHEMA = pa.schema(
         # Several images for one row (a list column, a JSON array): the pages of a document, in
         # order; each element holds bytes or a reference, like `image` / `image_ref` above.
         pa.field("images", pa.list_(IMAGE_ELEMENT)),
+        # A video (VL): the file's bytes, or a reference (path / URL) to it, or its frames (each
+        # element like an `images` element); plus the row's own `fps` / `max_frames`, if given.
+        pa.field("video", pa.binary()),
+        pa.field("video_ref", pa.string()),
+        pa.field("video_frames", pa.list_(IMAGE_ELEMENT)),
+        pa.field("video_fps", pa.float64()),
+        pa.field("video_max_frames", pa.int64()),
     ]
 )
 
@@ -96,8 +103,17 @@ PREPARED_SCHEMA = pa.schema(
 )
 
 
-def embedded_schema(dim: int) -> pa.Schema:
-    return pa.schema([*_STAGE_STATE, pa.field("embedding", pa.list_(pa.float32(), dim))])
+def vector_type(dim: int, precision: str = "float32") -> pa.DataType:
+    """The embedding column's type: fixed_size_list<float32 | float16 | int8 | uint8>, `dim`
+    values wide, or ceil(dim / 8) packed bytes for binary / ubinary (see qwen3_embed.precision)."""
+    from qwen3_embed.precision import output_dtype, output_width
+
+    value = pa.from_numpy_dtype(output_dtype(precision))
+    return pa.list_(value, output_width(precision, dim))
+
+
+def embedded_schema(dim: int, precision: str = "float32") -> pa.Schema:
+    return pa.schema([*_STAGE_STATE, pa.field("embedding", vector_type(dim, precision))])
 
 
 # Every column name the stages own; any other column of a block is the caller's, passed through.
@@ -113,11 +129,11 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-def output_schema(dim: int, metadata: dict[str, str]) -> pa.Schema:
+def output_schema(dim: int, metadata: dict[str, str], precision: str = "float32") -> pa.Schema:
     return pa.schema(
         [
             _ID,
-            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+            pa.field("embedding", vector_type(dim, precision), nullable=False),
             pa.field("num_tokens", pa.int32(), nullable=False),
         ],
         metadata=metadata,

@@ -45,6 +45,7 @@ class SinkSettings:
     metadata: tuple[tuple[str, str], ...]
     rows_per_file: int
     run_id: str
+    precision: str = "float32"  # the embedding column's precision (see rows.vector_type)
 
 
 @dataclass
@@ -103,7 +104,9 @@ class EmbeddingSink(Datasink[dict]):
         if vectors.num_rows or errors.num_rows:
             self._check_still_owner(output)
         if vectors.num_rows:
-            schema = output_schema(self.settings.dim, dict(self.settings.metadata))
+            schema = output_schema(
+                self.settings.dim, dict(self.settings.metadata), self.settings.precision
+            )
             part = pa.Table.from_arrays(
                 [vectors.column("id"), vectors.column("embedding"), vectors.column("num_tokens")],
                 schema=schema,

@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from qwen3_embed.errors import Qwen3EmbedError
 from qwen3_embed.options import LoadOptions
+from qwen3_embed.precision import PrecisionSpec
 
 from .ledger import CrashGuard
 from .media_fetch import FetchFailed, fetch_reference
@@ -44,6 +45,7 @@ from .rows import (
     CODE_PREPARE_FAILED,
     CODE_READ_ERROR,
     PREPARED_SCHEMA,
+    READ_SCHEMA,
     STAGE_COLUMNS,
     STATUS_ERROR,
     STATUS_OK,
@@ -77,6 +79,8 @@ class EmbedSettings:
     load: LoadOptions
     dim: int
     ledger: str | None = None  # the run's ledger actor (see `ledger`); None outside a job
+    # The output column's precision (and int8 / uint8 ranges), applied by `quantized_column`.
+    precision: PrecisionSpec = PrecisionSpec()
 
 
 # ------------------------------------------------------------------------------- guard
@@ -187,11 +191,12 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
     from qwen3_embed import InputError
 
     preparer = _preparer(settings.load)
-    columns = {
-        name: table.column(name).to_pylist()
-        for name in ("id", "status", "error", "code", "text", "image", "image_ref", "images")
-    }
     count = table.num_rows
+    # A READ_SCHEMA block; columns a caller's older block lacks (the video ones) read as nulls.
+    columns = {
+        name: (table.column(name).to_pylist() if name in table.column_names else [None] * count)
+        for name in READ_SCHEMA.names
+    }
     status, error, code = list(columns["status"]), list(columns["error"]), list(columns["code"])
     num_tokens: list[int | None] = [None] * count
     input_ids: list[Any] = [None] * count
@@ -204,13 +209,13 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
         try:
             item = _item(preparer.info.family, columns, index, settings)
         except FetchFailed as failure:  # the message says transient (retried) or final
-            status[index], error[index] = STATUS_ERROR, f"cannot read image: {failure}"
+            status[index], error[index] = STATUS_ERROR, f"cannot read media: {failure}"
             code[index] = CODE_MEDIA_UNAVAILABLE if failure.transient else CODE_READ_ERROR
             continue
         except (OSError, ValueError, ImportError) as failure:  # bad URL, no fsspec driver
             status[index], error[index], code[index] = (
                 STATUS_ERROR,
-                f"cannot read image: {failure}",
+                f"cannot read media: {failure}",
                 CODE_READ_ERROR,
             )
             continue
@@ -262,7 +267,33 @@ def _item(family: str, columns: dict[str, list], index: int, settings: PrepareSe
         item["image"] = image
     elif reference is not None:
         item["image"] = _fetch(reference, settings)
+    _add_video(item, columns, index, settings)
     return item
+
+
+def _add_video(item: dict[str, Any], columns: dict[str, list], index: int, settings) -> None:
+    """The row's video into its item: a file (local paths go to the core, which streams them;
+    remote ones are fetched here) or its frames, as ONE video (`[frames]`: the core's
+    `is_video_input` would read a list whose first frame is not an image as several videos);
+    and the row's fps / max_frames, which the core checks."""
+    data, reference = columns["video"][index], columns["video_ref"][index]
+    frames = columns["video_frames"][index]
+    if frames is not None:
+        item["video"] = [
+            [
+                element["bytes"]
+                if element["bytes"] is not None
+                else _fetch(element["ref"], settings)
+                for element in frames
+            ]
+        ]
+    elif data is not None:
+        item["video"] = data
+    elif reference is not None:
+        item["video"] = _fetch(reference, settings)
+    for key, column in (("fps", "video_fps"), ("max_frames", "video_max_frames")):
+        if columns[column][index] is not None:
+            item[key] = columns[column][index]
 
 
 def _fetch(reference: str, settings: PrepareSettings) -> str | bytes:
@@ -289,12 +320,25 @@ def decode_media(blob: bytes | None) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------- embed
+def quantized_column(
+    matrix: np.ndarray, has_vector: np.ndarray, precision: PrecisionSpec
+) -> pa.FixedSizeListArray:
+    """The embedding column: each row's float32 vector (N, dim) in the output precision (the
+    core's `qwen3_embed.precision` rule), null where `has_vector` is False. The quantisation
+    step of the pipeline, applied after the forward as its own step."""
+    values = precision.quantize(matrix) if precision.name != "float32" else matrix
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(values.reshape(-1)), values.shape[1], mask=pa.array(~has_vector)
+    )
+
+
 class EmbedWorker:
     """A model replica. Ray Data builds one per actor; heavy imports happen here, not at import."""
 
     # Without a run's ledger (a worker used outside a job, or built without __init__ in tests)
     # batches run unguarded: outside a job nothing restarts a dead replica to repeat them.
     guard = CrashGuard(None)
+    precision = PrecisionSpec()  # float32 unless the settings say otherwise
 
     def __init__(self, settings: EmbedSettings):
         from transformers.utils import logging as transformers_logging
@@ -304,13 +348,14 @@ class EmbedWorker:
         # A replica's "Loading weights" bar, relayed to the driver's terminal, is noise there.
         transformers_logging.disable_progress_bar()
         self.settings = settings
+        self.precision = settings.precision
         self.embedder = Embedder.from_options(settings.load)
         self.dim = self.embedder.validate_dim(settings.dim)
         self.guard = CrashGuard(settings.ledger)  # bounds replica deaths per batch / row
         self.guard.replica_ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        schema = embedded_schema(self.dim)
+        schema = embedded_schema(self.dim, self.precision.name)
         # Other columns travel on (`with_passthrough`), the job's provenance among them.
         return self.guard.run(
             table,
@@ -346,9 +391,7 @@ class EmbedWorker:
             else:
                 matrix[index] = vectors[position]
                 has_vector[index] = True
-        embedding = pa.FixedSizeListArray.from_arrays(
-            pa.array(matrix.reshape(-1)), self.dim, mask=pa.array(~has_vector)
-        )
+        embedding = quantized_column(matrix, has_vector, self.precision)
         num_tokens = table.column("num_tokens").to_pylist()
         num_tokens = [
             tokens if has_vector[index] else None for index, tokens in enumerate(num_tokens)
@@ -362,7 +405,7 @@ class EmbedWorker:
                 "num_tokens": pa.array(num_tokens, pa.int32()),
                 "embedding": embedding,
             },
-            schema=embedded_schema(self.dim),
+            schema=embedded_schema(self.dim, self.precision.name),
         )
         return with_passthrough(embedded, table)
 

@@ -276,6 +276,7 @@ def test_done_set_marks_rows_skipped():
     assert done.contains(["a", "b", "c", "d"]).tolist() == [False, True, False, True]
     table = pa.table(
         {
+            **{name: [None, None] for name in READ_SCHEMA.names},
             "id": ["a", "b"],
             "status": ["ok", "error"],
             "error": [None, "x"],
@@ -290,6 +291,7 @@ def test_done_set_marks_rows_skipped():
     marked = mark_skipped(table, done).to_pylist()
     assert marked[0]["status"] == "ok" and marked[0]["text"] == "t"
     assert marked[1] == {
+        **{name: None for name in READ_SCHEMA.names},
         "id": "b",
         "status": "skipped",
         "error": None,
@@ -441,6 +443,7 @@ def read_table(texts: list) -> pa.Table:
     count = len(texts)
     return pa.table(
         {
+            **{name: [None] * count for name in READ_SCHEMA.names},
             "id": [f"r{i}" for i in range(count)],
             "status": ["ok"] * count,
             "error": [None] * count,
