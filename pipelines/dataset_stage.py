@@ -25,16 +25,17 @@ import logging
 import os
 import posixpath
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
+from qwen3_embed.precision import PRECISIONS, RANGED_PRECISIONS, PrecisionSpec, check_ranges
 
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, storage_option_pairs
 from .map_stages import StageResources, apply_stages, embed_stage, prepare_stage
-from .readers import ReadSpec, RowBuffer, RowSource
+from .readers import FPS_COLUMN, MAX_FRAMES_COLUMN, ReadSpec, RowBuffer, RowSource
 from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
 
 if TYPE_CHECKING:
@@ -63,7 +64,23 @@ class EmbedStageConfig(LoadFields, ReplicaFields, ReadableConfig):
     dim: int | None = Field(
         None, strict=True, description="Matryoshka dimension; default: the model's hidden size"
     )
+    video_column: str | None = Field(
+        None,
+        min_length=1,
+        description="VL: video files (paths, URLs, bytes) or lists of frame images; the "
+        "dataset's `fps` / `max_frames` columns, when it has them, apply to video files",
+    )
     instruction: str | None = Field(None, description="embed rows as queries with this instruction")
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "float32",
+        description="the embedding column's precision (qwen3_embed.precision: "
+        "sentence-transformers' quantize_embeddings rules)",
+    )
+    ranges: tuple[tuple[float, ...], tuple[float, ...]] | None = Field(
+        None,
+        description="int8/uint8: per-dimension [[min...], [max...]], e.g. a batch job's "
+        "manifest's precision.ranges or qwen3_embed.precision.calibration_ranges(sample)",
+    )
     truncate: bool = Field(True, strict=True, description="off: over-long inputs become error rows")
     batch_rows: int | None = Field(
         None, ge=1, strict=True, description="rows per prepare task batch and per replica call"
@@ -83,10 +100,24 @@ class EmbedStageConfig(LoadFields, ReplicaFields, ReadableConfig):
     def _options(cls, value: Any) -> tuple[tuple[str, Any], ...]:
         return storage_option_pairs(value)
 
+    @field_validator("ranges", mode="before")
+    @classmethod
+    def _ranges(cls, value: Any) -> Any:
+        # A numpy (2, dim) array, as `calibration_ranges` returns it, or nested lists.
+        return None if value is None else [list(map(float, row)) for row in value]
+
     @model_validator(mode="after")
     def _columns(self) -> EmbedStageConfig:
-        if self.text_column is None and self.image_column is None:
-            raise ValueError("give text_column, image_column or both")
+        if self.text_column is None and self.image_column is None and self.video_column is None:
+            raise ValueError("give text_column, image_column, video_column or several")
+        if self.precision in RANGED_PRECISIONS and self.ranges is None:
+            raise ValueError(
+                f"precision {self.precision!r} needs ranges: [[min per dim...], [max per dim...]] "
+                "(a batch job's manifest's precision.ranges, or "
+                "qwen3_embed.precision.calibration_ranges of a sample's float32 vectors)"
+            )
+        if self.precision not in RANGED_PRECISIONS and self.ranges is not None:
+            raise ValueError(f"ranges apply to int8 and uint8 only, not to {self.precision!r}")
         if len(set(self.output_columns)) != len(self.output_columns):
             raise ValueError(
                 f"the output column names must differ, got {list(self.output_columns)}"
@@ -112,6 +143,7 @@ class StageColumns:
     image: str | None  # None for text models: images are never read
     outputs: tuple[str, ...]  # embedding, num_tokens, status, error, code
     base_dir: str  # relative image paths are relative to the driver's working directory
+    video: str | None = None  # None for text models: videos are never read
 
 
 def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
@@ -126,10 +158,13 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
     preparer = Preparer.from_pretrained(model, config.max_length, config.revision)  # no weights
     family = preparer.info.family
     dim = preparer.validate_dim(config.dim)
-    if config.image_column is not None and family != "vl":
-        raise ValueError(
-            f"image_column={config.image_column!r} needs a VL model; {config.model} is a {family} model"
-        )
+    for name in ("image_column", "video_column"):
+        if getattr(config, name) is not None and family != "vl":
+            raise ValueError(
+                f"{name}={getattr(config, name)!r} needs a VL model; {config.model} is a {family} model"
+            )
+    if config.ranges is not None:
+        check_ranges(config.ranges, dim)
     if config.text_column is None and family != "vl":
         raise ValueError(f"{config.model} is a text model: give text_column")
     if not ray.is_initialized():
@@ -137,6 +172,7 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
     columns = StageColumns(
         text=config.text_column,
         image=config.image_column,
+        video=config.video_column,
         outputs=config.output_columns,
         base_dir=os.getcwd(),
     )
@@ -149,7 +185,7 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
     )
     load = dataclasses.replace(config.load_options(), model=model)
     prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
-    embed = EmbedSettings(load, dim)
+    embed = EmbedSettings(load, dim, precision=PrecisionSpec.of(config.precision, config.ranges))
     stages = (
         prepare_stage(prepare_user_batch, {"settings": prepare, "columns": columns}, resources),
         embed_stage(UserEmbedWorker, {"settings": embed, "columns": columns}, resources),
@@ -208,7 +244,9 @@ def to_stage_rows(table: pa.Table, columns: StageColumns) -> pa.Table:
             "output columns otherwise (EmbedStageConfig.embedding_column, status_column, ...)"
         )
     missing = [
-        name for name in (columns.text, columns.image) if name and name not in table.column_names
+        name
+        for name in (columns.text, columns.image, columns.video)
+        if name and name not in table.column_names
     ]
     if missing:
         raise ValueError(
@@ -217,11 +255,22 @@ def to_stage_rows(table: pa.Table, columns: StageColumns) -> pa.Table:
     count = table.num_rows
     texts = table.column(columns.text).to_pylist() if columns.text else [None] * count
     images = table.column(columns.image).to_pylist() if columns.image else [None] * count
-    spec = ReadSpec(None, columns.text or columns.image or "", columns.image)
+    video_names = (columns.video, FPS_COLUMN, MAX_FRAMES_COLUMN) if columns.video else ()
+    videos = [
+        table.column(name).to_pylist() if name in table.column_names else [None] * count
+        for name in video_names
+    ]
+    spec = ReadSpec(
+        None,
+        columns.text or columns.image or columns.video or "",
+        columns.image,
+        1024,
+        columns.video,
+    )
     source = _UserRows(spec, columns.base_dir)
     buffer = RowBuffer(max(count, 1))
     for row in range(count):
-        source.add(buffer, row, None, texts[row], images[row])
+        source.add(buffer, row, None, texts[row], images[row], *(v[row] for v in videos))
     stage = buffer.flush()
     for name in table.column_names:
         stage = stage.append_column(

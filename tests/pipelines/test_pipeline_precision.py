@@ -160,3 +160,37 @@ def test_calibration_file_is_checked_before_the_job_starts(tiny_text_model_dir, 
 def test_precision_flag_values_are_the_core_vocabulary(tmp_path):
     with pytest.raises(ValueError, match="float32.*float16.*int8.*uint8.*binary.*ubinary"):
         job(input="x", output=str(tmp_path), model="m", precision="int4")
+
+
+def test_embed_dataset_uint8_with_a_jobs_ranges(
+    ray_cluster, tiny_text_model_dir, tiny_text_embedder
+):
+    import ray
+
+    from pipelines import EmbedStageConfig, embed_dataset
+
+    texts = [f"row {n}: " + "compact vectors. " * (n % 4 + 1) for n in range(12)]
+    reference = tiny_text_embedder.embed(texts, dim=DIM).embeddings.numpy()
+    ranges = calibration_ranges(reference)
+    with pytest.raises(ValueError, match="needs ranges"):
+        EmbedStageConfig(model=str(tiny_text_model_dir), precision="uint8")
+    with pytest.raises(ValueError, match="int8 and uint8 only"):
+        EmbedStageConfig(model=str(tiny_text_model_dir), precision="binary", ranges=ranges)
+    config = EmbedStageConfig(
+        model=str(tiny_text_model_dir), dim=DIM, precision="uint8", ranges=ranges, batch_rows=4
+    )
+    dataset = embed_dataset(ray.data.from_items([{"text": t} for t in texts]), config)
+    table = pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+    assert table.schema.field("embedding").type == pa.list_(pa.uint8(), DIM)
+    got = dict(
+        zip(
+            table.column("text").to_pylist(),
+            table.column("embedding").to_numpy(zero_copy_only=False),
+            strict=True,
+        )
+    )
+    values = np.stack([got[text] for text in texts])
+    assert values.dtype == np.uint8 and values.shape == (len(texts), DIM)
+    expected = quantize(reference, "uint8", ranges).astype(int)
+    assert np.abs(values.astype(int) - expected).max() <= 1  # a bucket edge within 1e-5
+    assert (values == expected).mean() >= 0.99
