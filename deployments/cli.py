@@ -76,6 +76,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="name clients send as `model`, one per --model in the same order (default: the --model value)",
     )
     source.add_argument(
+        "--calibration",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="int8/uint8 ranges for embed_dtype int8/uint8: a batch job's _manifest.json (or "
+        "JSON [[min per dim...], [max per dim...]]), one per --model in the same order",
+    )
+    source.add_argument(
         "--app-config",
         metavar="PATH",
         help="YAML/JSON file with the full ServeAppConfig (the builder args); replaces the model and policy flags (refused beside it)",
@@ -243,6 +251,11 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
         raise ValueError(
             f"--served-model-name was given {len(names)} time(s) for {len(args.model)} --model; give one per model"
         )
+    if args.calibration and len(args.calibration) != len(args.model):
+        raise ValueError(
+            f"--calibration was given {len(args.calibration)} time(s) for {len(args.model)} --model; give one per model"
+        )
+    ranges = [_calibration_ranges(path) for path in args.calibration] or [None] * len(args.model)
     # Knobs left unset take ModelConfig's defaults (the core's).
     knobs = {
         name: getattr(args, name)
@@ -262,6 +275,7 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
             ),
             max_ongoing_requests=args.max_ongoing_requests,
             max_queued_requests=args.max_queued_requests,
+            calibration_ranges=ranges[index],
         )
         for index, model in enumerate(args.model)
     )
@@ -276,6 +290,20 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
             colocate=args.colocate_ingress,
         ),
     )
+
+
+def _calibration_ranges(path: str) -> list[list[float]]:
+    """The ranges of a `--calibration` file (read here, on the driver: they travel inside the
+    config, so no replica needs the file)."""
+    import json
+
+    from qwen3_embed.precision import ranges_from_file
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return ranges_from_file(data).tolist()
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--calibration {path}: {error}") from None
 
 
 def _check_keys_here(config: ServeAppConfig) -> None:

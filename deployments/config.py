@@ -93,6 +93,20 @@ class ModelConfig(LoadFields, ReplicaFields):
     retry_after_s: float = Field(
         1.0, ge=0, description="Retry-After sent with 429 when the queue is full"
     )
+    calibration_ranges: tuple[tuple[float, ...], tuple[float, ...]] | None = Field(
+        None,
+        description="int8/uint8 ranges [[min per dim...], [max per dim...]] for embed_dtype "
+        "int8/uint8 (the CLI's --calibration reads them from a batch job's _manifest.json)",
+    )
+
+    @field_validator("calibration_ranges")
+    @classmethod
+    def _check_ranges(cls, value: Any) -> Any:
+        if value is not None:
+            from qwen3_embed.precision import check_ranges
+
+            check_ranges(value, len(value[0]))
+        return value
 
     @property
     def name(self) -> str:

@@ -41,6 +41,7 @@ from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, Toke
 from .render import INLINE_RENDER_MAX_VALUES, render_embeddings
 from .schemas import EmbeddingRequest, TokenizeRequest, embeddings_openapi, models_response
 from .security import ApiKeyChecker
+from .vector_encoding import vector_encoding
 
 BATCH_REQUESTS_HEADER = "x-qwen3-embed-batch-requests"
 BATCH_INPUTS_HEADER = "x-qwen3-embed-batch-inputs"
@@ -138,6 +139,12 @@ class EmbeddingsIngress:
                 )
                 for name, handle in models.items()
             }
+        # int8 / uint8 ranges per served model (`--calibration`), for `embed_dtype`.
+        self._calibration = {
+            model.name: model.calibration_ranges
+            for model in config.models
+            if model.calibration_ranges is not None
+        }
         # Raises when a configured key source is empty: the replica fails rather than run open.
         self._auth = ApiKeyChecker.from_config(config.auth)
         self._fetcher = SafeMediaFetcher(config.media) if config.media.allow_url_fetch else None
@@ -166,6 +173,13 @@ class EmbeddingsIngress:
             truncate, max_tokens = resolve_truncation(
                 parsed.truncate, parsed.truncate_prompt_tokens, description.max_length
             )
+            encoding = vector_encoding(  # checked before the model is called
+                parsed.encoding_format,
+                parsed.embed_dtype,
+                parsed.endianness,
+                parsed.dimensions or description.hidden_size,
+                self._calibration.get(name),
+            )
             job = EmbedJob(
                 tuple(items), parsed.instruction, parsed.dimensions, truncate, max_tokens
             )
@@ -183,14 +197,13 @@ class EmbeddingsIngress:
             self._metrics.record(label, 500, "internal_error", time.perf_counter() - started)
             raise
         answered = time.perf_counter()
-        fmt = parsed.encoding_format or "float"
         if reply.embeddings.size > INLINE_RENDER_MAX_VALUES:
             # Large answers are CPU work: off the event loop, which keeps serving meanwhile.
             content = await asyncio.to_thread(
-                render_embeddings, name, reply.embeddings, reply.total_tokens, fmt
+                render_embeddings, name, reply.embeddings, reply.total_tokens, encoding
             )
         else:
-            content = render_embeddings(name, reply.embeddings, reply.total_tokens, fmt)
+            content = render_embeddings(name, reply.embeddings, reply.total_tokens, encoding)
         finished = time.perf_counter()
         self._metrics.record(name, 200, None, finished - started)
         self._metrics.record_success(name, len(items), reply.total_tokens)

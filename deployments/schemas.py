@@ -48,6 +48,20 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = Field(
         None, description="float (default) or base64 of little-endian float32"
     )
+    # vLLM's fields for compact answers (deployments/vector_encoding.py has the rules).
+    embed_dtype: (
+        Literal["float32", "float16", "bfloat16", "int8", "uint8", "binary", "ubinary"] | None
+    ) = Field(
+        None,
+        description=(
+            "vLLM: the values' dtype, float32 (default), float16 or bfloat16 (with "
+            "encoding_format base64); also int8, uint8, binary, ubinary (quantised as "
+            "sentence-transformers does; int8/uint8 need the server's --calibration)"
+        ),
+    )
+    endianness: Literal["native", "big", "little"] | None = Field(
+        None, description="vLLM: byte order of base64 values (default little)"
+    )
     user: StrictStr | None = Field(None, description="accepted for compatibility, ignored")
     instruction: StrictStr | None = Field(
         None, description="query instruction (extension); omit for documents"
