@@ -10,6 +10,12 @@ figure that carries over), and the embed stage's blocks at the given widths (bui
 stage's schema: a vector per row is `4 x dim` bytes whatever the model). Sizes are Arrow's
 `Table.nbytes`, which is what a block occupies in the object store (plus a small header).
 VL rows are not measured here: a prepared image is its resized uint8 pixels (see the README).
+
+Output bytes per row for each `--precision` (`output_precision_bytes`): OUTPUT's part files as
+the job's sink writes them (its `output_schema`, the core's `quantize` on unit vectors drawn at
+random, ids and token counts of the corpus rows), both as Arrow's `nbytes` and as a parquet file
+written with the sink's `pq.write_table` defaults; the vectors' own share is
+`qwen3_embed.precision.bytes_per_vector`.
 """
 
 from __future__ import annotations
@@ -73,7 +79,49 @@ def measure(texts: list[str], model_dir: Path, folder: Path) -> dict[str, Any]:
         embedded = embedded.append_column(read.field("fragment"), read.column("fragment"))
         embedded = embedded.append_column(read.field("fragment_rows"), read.column("fragment_rows"))
         result["embedded_block_bytes_per_row"][str(dim)] = embedded.nbytes / rows
+    result["output_precision_bytes"] = output_precision_bytes(
+        ids, prepared.column("num_tokens").fill_null(0)
+    )
     return result
+
+
+def output_precision_bytes(ids: pa.Array, num_tokens: pa.Array) -> dict[str, dict[str, Any]]:
+    """{precision: {dim: {vector, arrow, parquet}}} bytes per row of an OUTPUT part file."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipelines.rows import output_schema
+    from qwen3_embed.precision import PRECISIONS, bytes_per_vector, calibration_ranges, quantize
+
+    rows = len(ids)
+    measured: dict[str, dict[str, Any]] = {}
+    for precision in PRECISIONS:
+        measured[precision] = {}
+        for dim in DIMS:
+            vectors = np.random.default_rng(dim).standard_normal((rows, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            ranges = calibration_ranges(vectors) if precision in ("int8", "uint8") else None
+            values = quantize(vectors, precision, ranges)
+            schema = output_schema(dim, {"precision": precision}, precision)
+            part = pa.Table.from_arrays(
+                [
+                    ids,
+                    pa.FixedSizeListArray.from_arrays(
+                        pa.array(values.reshape(-1)), values.shape[1]
+                    ),
+                    num_tokens,
+                ],
+                schema=schema,
+            )
+            buffer = io.BytesIO()
+            pq.write_table(part, buffer)
+            measured[precision][str(dim)] = {
+                "vector": bytes_per_vector(precision, dim),
+                "arrow": part.nbytes / rows,
+                "parquet": buffer.tell() / rows,
+            }
+    return measured
 
 
 def run(device: Any = None, quick: bool = False) -> dict[str, Any]:
@@ -100,7 +148,20 @@ def run(device: Any = None, quick: bool = False) -> dict[str, Any]:
                 + ", ".join(f"{value:,.0f} B (dim {dim})" for dim, value in per_row.items()),
                 "n/a (measured)",
                 None,
-            )
+            ),
+            *(
+                row(
+                    f"OUTPUT bytes per row, --precision {precision}",
+                    ", ".join(
+                        f"{values['parquet']:,.0f} B parquet / {values['vector']:,} B vector "
+                        f"(dim {dim})"
+                        for dim, values in measured["output_precision_bytes"][precision].items()
+                    ),
+                    "n/a (measured)",
+                    None,
+                )
+                for precision in measured["output_precision_bytes"]
+            ),
         ],
     }
 
