@@ -146,6 +146,7 @@ PHASE_NAMES = {
     "imports": "imports",
     "plan": "checks",
     "ray_start": "Ray start",
+    "calibration": "int8/uint8 calibration",
     "resume_scan": "resume scan",
     "replica_ready": "first replica ready",
     "first_batch": "first batch embedded",
@@ -159,6 +160,16 @@ def format_phases(phases: dict[str, float]) -> str:
     return ", ".join(
         f"{label} {phases[name]:.1f} s" for name, label in PHASE_NAMES.items() if name in phases
     )
+
+
+def _precision_line(manifest: dict[str, Any]) -> list[str]:
+    """The vectors' precision when it is not float32 (and where int8 / uint8 ranges came from)."""
+    precision = manifest.get("precision") or {}
+    name = precision.get("name", "float32")
+    if name == "float32":
+        return []
+    source = (manifest.get("calibration") or {}).get("source")
+    return [f"  precision    {name}" + (f" (ranges: {source})" if source else "")]
 
 
 def format_summary(manifest: dict[str, Any]) -> str:
@@ -178,6 +189,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"  input        {manifest['inputs']['files']} file(s) ({', '.join(manifest['inputs']['formats'])}) "
         f"under {manifest['inputs']['root']}: {manifest['rows_in']:,} rows",
         f"  output       {manifest['output']}",
+        *_precision_line(manifest),
         *_ids_line(manifest),
         f"  embedded     {manifest['rows_embedded']:,} rows (this run {run['rows_embedded']:,}; {skipped})",
     ]
@@ -211,6 +223,7 @@ def _format_nothing_to_do(manifest: dict[str, Any]) -> str:
         f"qwen3-embed embed: nothing to do ({manifest['wall_seconds']:.1f} s): all "
         f"{manifest['rows_in']:,} input rows are already in OUTPUT",
         f"  output       {manifest['output']}",
+        *_precision_line(manifest),
         *_ids_line(manifest),
         f"  unchanged    inputs and OUTPUT's files are as the run finished at {previous} left them; "
         "no replica was started",

@@ -67,6 +67,7 @@ def test_int8_job_calibrates_records_ranges_and_equals_the_core_rule(
     )
     result = run_embedding_job(config)
     assert result.consistent and result.manifest["rows_embedded"] == len(texts)
+    assert f"precision    int8 (ranges: the first {len(texts)} rows embedded)" in result.summary()
 
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["precision"]["name"] == "int8"
