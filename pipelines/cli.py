@@ -26,7 +26,7 @@ _IMPORTED_AT = time.monotonic()  # "imports" in the summary count from here (arg
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INCONSISTENT = 0, 1, 2, 3
 DESCRIPTION = (
-    "Embed a corpus (parquet, jsonl, csv, txt, image folders; local or URLs) into OUTPUT (parquet: id, "
+    "Embed a corpus (parquet, jsonl, csv, txt, image or video folders; local or URLs) into OUTPUT (parquet: id, "
     "embedding, num_tokens; plus _errors/ and _manifest.json). Rerun the same command to resume an "
     "interrupted job. Attaches to $RAY_ADDRESS / --address, else starts a local Ray cluster."
 )
