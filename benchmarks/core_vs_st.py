@@ -35,9 +35,16 @@ class Shape:
     num_heads: int
     num_kv_heads: int
     intermediate_size: int
+    # Every Qwen3 embedding model has head_dim 128, whatever hidden / heads is (0.6B: 1024 / 16
+    # heads; 4B: 2560 / 32; 8B: 4096 / 32); None = hidden / heads (the small CPU shapes).
+    head_dim: int | None = None
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
 
     def non_embedding_params(self) -> int:
-        head_dim = self.hidden_size // self.num_heads
+        head_dim = self.head_size
         attention = (
             2 * self.hidden_size * self.num_heads * head_dim
             + 2 * self.hidden_size * self.num_kv_heads * head_dim
@@ -47,7 +54,7 @@ class Shape:
 
     def flops(self, lengths: list[int]) -> float:
         """Forward FLOPs: 2 x params x tokens, plus causal attention (QK^T and AV over T^2/2 pairs)."""
-        attention_width = self.num_heads * (self.hidden_size // self.num_heads)
+        attention_width = self.num_heads * self.head_size
         dense = 2 * self.non_embedding_params() * sum(lengths)
         attention = sum(2 * self.num_layers * attention_width * t * t for t in lengths)
         return float(dense + attention)
@@ -56,8 +63,8 @@ class Shape:
 CPU_SHAPE = Shape("qwen3-mid-random (hidden 512, 8 layers)", 512, 8, 8, 4, 1536)
 QUICK_SHAPE = Shape("qwen3-tiny-random (hidden 64, 2 layers)", 64, 2, 4, 2, 128)
 # The real 0.6B / 4B architectures (random weights), for GPU runs.
-QWEN3_06B = Shape("Qwen3-Embedding-0.6B architecture (random weights)", 1024, 28, 16, 8, 3072)
-QWEN3_4B = Shape("Qwen3-Embedding-4B architecture (random weights)", 2560, 36, 32, 8, 9728)
+QWEN3_06B = Shape("Qwen3-Embedding-0.6B architecture (random weights)", 1024, 28, 16, 8, 3072, 128)
+QWEN3_4B = Shape("Qwen3-Embedding-4B architecture (random weights)", 2560, 36, 32, 8, 9728, 128)
 
 
 def build_model(shape: Shape, directory: Path) -> Path:
@@ -68,6 +75,7 @@ def build_model(shape: Shape, directory: Path) -> Path:
         num_heads=shape.num_heads,
         num_kv_heads=shape.num_kv_heads,
         intermediate_size=shape.intermediate_size,
+        head_dim=shape.head_size,
     )
 
 

@@ -44,7 +44,7 @@ CONCURRENCY = (1, 8, 64)
 # shared with other work, 1 avoids OpenMP threads spinning against each other.
 THREADS = int(os.environ.get("QWEN3_EMBED_BENCH_THREADS", "2"))
 # The core's forward mode, for the core alone and this app alike (infinity has its own):
-# QWEN3_EMBED_BENCH_FORWARD_MODE, default auto (padded on CPU, packed for Qwen3 text on a GPU).
+# QWEN3_EMBED_BENCH_FORWARD_MODE, default auto (padded on CPU, packed for Qwen3 text on a GPU in bf16/fp16).
 FORWARD_MODE = os.environ.get("QWEN3_EMBED_BENCH_FORWARD_MODE", "auto")
 BATCH_TEXTS = 16
 SERVED_NAME = "bench"

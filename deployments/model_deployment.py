@@ -136,6 +136,8 @@ class ModelServer:
             max_batch_size=self._batching.max_batch_size,
             batch_wait_ms=self._batching.batch_wait_ms,
             max_batch_tokens=self.embedder.max_batch_tokens,
+            forward_mode=self.embedder.forward_mode,
+            attention_kernel=self.embedder.attention_kernel,
         )
 
     def stats(self) -> dict[str, Any]:

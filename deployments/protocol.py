@@ -88,3 +88,6 @@ class ModelDescription:
     max_batch_size: int
     batch_wait_ms: float
     max_batch_tokens: int
+    # How the replica runs the model (`Embedder.describe()`): forward mode, attention kernel.
+    forward_mode: str = "padded"
+    attention_kernel: str = "sdpa"

@@ -210,6 +210,8 @@ def models_response(
                 hidden_size=described.hidden_size,
                 min_dimensions=described.min_dim,
                 max_input_tokens=described.max_length,
+                forward_mode=described.forward_mode,
+                attention_kernel=described.attention_kernel,
             )
         data.append(card)
     return {"object": "list", "data": data}

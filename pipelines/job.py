@@ -346,6 +346,7 @@ def run_embedding_job(
     finally:
         ray.kill(ledger)
     tally.skipped += resume.skipped_rows  # rows of the fragments that got no read task
+    forward = timings.pop("forward", None)
     phases.update(timings)
     phases["pipeline"] = execute_seconds
 
@@ -360,6 +361,10 @@ def run_embedding_job(
     )
     manifest["output_fingerprint"] = output_fingerprint(output)
     manifest["phases"] = _rounded(phases)
+    if forward is not None:
+        # How the replicas ran the model (the first to load: they share one config): device,
+        # dtype, forward mode and attention kernel as `auto` resolved them there.
+        manifest["forward"] = forward
     write_manifest(output, manifest)
     _remove_temporary_folders(output)
     return JobResult.from_manifest(manifest)
@@ -377,7 +382,7 @@ class _ReadFilter:
 
 def _execute(
     plan: JobPlan, run_id: str, gpus: float, resume: _ReadFilter, ledger: Any, ledger_name: str
-) -> tuple[WriteTally, float, dict[str, float]]:
+) -> tuple[WriteTally, float, dict[str, Any]]:
     """Build and run the streaming pipeline; returns the sink's tally, the pipeline's seconds,
     and the replicas' start-up times (seconds from the pipeline's start)."""
     config, dim = plan.config, plan.dim
@@ -415,6 +420,8 @@ def _execute(
         for name, key in (("replica_ready", "first_ready"), ("first_batch", "first_batch"))
         if reported[key] is not None
     }
+    if reported.get("forward") is not None:
+        timings["forward"] = reported["forward"]  # not a time: moved to the manifest's own key
     return sink.tally, execute_seconds, timings
 
 

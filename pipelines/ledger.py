@@ -42,6 +42,7 @@ class Ledger:
         self.finished: Counter[str] = Counter()
         self.ready: list[float] = []
         self.first_batch: list[float] = []
+        self.forward: dict[str, Any] | None = None  # the first replica's `Embedder.describe()`
 
     def begin(self, key: str) -> int:
         """Starts an attempt at `key`; returns how many earlier attempts never finished."""
@@ -52,8 +53,10 @@ class Ledger:
     def finish(self, key: str) -> None:
         self.finished[key] += 1
 
-    def replica_ready(self, at: float) -> None:
+    def replica_ready(self, at: float, described: dict[str, Any] | None = None) -> None:
         self.ready.append(at)
+        if self.forward is None and described is not None:
+            self.forward = described
 
     def replica_first_batch(self, at: float) -> None:
         self.first_batch.append(at)
@@ -63,6 +66,7 @@ class Ledger:
             "first_ready": min(self.ready, default=None),
             "first_batch": min(self.first_batch, default=None),
             "replica_starts": len(self.ready),
+            "forward": self.forward,
         }
 
 
@@ -112,8 +116,8 @@ class CrashGuard:
         ref = getattr(self.ledger, method).remote(*args)
         return ray.get(ref) if wait else None
 
-    def replica_ready(self) -> None:
-        self._call("replica_ready", time.time(), wait=False)
+    def replica_ready(self, described: dict[str, Any] | None = None) -> None:
+        self._call("replica_ready", time.time(), described, wait=False)
 
     def run(
         self,

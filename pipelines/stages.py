@@ -352,7 +352,7 @@ class EmbedWorker:
         self.embedder = Embedder.from_options(settings.load)
         self.dim = self.embedder.validate_dim(settings.dim)
         self.guard = CrashGuard(settings.ledger)  # bounds replica deaths per batch / row
-        self.guard.replica_ready()
+        self.guard.replica_ready(self.embedder.describe())
 
     def __call__(self, table: pa.Table) -> pa.Table:
         schema = embedded_schema(self.dim, self.precision.name)

@@ -109,6 +109,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     )
     tiny.set_defaults(handler=_cmd_make_tiny_model)
 
+    from . import doctor
+
+    check = sub.add_parser(
+        "doctor",
+        help="what will run on this device (forward mode, attention kernel, versions) and "
+        "self-checks that it is right; exits non-zero when a check fails",
+    )
+    doctor.add_arguments(check)
+    check.set_defaults(handler=doctor.main)
+
     # Only import the Ray layers the command line asks for (or all of them for --help).
     wanted = [name for name in LAYER_COMMANDS if name in argv] or (
         list(LAYER_COMMANDS) if not argv or "-h" in argv or "--help" in argv else []

@@ -88,6 +88,12 @@ class Backend(ABC):
     device: torch.device
     dtype: torch.dtype
     forward_mode: str = "padded"  # "padded" | "packed": the layout `forward_staged` runs
+    attn_implementation: str = "sdpa"  # transformers' attention implementation it was loaded with
+
+    @property
+    def attention_kernel(self) -> str:
+        """What the forwards' attention runs (a packed backend names its packed kernel)."""
+        return self.attn_implementation
 
     @abstractmethod
     def forward(self, batch: Sequence[PreparedInput]) -> tuple[torch.Tensor, torch.Tensor]:

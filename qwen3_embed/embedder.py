@@ -97,8 +97,9 @@ class Embedder:
         may come from (local paths, URLs) and how large they may be; the default is permissive.
 
         `forward_mode`: "packed" (padding-free: one row of all the batch's tokens, attention per
-        sequence; Qwen3 text models), "padded", or "auto" = packed for Qwen3 text on a GPU,
-        padded otherwise (on a CPU the batched padded kernels are faster; both give the same
+        sequence; Qwen3 text models), "padded", or "auto" = packed for Qwen3 text where a varlen
+        attention kernel runs (a GPU in bf16/fp16 with torch >= 2.10, or flash-attn), padded
+        otherwise (on a CPU the batched padded kernels are faster; both give the same
         vectors). `max_batch_tokens` (None = 65536 when packed on a GPU, else 16384) caps the
         tokens of one forward, padding included when padded. `compile=True` runs the backbone
         through `torch.compile` (dynamic shapes); the first batches pay for compilation.
@@ -173,6 +174,25 @@ class Embedder:
     @property
     def compiled(self) -> bool:
         return bool(getattr(self.backend, "compiled", False))
+
+    @property
+    def attention_kernel(self) -> str:
+        """What attention runs: `varlen_attn` (torch's varlen kernel), `flash_attn_varlen` (the
+        flash-attn package's) or `per_sequence_sdpa` when packed; the model's attention
+        implementation (`sdpa`, `eager`, `flash_attention_2`) when padded."""
+        return self.backend.attention_kernel
+
+    def describe(self) -> dict[str, Any]:
+        """How this model runs, as the batch job's manifest and Serve's `/v1/models` report it:
+        device, dtype, forward mode, attention kernel, compiled, token budget."""
+        return {
+            "device": str(self.device),
+            "dtype": str(self.backend.dtype).removeprefix("torch."),
+            "forward_mode": self.forward_mode,
+            "attention_kernel": self.attention_kernel,
+            "compiled": self.compiled,
+            "max_batch_tokens": self.max_batch_tokens,
+        }
 
     @property
     def default_query_instruction(self) -> str | None:
@@ -337,16 +357,27 @@ class Embedder:
         return f"Embedder({self.source!r}, family={self.family!r}, hidden_size={self.hidden_size}, device={self.device})"
 
 
-def resolve_forward_mode(forward_mode: str, info: ModelInfo, device: torch.device) -> str:
-    """ "auto" -> packed for Qwen3 text models on a GPU, else padded. An explicit "packed" that
-    the model cannot run is refused, never quietly run padded."""
+def resolve_forward_mode(
+    forward_mode: str,
+    info: ModelInfo,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    attn: str = "sdpa",
+) -> str:
+    """ "auto" -> packed for Qwen3 text models where packed attention runs a varlen kernel
+    (torch's `varlen_attn` on CUDA in bf16/fp16, torch >= 2.10, or flash-attn's), else padded:
+    elsewhere packed means one SDPA call per sequence per layer plus a host sync per layer,
+    slower than padded on a GPU. An explicit "packed" that the model cannot run is refused,
+    never quietly run padded."""
+    from .text.packed_attention import varlen_kernel
+
     if forward_mode not in FORWARD_MODES:
         raise ValueError(
             f"unknown forward_mode {forward_mode!r}; valid values are: {', '.join(FORWARD_MODES)}"
         )
     packable = info.family == "text" and info.is_qwen
     if forward_mode == "auto":
-        return "packed" if packable and device.type == "cuda" else "padded"
+        return "packed" if packable and varlen_kernel(attn, device, dtype) else "padded"
     if forward_mode == "packed" and not packable:
         raise ValueError(
             f"forward_mode='packed' is for Qwen3 text models; this {info.family} model "
@@ -367,7 +398,9 @@ def load_backend(options: LoadOptions, model_dir: os.PathLike, impl: InputPrepar
     torch_device = resolve_device(options.device)
     torch_dtype = resolve_dtype(options.dtype, torch_device)
     attn = resolve_attention(options.attn_implementation)
-    mode = resolve_forward_mode(options.forward_mode, impl.info, torch_device)
+    mode = resolve_forward_mode(
+        options.forward_mode, impl.info, torch_device, torch_dtype, attn
+    )
     backend = _load_backend(model_dir, impl, torch_device, torch_dtype, attn, mode)
     backend.attn_implementation = attn
     if options.compile:
@@ -377,11 +410,13 @@ def load_backend(options: LoadOptions, model_dir: os.PathLike, impl: InputPrepar
 
 def log_loaded(source: str, backend: Backend, options: LoadOptions, max_batch_tokens: int) -> None:
     logger.info(
-        "loaded %s on %s: forward_mode=%s, attention kernel=%s, compiled=%s, max_batch_tokens=%d",
+        "loaded %s on %s (%s): forward_mode=%s, attention kernel=%s, compiled=%s, "
+        "max_batch_tokens=%d",
         source,
         backend.device,
+        str(backend.dtype).removeprefix("torch."),
         backend.forward_mode,
-        getattr(backend, "packed_kernel", None) or getattr(backend, "attn_implementation", None),
+        backend.attention_kernel,
         options.compile,
         max_batch_tokens,
     )

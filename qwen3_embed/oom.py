@@ -8,6 +8,8 @@ splitting again on every batch.
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 # After this many forwards without OOM, the budget grows by 1/RECOVERY_STEP of itself (capped at
@@ -29,7 +31,11 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def release_device_memory(device: torch.device) -> None:
-    """Give cached blocks back after an OOM, so the halves of the failed batch can allocate."""
+    """Give cached blocks back after an OOM, so the halves of the failed batch can allocate.
+    Call it once the failed forward's exception is gone (outside the `except` block): until then
+    its traceback keeps the forward's tensors alive. `gc.collect()` first frees what only
+    reference cycles still hold (exceptions and frames form them easily)."""
+    gc.collect()
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -147,7 +147,8 @@ class LoadOptions:
         kind=str,
         choices=FORWARD_MODES,
         help="batch layout of the forward passes: packed (padding-free, Qwen3 text), padded, "
-        "or auto = packed for Qwen3 text on a GPU, else padded",
+        "or auto = packed for Qwen3 text where a varlen attention kernel runs (a GPU in "
+        "bf16/fp16), else padded",
     )
     attn_implementation: str = knob(
         "auto",

@@ -89,7 +89,27 @@ def test_gpu_benchmark_smoke_runs_on_cpu(tmp_path):
     assert run["peer"]["min_cosine"] >= 0.999
     for path in ("padded", "packed"):
         assert run[path]["lognormal"]["tokens"] > 0 and run[path]["long_documents"]["tokens"] > 0
+        runs = run[path]["lognormal"]["runs_seconds"]  # best of several timed runs
+        assert len(runs) == 2 and run[path]["lognormal"]["seconds"] == min(runs)
+    assert "CUDA" in run["packed_host_syncs"]["skipped"]  # counted on a GPU only
     assert "SMOKE RUN" in (tmp_path / "gpu-smoke.md").read_text()
+
+
+def test_real_qwen3_shapes_have_head_dim_128(tmp_path):
+    # Every Qwen3 embedding model has head_dim 128, not hidden / heads (64 for the 0.6B, 80 for
+    # the 4B): the benchmarks' shapes, their FLOP counts and the checkpoints they build say so.
+    import json
+
+    from benchmarks import core_vs_st, gpu
+
+    for shape in (core_vs_st.QWEN3_06B, core_vs_st.QWEN3_4B, *gpu.SHAPES.values()):
+        assert shape.head_size == 128
+    assert gpu.DEFAULT_MODELS == "0.6b"  # 8B is opt-in: the default fits a 10-minute slot
+    small = core_vs_st.Shape("test", 64, 1, 2, 1, 128, 128)
+    directory = core_vs_st.build_model(small, tmp_path / "model")
+    assert json.loads((directory / "config.json").read_text())["head_dim"] == 128
+    # Attention projections: q and o are heads x 128 wide, k and v kv_heads x 128.
+    assert small.non_embedding_params() == 2 * 64 * 2 * 128 + 2 * 64 * 1 * 128 + 3 * 64 * 128
 
 
 def test_resume_scale_quick_measures_both_designs(tmp_path):

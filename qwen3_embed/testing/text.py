@@ -29,13 +29,15 @@ def make_tiny_text_model(
     seed: int = 0,
     task: str = "embed",
     tie_word_embeddings: bool = True,
+    head_dim: int | None = None,
 ) -> Path:
     """Write a random Qwen3 checkpoint + Qwen-style tokenizer to `directory` and return it.
 
     `task="rerank"` makes a Qwen3-Reranker-like checkpoint instead: a tokenizer holding `yes`
     and `no` and no EOS post-processor (the base Qwen3 tokenizer's), no sentence-transformers
     files; `tie_word_embeddings=False` saves an LM head of its own (as the 4B / 8B do), True
-    ties it to the input embeddings (as the 0.6B does)."""
+    ties it to the input embeddings (as the 0.6B does). `head_dim` defaults to hidden / heads;
+    the released models all have 128."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     if task not in ("embed", "rerank"):
@@ -54,7 +56,7 @@ def make_tiny_text_model(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
-        head_dim=hidden_size // num_heads,
+        head_dim=head_dim or hidden_size // num_heads,
         max_position_embeddings=32768,
         tie_word_embeddings=tie_word_embeddings,
         pad_token_id=tokenizer.token_to_id("<|endoftext|>"),

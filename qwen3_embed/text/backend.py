@@ -13,7 +13,11 @@ from ..errors import InputError, InputTooLongError
 from ..model_info import ModelInfo
 from ..pooling import pool
 from ..prompts import check_instruction, check_text, format_text_query
-from .packed_attention import install_packed_attention, packed_kernel
+from .packed_attention import (
+    install_packed_attention,
+    original_implementation,
+    packed_attention_kernel,
+)
 from .packing import PackedBatch, PaddedBatch, pack_batch, pad_batch
 
 QWEN_EOS_TOKEN = "<|endoftext|>"
@@ -105,6 +109,19 @@ class TextPreparer(InputPreparer):
         return encoded
 
 
+def load_backbone(
+    model_dir: Path, device: torch.device, dtype: torch.dtype, attn: str
+) -> torch.nn.Module:
+    """The backbone, its weights read straight onto `device` in `dtype` (`device_map`): no
+    full host copy first (16 GB for the 8B in bf16, per replica; host RAM is what runs out first
+    on a GPU node) and no fp32 materialisation of bf16 weights."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(
+        model_dir, dtype=dtype, device_map=device, attn_implementation=attn
+    )
+
+
 FORWARD_MODES = ("padded", "packed")
 # Which `torch.compile` backend `compile()` uses; tests swap in "eager" (graph capture without
 # code generation) to prove the compiled path's wiring in seconds.
@@ -121,9 +138,7 @@ class TextBackend(Backend):
         attn: str,
         forward_mode: str = "padded",
     ):
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        model = load_backbone(model_dir, device, dtype, attn)
         self._attach(model, preparer.info, preparer.pad_id, device, dtype, forward_mode)
 
     @classmethod
@@ -170,9 +185,12 @@ class TextBackend(Backend):
         # available and gives the same vectors; tests compare the two.
         self.left_padding = False
         self.model = model
-        self.model.to(device).eval()
-        if self.info.is_qwen:
-            install_packed_attention(self.model)  # padded forwards keep the original attention
+        self.model.to(device).eval()  # a no-op when loaded there (`load_backbone`)
+        self.attn_implementation = original_implementation(model)
+        if forward_mode == "packed":
+            # Padded forwards (`forward`) keep the original attention through the hook; a padded
+            # backend never renames the model's implementation (flash-attention looks it up).
+            install_packed_attention(self.model)
         self._run: Any = self.model  # the callable forward: the model, or its compiled wrapper
         self.compiled = False
         # Host tensors are pinned only for a GPU: pinning is a page-locking syscall, useless on CPU.
@@ -181,7 +199,14 @@ class TextBackend(Backend):
     @property
     def packed_kernel(self) -> str | None:
         """The attention kernel of the packed path (None when this backend runs padded)."""
-        return packed_kernel(self.device, self.dtype) if self.forward_mode == "packed" else None
+        if self.forward_mode != "packed":
+            return None
+        return packed_attention_kernel(self.attn_implementation, self.device, self.dtype)
+
+    @property
+    def attention_kernel(self) -> str:
+        """What the forwards' attention runs: the packed kernel, or the model's implementation."""
+        return self.packed_kernel or self.attn_implementation
 
     def compile(self, backend: str | None = None) -> None:
         """`torch.compile` with dynamic shapes: token counts vary every batch, so one graph must

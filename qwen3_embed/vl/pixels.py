@@ -17,6 +17,7 @@ Keys of `PreparedInput.media` (simple names: they survive `to_row` and the batch
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,30 +55,62 @@ def _split(pixels: np.ndarray, shapes: np.ndarray) -> list[np.ndarray]:
     return pieces
 
 
+@dataclass(frozen=True)
+class StagedMedia:
+    """A batch's media on the host, ready for one asynchronous copy each: uint8 pixels (pinned
+    when the device is a GPU, so `to(device, non_blocking=True)` does not block the host) and
+    the grids the CPU stage computed."""
+
+    images: list[torch.Tensor]  # (H, W, 3) uint8 each, in item order
+    videos: list[torch.Tensor]  # (T, C, H, W) uint8 each, in item order
+    items: list[dict[str, np.ndarray]]  # the prepared media (their grids are checked)
+
+
+def stage_media(items: Sequence[dict[str, np.ndarray]], pin: bool = False) -> StagedMedia:
+    """Host work of a batch's media (split per medium, pinned on a GPU), done while the previous
+    batch runs on the device."""
+
+    def host(array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        return tensor.pin_memory() if pin else tensor
+
+    images = [
+        host(array)
+        for item in items
+        if "image_pixels" in item
+        for array in _split(item["image_pixels"], item["image_shapes"])
+    ]
+    videos = [
+        host(clip)
+        for item in items
+        if "video_pixels" in item
+        for clip in _split(item["video_pixels"], item["video_shapes"])
+    ]
+    return StagedMedia(images, videos, list(items))
+
+
 def media_tensors(
-    items: Sequence[dict[str, np.ndarray]], processor: Any, device: torch.device
+    items: Sequence[dict[str, np.ndarray]] | StagedMedia, processor: Any, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """The batch's media, in item order, as the model takes them: `pixel_values` and
     `pixel_values_videos` normalised on `device` by the processor's own image / video processor,
     with the grids the CPU stage computed (checked against the processor's)."""
+    staged = items if isinstance(items, StagedMedia) else stage_media(items)
     out: dict[str, torch.Tensor] = {}
     images = [
-        torch.from_numpy(array).permute(2, 0, 1).to(device)  # (C, H, W) uint8, like a PIL input
-        for item in items
-        if "image_pixels" in item
-        for array in _split(item["image_pixels"], item["image_shapes"])
+        # (C, H, W) uint8, like a PIL input; the copy is asynchronous from pinned memory
+        image.to(device, non_blocking=True).permute(2, 0, 1)
+        for image in staged.images
     ]
     if images:
         done = processor.image_processor(
             images=images, do_resize=False, return_tensors="pt", device=device
         )
         out["pixel_values"] = done["pixel_values"]
-        out["image_grid_thw"] = _same_grid(items, "image_grid_thw", done["image_grid_thw"])
+        out["image_grid_thw"] = _same_grid(staged.items, "image_grid_thw", done["image_grid_thw"])
     videos = [
-        torch.from_numpy(clip).to(device).float()  # the float frames the CPU stage processed
-        for item in items
-        if "video_pixels" in item
-        for clip in _split(item["video_pixels"], item["video_shapes"])
+        clip.to(device, non_blocking=True).float()  # the float frames the CPU stage processed
+        for clip in staged.videos
     ]
     if videos:
         done = processor.video_processor(
@@ -88,7 +121,7 @@ def media_tensors(
             device=device,
         )
         out["pixel_values_videos"] = done["pixel_values_videos"]
-        out["video_grid_thw"] = _same_grid(items, "video_grid_thw", done["video_grid_thw"])
+        out["video_grid_thw"] = _same_grid(staged.items, "video_grid_thw", done["video_grid_thw"])
     return out
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import varlen_standin
 
 from qwen3_embed import Embedder, InputTooLargeForDeviceError
 from qwen3_embed.batching import plan_packed_batches
 from qwen3_embed.embedder import resolve_forward_mode
 from qwen3_embed.oom import RECOVERY_AFTER, TokenBudget, is_out_of_memory
-from qwen3_embed.text.packed_attention import KERNEL_PER_SEQUENCE, packed_kernel
+from qwen3_embed.text.packed_attention import KERNEL_PER_SEQUENCE, KERNEL_VARLEN, packed_kernel
 from qwen3_embed.text.packing import PackedBatch, pack_batch
 
 ATOL = 1e-5
@@ -116,12 +117,24 @@ def test_packed_is_refused_for_models_that_cannot_pack(minilm_dir):
         Embedder.from_pretrained(minilm_dir, device="cpu", forward_mode="packed")
 
 
-def test_auto_mode_is_packed_only_for_qwen_text_on_gpu(packed):
-    info = packed.info
-    assert resolve_forward_mode("auto", info, torch.device("cpu")) == "padded"
-    assert resolve_forward_mode("auto", info, torch.device("cuda")) == "packed"
+def test_auto_mode_is_packed_only_where_a_varlen_kernel_runs(packed, monkeypatch):
+    info, cuda, cpu = packed.info, torch.device("cuda"), torch.device("cpu")
+    assert resolve_forward_mode("auto", info, cpu) == "padded"
+    assert resolve_forward_mode("auto", info, cuda, torch.bfloat16) == "packed"
+    assert resolve_forward_mode("auto", info, cuda, torch.float16, "eager") == "packed"
+    # fp32 on a GPU has no varlen kernel: packed would be one SDPA per sequence per layer.
+    assert resolve_forward_mode("auto", info, cuda, torch.float32) == "padded"
+    # flash-attn's own varlen kernel runs packed forwards in any case.
+    assert resolve_forward_mode("auto", info, cuda, torch.float32, "flash_attention_2") == "packed"
+    # torch < 2.10 (no torch.nn.attention.varlen): padded.
+    from qwen3_embed.text import packed_attention
+
+    monkeypatch.setattr(packed_attention, "_varlen", lambda: None)
+    assert resolve_forward_mode("auto", info, cuda, torch.bfloat16) == "padded"
+    # An explicit choice is kept.
+    assert resolve_forward_mode("packed", info, cuda, torch.float32) == "packed"
     with pytest.raises(ValueError, match="valid values are"):
-        resolve_forward_mode("ragged", info, torch.device("cpu"))
+        resolve_forward_mode("ragged", info, cpu)
 
 
 def test_cpu_and_fp32_use_the_exact_per_sequence_kernel():
@@ -255,32 +268,34 @@ def test_is_out_of_memory():
     assert not is_out_of_memory(ValueError("out of memory"))
 
 
-@pytest.mark.parametrize("new_signature", [True, False])
-def test_varlen_call_adapts_to_the_installed_torch(monkeypatch, new_signature):
-    # torch's varlen_attn is CUDA-only; a stand-in with each release's signature (2.10:
-    # is_causal; 2.11+: window_size) checks the adapter's arguments and GQA expansion on CPU.
+@pytest.mark.parametrize("release", sorted(varlen_standin.RELEASES))
+def test_varlen_call_fits_each_torch_release_without_repeating_kv(monkeypatch, release):
+    # torch's varlen_attn is CUDA-only: a CPU custom op with each release's signature stands in.
     from qwen3_embed.text import packed_attention
 
-    calls: list[dict] = []
-
-    def fake_varlen(query, key, value, cu_q, cu_k, max_q, max_k, **options):
-        assert key.shape[1] == query.shape[1]  # K/V heads expanded to the query heads
-        assert cu_q is cu_k and max_q == max_k == 7
-        calls.append(options)
-        return packed_attention._per_sequence_attention(query, key, value, cu_q, options["scale"])
-
-    monkeypatch.setattr(packed_attention, "_varlen", lambda: (fake_varlen, new_signature, True))
+    varlen_standin.install(monkeypatch, release)
     torch.manual_seed(0)
     query, key, value = torch.randn(12, 4, 8), torch.randn(12, 2, 8), torch.randn(12, 2, 8)
     cu = torch.tensor([0, 5, 12], dtype=torch.int32)
     got = packed_attention._varlen_attention(query, key, value, cu, 7, 8**-0.5)
     expected = packed_attention._per_sequence_attention(query, key, value, cu, 8**-0.5)
-    assert torch.equal(got, expected)
-    assert calls == [
-        {"window_size": (-1, 0), "scale": 8**-0.5}
-        if new_signature
-        else {"is_causal": True, "scale": 8**-0.5}
-    ]
+    assert (got - expected).abs().max().item() <= 1e-5
+    (call,) = varlen_standin.CALLS
+    assert (call["heads"], call["kv_heads"]) == (4, 2)  # grouped-query K/V never repeated
+    assert (
+        call
+        == {
+            "2.10": {"heads": 4, "kv_heads": 2, "is_causal": True},
+            "2.11": {"heads": 4, "kv_heads": 2, "scale": 8**-0.5, "window_size": (-1, 0)},
+            "2.12+": {
+                "heads": 4,
+                "kv_heads": 2,
+                "scale": 8**-0.5,
+                "window_size": (-1, 0),
+                "enable_gqa": True,
+            },
+        }[release]
+    )
     # And the per-sequence kernel equals one causal SDPA per sequence computed by hand.
     first = torch.nn.functional.scaled_dot_product_attention(
         query[:5].transpose(0, 1),
@@ -289,3 +304,19 @@ def test_varlen_call_adapts_to_the_installed_torch(monkeypatch, new_signature):
         is_causal=True,
     ).transpose(0, 1)
     assert (expected[:5] - first).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("release", ["2.10", "2.12+"])
+def test_packed_model_through_the_varlen_kernel_equals_padded(
+    tiny_text_model_dir, padded, monkeypatch, release
+):
+    # The whole packed forward of the model through the varlen call path (stand-in kernel).
+    varlen_standin.install(monkeypatch, release)
+    embedder = Embedder.from_pretrained(tiny_text_model_dir, device="cpu", forward_mode="packed")
+    assert embedder.describe()["attention_kernel"] == KERNEL_VARLEN
+    prepared = embedder.prepare(TEXTS)
+    got = embedder.embed_prepared(prepared).embeddings
+    assert (got - padded.embed_prepared(prepared).embeddings).abs().max().item() <= ATOL
+    layers = embedder.backend.model.config.num_hidden_layers
+    assert len(varlen_standin.CALLS) >= layers  # every layer ran the varlen kernel
+    assert all(call["kv_heads"] < call["heads"] for call in varlen_standin.CALLS)

@@ -114,6 +114,8 @@ def test_health_ready_and_models(http, served):
     assert set(cards) == {"tiny", "tiny-narrow"}
     assert cards["tiny"]["family"] == "text" and cards["tiny"]["hidden_size"] == 64
     assert cards["tiny"]["max_input_tokens"] == MAX_LENGTH
+    # How the replica runs it: `auto` on CPU is padded, through the model's own sdpa.
+    assert (cards["tiny"]["forward_mode"], cards["tiny"]["attention_kernel"]) == ("padded", "sdpa")
 
 
 # ------------------------------------------------------------------------------- parity

@@ -119,6 +119,8 @@ def test_vectors_equal_the_core(document_job, documents, tiny_text_embedder, tin
     assert {"ray_start", "replica_ready", "first_batch", "pipeline"} <= set(phases)
     assert 0 < phases["replica_ready"] <= phases["first_batch"] <= phases["pipeline"]
     assert manifest["inputs"]["fingerprint"] and manifest["output_fingerprint"]
+    # How the replicas ran the model, as `auto` resolved it there (CPU: padded, sdpa, fp32).
+    assert manifest["forward"] == tiny_text_embedder.describe()
 
 
 def test_instruction_and_dim(
