@@ -33,14 +33,13 @@ class Abandoned(Exception):
 
 
 class PreparerPool:
-    """`threads` threads and as many preparers (the given one and copies of it): each call
-    borrows a preparer no other thread is using."""
+    """`threads` threads and as many copies of `preparer` (the original stays its owner's, and
+    another pool's copies are its own): each call borrows a copy no other thread is using."""
 
     def __init__(self, preparer: Any, threads: int, name: str) -> None:
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._free.put(preparer)
-        for _ in range(threads - 1):
+        for _ in range(threads):
             self._free.put(copy.deepcopy(preparer))
 
     async def prepare(
