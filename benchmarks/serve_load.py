@@ -1,7 +1,7 @@
 """Benchmark 3: online serving under 1, 8 and 64 concurrent clients (one text per request) and
 sequential 16-text requests, for this app (the `qwen3-embed serve` command, run in a subprocess
-exactly as users run it, in three layouts: split, `--colocate-ingress`, and that with
-`--http-proxy haproxy`) and infinity (`infinity_emb v2`, in its own virtual environment), next to the core's own latency
+exactly as users run it, in three layouts: the default (colocated ingress, Ray's proxy),
+`--split-ingress`, and `--http-proxy haproxy`) and infinity (`infinity_emb v2`, in its own virtual environment), next to the core's own latency
 and batched throughput. Same model directory (sentence-transformers format), same texts, same
 HTTP client (httpx on loopback), one server at a time, all in one run.
 
@@ -44,14 +44,17 @@ CONCURRENCY = (1, 8, 64)
 # shared with other work, 1 avoids OpenMP threads spinning against each other.
 THREADS = int(os.environ.get("QWEN3_EMBED_BENCH_THREADS", "2"))
 # The core's forward mode, for the core alone and this app alike (infinity has its own):
-# QWEN3_EMBED_BENCH_FORWARD_MODE, default auto (padded on CPU, packed for Qwen3 text on a GPU in bf16/fp16).
+# QWEN3_EMBED_BENCH_FORWARD_MODE, default auto: what the server resolves it to
+# (deployments.serving_defaults: packed for Qwen3 text on CPU; on a GPU the core's auto, packed
+# in bf16/fp16), for the core alone too.
 FORWARD_MODE = os.environ.get("QWEN3_EMBED_BENCH_FORWARD_MODE", "auto")
 BATCH_TEXTS = 16
 SERVED_NAME = "bench"
 MAX_LENGTH = 512
-COLOCATED = "qwen3-embed serve --colocate-ingress"
-HAPROXY = "qwen3-embed serve --colocate-ingress --http-proxy haproxy"
-APP_LAYOUTS = ("qwen3-embed serve", COLOCATED, HAPROXY)
+DEFAULT = "qwen3-embed serve"  # one model: colocated ingress, Ray's proxy
+SPLIT = "qwen3-embed serve --split-ingress"
+HAPROXY = "qwen3-embed serve --http-proxy haproxy"
+APP_LAYOUTS = (DEFAULT, SPLIT, HAPROXY)
 
 
 def _free_port() -> int:
@@ -128,7 +131,9 @@ def _short(m: dict) -> str:
 
 def _core(model_dir: Path, texts: list[str], device: torch.device, quick: bool) -> dict:
     torch.set_num_threads(THREADS)
-    embedder = Embedder.from_pretrained(model_dir, device=device, forward_mode=FORWARD_MODE)
+    embedder = Embedder.from_pretrained(
+        model_dir, device=device, forward_mode=_served_forward_mode(model_dir, device)
+    )
     embedder.embed(texts[:4])
     singles = []
     for text in texts[: 10 if quick else 40]:
@@ -179,13 +184,22 @@ def _infinity(model_dir: Path, texts: list[str], device: torch.device, quick: bo
     return measured
 
 
+def _served_forward_mode(model_dir: Path, device: torch.device) -> str:
+    """The forward mode a replica of the app runs FORWARD_MODE as (the core alone runs the same)."""
+    from deployments.serving_defaults import serving_load_options
+    from qwen3_embed.options import LoadOptions
+
+    options = LoadOptions(model=str(model_dir), device=device.type, forward_mode=FORWARD_MODE)
+    return serving_load_options(options).forward_mode
+
+
 def _this_app(
     model_dir: Path,
     texts: list[str],
     device: torch.device,
     quick: bool,
     reference,
-    colocate: bool = False,
+    colocate: bool = True,
     http_proxy: str = "ray",
 ):
     """`qwen3-embed serve` run as users run it: the command in a subprocess, with the private Ray
@@ -293,9 +307,9 @@ def run(device: torch.device, quick: bool) -> dict:
         )
         for name, measure in (
             ("infinity", _infinity),
-            ("qwen3-embed serve", _this_app),
-            (COLOCATED, functools.partial(_this_app, colocate=True)),
-            (HAPROXY, functools.partial(_this_app, colocate=True, http_proxy="haproxy")),
+            (DEFAULT, _this_app),
+            (SPLIT, functools.partial(_this_app, colocate=False)),
+            (HAPROXY, functools.partial(_this_app, http_proxy="haproxy")),
         ):
             log(f"{name}:")
             try:

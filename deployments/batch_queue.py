@@ -18,8 +18,12 @@ Modelled on text-embeddings-inference's `core/src/queue.rs` and infinity's batch
   per-request limits allow;
 - a request whose caller went away (cancelled) is dropped from the queue, never computed.
 
-Tokenisation happens before `submit`, on the replica's prepare thread, so the next batch is
-prepared while the current one runs on the device thread.
+Admission comes before the expensive work, as TEI takes its permit before tokenising: the
+replica `reserve`s a cheap upper bound of a request's tokens (from its text length) before
+tokenising it, and is refused at once when the queue (waiting requests plus reservations) is
+full; the reservation becomes the real count at `submit`. Tokenisation happens between the two,
+on the replica's prepare threads, so the next batch is prepared while the current one runs on
+the device thread.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from qwen3_embed.errors import Qwen3EmbedError
 
@@ -57,6 +61,21 @@ class QueueFull(Qwen3EmbedError):
     """The queue holds as many requests or tokens as it may; the caller should retry later."""
 
     code = "queue_full"
+
+
+class Reservation:
+    """Room taken in the queue for a request still being prepared (`ContinuousBatcher.reserve`).
+    `release` gives it back (idempotent): `submit` does so when the request enters the queue,
+    and the replica when preparing fails or the caller goes away."""
+
+    def __init__(self, owner: ContinuousBatcher[Any, Any], tokens: int) -> None:
+        self._owner: ContinuousBatcher[Any, Any] | None = owner
+        self.tokens = tokens
+
+    def release(self) -> None:
+        if self._owner is not None:
+            self._owner._release(self)
+            self._owner = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,8 @@ class ContinuousBatcher(Generic[Item, Result]):
         self.limits = limits
         self._queue: deque[_Waiting[Item, Result]] = deque()
         self._queued_tokens = 0
+        self._reserved_requests = 0
+        self._reserved_tokens = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
@@ -101,20 +122,51 @@ class ContinuousBatcher(Generic[Item, Result]):
     def queued_tokens(self) -> int:
         return self._queued_tokens
 
+    @property
+    def reserved_tokens(self) -> int:
+        """Tokens reserved by requests still being prepared."""
+        return self._reserved_tokens
+
     def set_limits(self, limits: QueueLimits) -> None:
         """Takes effect from the next batch (reconfigure at run time)."""
         self.limits = limits
         self._wakeup.set()
 
-    async def submit(self, item: Item, tokens: int) -> tuple[Result, BatchInfo]:
-        if self._queue and (
-            len(self._queue) >= self.limits.max_queued_requests
-            or self._queued_tokens + tokens > self.limits.max_queued_tokens
+    def reserve(self, tokens: int) -> Reservation:
+        """Room for a request of at most `tokens` tokens that is about to be prepared, or
+        `QueueFull` at once when the waiting requests and reservations leave too little (a
+        request always fits an empty queue)."""
+        self._check_room(tokens, self._reserved_requests, self._reserved_tokens)
+        self._reserved_requests += 1
+        self._reserved_tokens += tokens
+        return Reservation(self, tokens)
+
+    def _release(self, reservation: Reservation) -> None:
+        self._reserved_requests -= 1
+        self._reserved_tokens -= reservation.tokens
+
+    def _check_room(self, tokens: int, reserved_requests: int, reserved_tokens: int) -> None:
+        waiting = len(self._queue) + reserved_requests
+        if waiting and (
+            waiting >= self.limits.max_queued_requests
+            or self._queued_tokens + reserved_tokens + tokens > self.limits.max_queued_tokens
         ):
             raise QueueFull(
                 f"the model's queue is full ({len(self._queue)} requests, "
-                f"{self._queued_tokens} tokens waiting)"
+                f"{self._queued_tokens} tokens waiting; {reserved_requests} requests, "
+                f"{reserved_tokens} tokens being prepared)"
             )
+
+    async def submit(
+        self, item: Item, tokens: int, reservation: Reservation | None = None
+    ) -> tuple[Result, BatchInfo]:
+        """`reservation`: the room `reserve` took for this request, which it now takes (the
+        request was admitted then, so it is not checked again); without one, the bounds are
+        checked here."""
+        if reservation is not None:
+            reservation.release()
+        else:
+            self._check_room(tokens, self._reserved_requests, self._reserved_tokens)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(item, tokens, time.monotonic(), loop.create_future())
         self._queue.append(waiting)

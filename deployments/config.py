@@ -54,11 +54,13 @@ class ModelConfig(LoadFields, ReplicaFields):
     served_model_name: str | None = Field(
         None, min_length=1, description="the name clients send as `model` (default: `model` itself)"
     )
-    max_queued_tokens: int = Field(
-        262_144,
+    max_queued_tokens: int | None = Field(
+        None,
         ge=1,
-        description="tokens waiting in one replica's batch queue before callers get 429 + "
-        "Retry-After (a request always fits an empty queue)",
+        description="tokens waiting in one replica's batch queue (or being prepared for it, "
+        "counted by an upper bound from the text length) before callers get 429 + Retry-After; "
+        "a request always fits an empty queue. None = auto: what the replica finishes in 15 s "
+        "at the token rate its batches have run (at least one full batch, max_batch_tokens)",
     )
     autoscale: tuple[int, int] | None = Field(
         None,

@@ -1,8 +1,10 @@
 """The model deployment: one replica = one loaded `Embedder`, with continuous batching.
 
-Each request is prepared (validated, tokenised, media decoded) on its own, on the prepare
-thread, so a bad request is refused alone and never enters a batch, and the next batch is
-tokenised while the current one runs. Prepared requests then enter a `ContinuousBatcher`
+Each request is first admitted or refused against the batch queue by a cheap upper bound of its
+tokens (from its text length), before any tokenising: an overloaded replica answers 429 at once.
+An admitted request is prepared (validated, tokenised, media decoded) on its own, on the prepare
+pools (deployments/prepare_pool.py: text and media apart), so a bad request is refused alone and
+never enters a batch, and the next batch is tokenised while the current one runs. Prepared requests then enter a `ContinuousBatcher`
 (deployments/batch_queue.py): a request that finds the device idle starts at once; what arrives
 while it is busy forms the next batch, up to `max_batch_size` requests and `max_batch_tokens`
 tokens. One batch is one `embed_prepared` call, which splits it into forward passes under the
@@ -29,7 +31,9 @@ from ray import serve
 from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
+from .prepare_pool import MEDIA_PREPARE_THREADS, TEXT_PREPARE_THREADS, Abandoned, PreparerPool
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, TokenizeReply
+from .serving_defaults import QueueSizer, has_media, serving_load_options, token_upper_bound
 
 # Observed batch sizes kept for `stats()` (tests and debugging); metrics carry the full history.
 _RECENT_BATCHES = 1024
@@ -73,7 +77,7 @@ class ModelServer:
         self.config = model
         self.limits = limits
         self.embedder = Embedder.from_options(
-            model.load_options(),
+            serving_load_options(model.load_options()),
             # Defence in depth: the ingress sends media as bytes only, but whoever else calls this
             # deployment through a handle must not make it read local files or fetch URLs either
             # (the core's defaults allow both, for trusted library use). Ignored by text models.
@@ -84,11 +88,26 @@ class ModelServer:
                 max_pixels=media.max_image_pixels,
             ),
         )
-        # One thread each: tokenisers are not safe to call from several threads at once, and one
-        # forward pass at a time is what the device can do anyway. Separate threads let the next
-        # requests' tokenisation overlap the current batch's forward pass.
-        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-embed-prepare")
+        # Text and media requests are prepared on pools of their own (a slow video never delays
+        # a text request), each thread with its own copy of the tokenizer; one forward pass at a
+        # time is what the device can do. The pools let the next requests' tokenisation overlap
+        # the current batch's forward pass.
+        preparer = self.embedder.preparer
+        self._text_pool = PreparerPool(preparer, TEXT_PREPARE_THREADS, "qwen3-embed-prepare")
+        self._media_pool = (
+            PreparerPool(preparer, MEDIA_PREPARE_THREADS, "qwen3-embed-media")
+            if self.embedder.family == "vl"
+            else None
+        )
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-embed-forward")
+        # Template tokens around a text (query prompt, chat template, EOS): the part of the
+        # admission bound that does not grow with the text.
+        self._prompt_tokens = max(
+            len(item.input_ids)
+            for item in (*preparer.prepare(["-"]), *preparer.prepare(["-"], "-"))
+        )
+        # max_queued_tokens: fixed, or (None) sized to what this replica finishes in time.
+        self._queue_sizer = QueueSizer(model.max_queued_tokens, self.embedder.max_batch_tokens)
         self._metrics = ModelMetrics(model.name)
         self._recent_batch_requests: deque[int] = deque(maxlen=_RECENT_BATCHES)
         self._batches = 0
@@ -120,7 +139,7 @@ class ModelServer:
             # Serve already bounds the requests inside a replica at max_ongoing_requests; the
             # queue holds the same bound (defence when the replica is called in other ways).
             max_queued_requests=self.config.max_ongoing_requests,
-            max_queued_tokens=self.config.max_queued_tokens,
+            max_queued_tokens=self._queue_sizer.max_queued_tokens,
         )
 
     def describe(self) -> ModelDescription:
@@ -154,6 +173,8 @@ class ModelServer:
             "max_queued_tokens": limits.max_queued_tokens,
             "queued_requests": self._batcher.queued_requests,
             "queued_tokens": self._batcher.queued_tokens,
+            "reserved_tokens": self._batcher.reserved_tokens,
+            "tokens_per_s": self._queue_sizer.tokens_per_s,
         }
 
     # ------------------------------------------------------------------- serve
@@ -165,29 +186,30 @@ class ModelServer:
             dim = self.embedder.validate_dim(job.dimensions)
         except DimensionError as error:
             return EmbedFailure.from_error(error, "dimensions")
-        prepared = await self._prepare(job, job.truncate, job.max_tokens)
-        if isinstance(prepared, EmbedFailure):
-            return prepared
-        pending = _Pending(tuple(prepared), dim, time.monotonic())
-        prepare_s = pending.enqueued_at - arrived
-        if pending.num_tokens > self.limits.max_tokens_per_request:
-            # 400 with OpenAI's code for its own per-request token limit (it was a 413).
-            return EmbedFailure(
-                400,
-                f"the request has {pending.num_tokens} tokens, more than the limit of "
-                f"{self.limits.max_tokens_per_request} per request; split it",
-                "max_tokens_per_request",
-                "input",
-            )
+        # Admission before the expensive work: room for an upper bound of the request's tokens,
+        # or 429 at once, before any tokenising or decoding.
         try:
-            done, batch = await self._batcher.submit(pending, pending.num_tokens)
+            reservation = self._batcher.reserve(self._admission_tokens(job))
         except QueueFull as error:
-            return EmbedFailure(
-                429,
-                f"{error}; retry after {self.config.retry_after_s:g}s",
-                "queue_full",
-                retry_after_s=self.config.retry_after_s,
-            )
+            return self._queue_full(error)
+        try:
+            prepared = await self._prepare(job, job.truncate, job.max_tokens)
+            if isinstance(prepared, EmbedFailure):
+                return prepared
+            pending = _Pending(tuple(prepared), dim, time.monotonic())
+            prepare_s = pending.enqueued_at - arrived
+            if pending.num_tokens > self.limits.max_tokens_per_request:
+                # 400 with OpenAI's code for its own per-request token limit (it was a 413).
+                return EmbedFailure(
+                    400,
+                    f"the request has {pending.num_tokens} tokens, more than the limit of "
+                    f"{self.limits.max_tokens_per_request} per request; split it",
+                    "max_tokens_per_request",
+                    "input",
+                )
+            done, batch = await self._batcher.submit(pending, pending.num_tokens, reservation)
+        finally:
+            reservation.release()  # a no-op once submit took it
         if isinstance(done.embeddings, EmbedFailure):
             return done.embeddings  # one of its inputs does not fit the device even alone
         return EmbedReply(
@@ -201,6 +223,21 @@ class ModelServer:
             model_s=time.monotonic() - arrived,
         )
 
+    def _queue_full(self, error: QueueFull) -> EmbedFailure:
+        return EmbedFailure(
+            429,
+            f"{error}; retry after {self.config.retry_after_s:g}s",
+            "queue_full",
+            retry_after_s=self.config.retry_after_s,
+        )
+
+    def _admission_tokens(self, job: EmbedJob) -> int:
+        """An upper bound of the tokens the job's items will have, from their lengths alone."""
+        cap = job.max_tokens or self.embedder.max_length
+        return sum(
+            token_upper_bound(item, job.instruction, self._prompt_tokens, cap) for item in job.items
+        )
+
     async def tokenize(self, job: EmbedJob) -> TokenizeReply | EmbedFailure:
         """The token ids `embed` would see for the job's one input (before truncation), on the
         prepare thread; no batch, no forward pass."""
@@ -212,22 +249,21 @@ class ModelServer:
     async def _prepare(
         self, job: EmbedJob, truncate: bool, max_tokens: int | None
     ) -> list[Any] | EmbedFailure:  # list of qwen3_embed.PreparedInput
-        """The job's items tokenised on the prepare thread, or the failure its first bad item
-        answers."""
+        """The job's items prepared on their pool (media or text), or the failure its first
+        bad item answers."""
         from qwen3_embed import InputError
 
-        loop = asyncio.get_running_loop()
+        media = self._media_pool is not None and has_media(job.items)
+        pool = self._media_pool if media else self._text_pool
+        assert pool is not None
         try:
-            return await loop.run_in_executor(
-                self._prepare_pool,
-                self.embedder.prepare,
-                list(job.items),
-                job.instruction,
-                truncate,
-                max_tokens,
+            return await pool.prepare(
+                job.items, job.instruction, truncate, max_tokens, per_item=media
             )
         except InputError as error:
             return EmbedFailure.from_error(error)
+        except Abandoned:
+            raise asyncio.CancelledError from None  # its caller is gone: nobody reads an answer
 
     async def _run_batch(self, batch: list[_Pending]) -> list[_Done]:
         """One batch from the queue: all its requests in one `embed_prepared` call, on the
@@ -239,10 +275,13 @@ class ModelServer:
         inputs = sum(len(pending.prepared) for pending in batch)
         self._batches += 1
         self._recent_batch_requests.append(len(batch))
+        tokens = sum(p.num_tokens for p in batch)
+        if self._queue_sizer.record(tokens, latency):
+            self._batcher.set_limits(self._queue_limits(self._batching))
         self._metrics.record_batch(
             len(batch),
             inputs,
-            sum(p.num_tokens for p in batch),
+            tokens,
             [started - p.enqueued_at for p in batch],
             latency,
         )

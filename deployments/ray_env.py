@@ -9,6 +9,7 @@ change a running cluster.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping, MutableMapping
@@ -47,6 +48,26 @@ HAPROXY_PORT_VARIABLES: tuple[str, ...] = (
 )
 
 
+# Ray's single-machine mode (the one it uses on macOS and Windows): the node's address is the
+# loopback one, and every port Ray opens binds to it, the HTTP ones included (metrics export,
+# the dashboard's and the autoscaler's Prometheus ports, the dashboard agent, the runtime-env
+# agent) besides its gRPC ports. Without it those listen on all interfaces or the machine's
+# address, unauthenticated, whatever --host says. Only for a private Ray served on loopback:
+# nothing outside this machine may reach it then anyway.
+LOOPBACK_NODE: Mapping[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether --host binds the loopback interface only."""
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def free_port() -> int:
     """A TCP port free on this machine now (the OS picks it)."""
     with socket.socket() as probe:
@@ -55,15 +76,18 @@ def free_port() -> int:
 
 
 def serve_environment(
-    http_proxy: HttpProxy, pick_port: Callable[[], int] = free_port
+    http_proxy: HttpProxy, host: str = "127.0.0.1", pick_port: Callable[[], int] = free_port
 ) -> dict[str, str]:
-    """Every variable a private Ray for `qwen3-embed serve --http-proxy` gets."""
+    """Every variable a private Ray for `qwen3-embed serve --http-proxy ... --host ...` gets."""
     if http_proxy not in HTTP_PROXIES:
         raise ValueError(f"http proxy must be one of {', '.join(HTTP_PROXIES)}, got {http_proxy!r}")
-    if http_proxy == "ray":
-        return dict(LATENCY_SWITCHES)
-    ports = {name: str(pick_port()) for name in HAPROXY_PORT_VARIABLES}
-    return {**LATENCY_SWITCHES, **HAPROXY, **ports}
+    wanted = dict(LATENCY_SWITCHES)
+    if is_loopback(host):
+        wanted.update(LOOPBACK_NODE)
+    if http_proxy == "haproxy":
+        wanted.update(HAPROXY)
+        wanted.update({name: str(pick_port()) for name in HAPROXY_PORT_VARIABLES})
+    return wanted
 
 
 def apply_environment(
@@ -86,8 +110,10 @@ __all__ = [
     "HAPROXY_PORT_VARIABLES",
     "HTTP_PROXIES",
     "LATENCY_SWITCHES",
+    "LOOPBACK_NODE",
     "HttpProxy",
     "apply_environment",
     "free_port",
+    "is_loopback",
     "serve_environment",
 ]

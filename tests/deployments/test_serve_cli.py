@@ -1,13 +1,20 @@
 """`qwen3-embed serve` as a user runs it: a subprocess with its own private Ray (2 CPUs), the
-tiny model, an API key from an environment variable; then Ctrl-C (SIGINT) and a clean exit."""
+tiny model, an API key from an environment variable, the default layout (the model replica
+serves the routes, Ray's proxy in front); every port the private Ray opens on loopback; then
+Ctrl-C (SIGINT) and a clean exit. And (slow) a replica killed under load with the official
+`openai` client at its default retries: every request ends with the right vectors."""
 
 from __future__ import annotations
 
 import re
 import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from serve_support import (
     assert_openai_error,
@@ -18,10 +25,28 @@ from serve_support import (
     wait_serving,
 )
 
-from deployments.ray_env import LATENCY_SWITCHES
+from deployments.ray_env import LATENCY_SWITCHES, LOOPBACK_NODE
 
 KEY_VAR = "QWEN3_EMBED_TEST_CLI_KEYS"
 KEY = "cli-key-abc"
+LOOPBACK_ADDRESSES = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _listening_sockets(proc) -> list[tuple[int, str, object]]:
+    """(pid, command, address) of every listening TCP socket of the command and the processes
+    under it (its private Ray: GCS, raylet, dashboard, agents, workers, Serve's actors)."""
+    found = []
+    root = psutil.Process(proc.pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            connections = process.net_connections(kind="inet")
+            title = " ".join(process.cmdline())[:80]
+        except psutil.NoSuchProcess:
+            continue
+        for connection in connections:
+            if connection.status == psutil.CONN_LISTEN:
+                found.append((process.pid, title, connection.laddr))
+    return found
 
 
 def test_serve_command_serves_then_exits_cleanly_on_sigint(
@@ -55,14 +80,30 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
         assert np.max(np.abs(rows - reference.embeddings.numpy())) <= 1e-5
         assert KEY not in log.read_text()  # keys are never logged
         # The private Ray runs Serve with the latency switches (deployments/ray_env.py), seen in
-        # the replicas' own environments (ingress and model), and with Ray's Python proxy.
+        # the replica's own environment, and with Ray's Python proxy. One model: one replica
+        # serves the routes and the model (the colocated default), no ingress of its own.
         replicas = serve_processes(proc, "ServeReplica:")
-        assert len(replicas) == 2
-        for replica in replicas:
-            environment = replica.environ()
-            for name, value in LATENCY_SWITCHES.items():
-                assert environment.get(name) == value, name
-            assert environment.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "0"
+        assert len(replicas) == 1 and "EmbeddingModel-tiny" in " ".join(replicas[0].cmdline())
+        environment = replicas[0].environ()
+        for name, value in {**LATENCY_SWITCHES, **LOOPBACK_NODE}.items():
+            assert environment.get(name) == value, name
+        assert environment.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "0"
+        # Served on 127.0.0.1: every port of the private Ray (HTTP: proxy, dashboard, metrics
+        # export, Prometheus ports, agents; and gRPC) listens on loopback only, but one that
+        # Ray hard-codes and the README names: each Serve replica's inter-deployment gRPC
+        # server on [::]:0 (ray/serve/_private/replica.py).
+        listening = _listening_sockets(proc)
+        assert port in {address.port for _, _, address in listening}
+        assert len(listening) > 5, listening  # Ray's own ports are among them
+        public = [
+            (pid, title, address)
+            for pid, title, address in listening
+            if address.ip not in LOOPBACK_ADDRESSES
+        ]
+        unbindable = [entry for entry in public if "ServeReplica:" in entry[1]]
+        assert len(unbindable) <= len(replicas), unbindable  # one per replica at most
+        assert all(address.ip == "::" for _, _, address in unbindable), unbindable
+        assert not [entry for entry in public if entry not in unbindable], public
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0, log.read_text()[-4000:]
@@ -77,5 +118,58 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
             assert not re.match(r"^\[[^\]]* E \d+ \d+\]", line) and " ERROR " not in line, line
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{base}/health", timeout=2)  # the proxy went away with it
+    finally:
+        kill_serve_command(proc)
+
+
+@pytest.mark.slow
+def test_default_layout_replica_killed_under_load_openai_retries_succeed(
+    tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    """The default layout (colocated, Ray's proxy): 8 requests held inside the replica (its
+    batches wait 3 s for company) when its process is SIGKILLed. The official client, at its
+    default retries, gets the proxy's 500 or a closed connection, retries, and every request
+    ends with its own vectors from the replacement replica."""
+    from openai import OpenAI
+
+    port = free_port()
+    arguments = [
+        "--model", str(tiny_text_model_dir), "--served-model-name", "tiny",
+        "--port", str(port), "--num-cpus", "2", "--cpus-per-replica", "0.5",
+        "--max-batch-size", "64", "--batch-wait-ms", "3000",
+    ]  # fmt: skip
+    log = tmp_path / "serve.log"
+    proc = start_serve_command(arguments, log)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_serving(proc, f"{base}/ready", log)
+        (replica,) = serve_processes(proc, "ServeReplica:")
+        sent: list[str] = []
+        lock = threading.Lock()
+
+        def count(request: httpx.Request) -> None:
+            with lock:
+                sent.append(request.url.path)
+
+        http_client = httpx.Client(event_hooks={"request": [count]}, timeout=120)
+        # Default max_retries (2) and backoff: what every user of the client gets.
+        client = OpenAI(base_url=f"{base}/v1", api_key="unused", http_client=http_client)
+        assert client.max_retries == 2
+        texts = [f"in flight {index}" for index in range(8)]
+
+        def embed(text: str) -> list[float]:
+            return client.embeddings.create(model="tiny", input=[text]).data[0].embedding
+
+        with ThreadPoolExecutor(len(texts)) as pool:
+            futures = [pool.submit(embed, text) for text in texts]
+            time.sleep(1.5)  # inside the 3 s batch wait: every request is in the replica
+            assert not any(future.done() for future in futures)
+            replica.kill()  # a crash: no drain
+            rows = np.asarray([future.result(timeout=180) for future in futures], np.float32)
+        expected = tiny_text_embedder.embed(texts).embeddings.numpy()
+        assert float(np.max(np.abs(rows - expected))) <= 1e-5
+        assert len(sent) > len(texts), sent  # the lost requests were answered and retried
+        replacement = serve_processes(proc, "ServeReplica:")
+        assert len(replacement) == 1 and replacement[0].pid != replica.pid
     finally:
         kill_serve_command(proc)

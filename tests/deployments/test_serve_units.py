@@ -711,6 +711,16 @@ def test_cli_flags_build_the_config():
     assert config.auth.api_key_env == "KEYS" and config.media.url_allowed_hosts == (
         "*.example.com",
     )
+    # The layout: one model is colocated unless --split-ingress; several are routed by an
+    # ingress of their own, and --colocate-ingress with several is refused.
+    assert not config.ingress.colocate
+    assert config_from_args(_parse("--model", "a")).ingress.colocate
+    assert config_from_args(_parse("--model", "a", "--colocate-ingress")).ingress.colocate
+    assert not config_from_args(_parse("--model", "a", "--split-ingress")).ingress.colocate
+    with pytest.raises(ValueError, match="colocate serves one model"):
+        config_from_args(_parse("--model", "a", "--model", "b", "--colocate-ingress"))
+    with pytest.raises(SystemExit):
+        _parse("--model", "a", "--split-ingress", "--colocate-ingress")
     with pytest.raises(ValueError, match="one per model"):
         config_from_args(_parse("--model", "a", "--model", "b", "--served-model-name", "A"))
     with pytest.raises(SystemExit):
@@ -784,14 +794,22 @@ def test_serve_environment_per_http_proxy():
         HAPROXY,
         HAPROXY_PORT_VARIABLES,
         LATENCY_SWITCHES,
+        LOOPBACK_NODE,
         serve_environment,
     )
 
-    assert serve_environment("ray") == LATENCY_SWITCHES
+    # Served on loopback (the default host): Ray's single-machine mode binds all its ports there.
+    assert serve_environment("ray") == {**LATENCY_SWITCHES, **LOOPBACK_NODE}
+    assert serve_environment("ray", "::1") == serve_environment("ray", "localhost")
+    assert serve_environment("ray", "127.0.0.2") == {**LATENCY_SWITCHES, **LOOPBACK_NODE}
+    # Served beyond this machine: Ray's own addresses (a cluster of one node may grow).
+    assert serve_environment("ray", "0.0.0.0") == LATENCY_SWITCHES
+    assert serve_environment("ray", "192.0.2.7") == LATENCY_SWITCHES
     ports = iter((41001, 41002, 41003))
     haproxy = serve_environment("haproxy", pick_port=lambda: next(ports))
     assert haproxy == {
         **LATENCY_SWITCHES,
+        **LOOPBACK_NODE,
         **HAPROXY,
         **dict(zip(HAPROXY_PORT_VARIABLES, ("41001", "41002", "41003"), strict=True)),
     }
