@@ -23,6 +23,7 @@ from .options import DEFAULT_MAX_BATCH_TOKENS, LoadOptions, ReplicaOptions
 from .registry import SEED_MODELS, ModelSpec
 
 if TYPE_CHECKING:
+    from .chunking import Chunk, chunk_text
     from .contracts import PreparedInput
     from .embedder import Embedder, EmbeddingOutput
     from .preparer import Preparer
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 # name -> module that defines it, imported on first use (PEP 562)
 _LAZY = {
+    "Chunk": ".chunking",
+    "chunk_text": ".chunking",
     "PreparedInput": ".contracts",
     "Embedder": ".embedder",
     "EmbeddingOutput": ".embedder",
@@ -51,6 +54,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_MAX_BATCH_TOKENS",
+    "Chunk",
     "SEED_MODELS",
     "DimensionError",
     "Embedder",
@@ -69,5 +73,6 @@ __all__ = [
     "RerankPreparer",
     "Reranker",
     "UnsupportedModelError",
+    "chunk_text",
 ]
 __version__ = "0.1.0"

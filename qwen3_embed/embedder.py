@@ -34,6 +34,7 @@ from .vocabulary import Family
 if TYPE_CHECKING:
     import numpy as np
 
+    from .chunking import Chunk
     from .vl.media import MediaOptions
 
 logger = logging.getLogger(__name__)
@@ -352,6 +353,16 @@ class Embedder:
         if convert_to_tensor or not convert_to_numpy:
             return vectors
         return vectors.numpy()
+
+    def chunk(
+        self, text: str, chunk_tokens: int, overlap: int = 0, instruction: str | None = None
+    ) -> list[Chunk]:
+        """`text` cut into chunks of at most `chunk_tokens` tokens as embedded (prompt and special
+        tokens included), neighbours sharing `overlap` tokens: `qwen3_embed.chunking.chunk_text`.
+        `self.embed([text[c.char_start:c.char_end]], instruction)` is each chunk's vector."""
+        from .chunking import chunk_text
+
+        return chunk_text(self, text, chunk_tokens, overlap, instruction)
 
     def __repr__(self) -> str:
         return f"Embedder({self.source!r}, family={self.family!r}, hidden_size={self.hidden_size}, device={self.device})"
