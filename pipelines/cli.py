@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--batch-rows", "batch_rows", type=int, metavar="R")
     _flag(parser, "--rows-per-file", "rows_per_file", type=int, metavar="N")
     _flag(parser, "--truncate", "truncate", action=argparse.BooleanOptionalAction)
+    _flag(parser, "--chunk-tokens", "chunk_tokens", type=int, metavar="N")
+    _flag(parser, "--chunk-overlap", "chunk_overlap", type=int, metavar="K")
+    _flag(parser, "--keep-columns", "keep_columns", metavar="A,B,C")
     parser.add_argument(
         "--storage-option",
         dest="storage_options",

@@ -130,7 +130,28 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
     truncate: bool = Field(
         True,
         strict=True,
-        description="truncate over-long inputs to max_length; off: they become error rows",
+        description="truncate over-long inputs to max_length (counted as rows_truncated in the "
+        "manifest); off: they become error rows",
+    )
+    chunk_tokens: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="split each text into chunks of at most N tokens as embedded (prompt and "
+        "special tokens included; at most max_length), one output row per chunk with id "
+        "`<doc id>#<chunk index>`, doc_id, chunk_index, char_start, char_end; text models; "
+        "default: off (one row per document)",
+    )
+    chunk_overlap: int = Field(
+        0,
+        ge=0,
+        strict=True,
+        description="tokens neighbouring chunks share (with chunk_tokens)",
+    )
+    keep_columns: tuple[str, ...] = Field(
+        (),
+        description="input columns copied into each output row (every chunk of a document gets "
+        "its document's values), Arrow types unchanged; comma-separated on the command line",
     )
     storage_options: tuple[tuple[str, Any], ...] = Field(
         (),
@@ -162,6 +183,11 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
     def _options(cls, value: Any) -> tuple[tuple[str, Any], ...]:
         return storage_option_pairs(value)
 
+    @field_validator("keep_columns", mode="before")
+    @classmethod
+    def _keep_columns(cls, value: Any) -> tuple[str, ...]:
+        return keep_column_names(value)
+
     @field_validator("instruction")
     @classmethod
     def _instruction(cls, value: str | None) -> str | None:
@@ -181,7 +207,21 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
             raise ValueError(
                 f"calibration gives int8/uint8 ranges; precision {self.precision!r} takes none"
             )
+        if self.chunk_tokens is None and self.chunk_overlap:
+            raise ValueError("chunk_overlap needs chunk_tokens")
+        if self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap={self.chunk_overlap} must be smaller than "
+                f"chunk_tokens={self.chunk_tokens}"
+            )
         return self
+
+    @property
+    def chunking(self) -> dict[str, int] | None:
+        """The chunking settings (part of the job's identity), or None when off."""
+        if self.chunk_tokens is None:
+            return None
+        return {"chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap}
 
     # ------------------------------------------------------------------- loading
     @classmethod
@@ -239,6 +279,7 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
         """JSON-friendly form, for the manifest (secrets in storage options are masked)."""
         values = self.model_dump()
         values["input"] = list(self.input)
+        values["keep_columns"] = list(self.keep_columns)
         values["storage_options"] = {
             key: (
                 "***"
@@ -255,3 +296,18 @@ def storage_option_pairs(value: Any) -> tuple[tuple[str, Any], ...]:
     and callers give a mapping."""
     pairs = sorted(value.items()) if isinstance(value, Mapping) else tuple(value or ())
     return tuple((str(key), option) for key, option in pairs)
+
+
+def keep_column_names(value: Any) -> tuple[str, ...]:
+    """`keep_columns` as a tuple of names: YAML gives a list, the command line `a,b,c`. A name
+    given twice, or an empty one, is refused."""
+    if value is None:
+        return ()
+    names = value.split(",") if isinstance(value, str) else list(value)
+    if any(not isinstance(name, str) or not name.strip() for name in names):
+        raise ValueError(f"keep_columns must be column names, got {value!r}")
+    names = [name.strip() for name in names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"keep_columns names {repeated} more than once")
+    return tuple(names)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from qwen3_embed.chunking import check_settings
 from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
 from qwen3_embed.precision import PRECISIONS, RANGED_PRECISIONS, PrecisionSpec, check_ranges
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+CHUNK_PLACE_COLUMNS = ("chunk_index", "char_start", "char_end")
 # The user's columns travel through the stages under this prefix, so that names the stages use
 # internally (`id`, `text`, `status`, ...) stay free for the user's own columns.
 USER_PREFIX = "__user__."
@@ -82,6 +84,15 @@ class EmbedStageConfig(LoadFields, ReplicaFields, ReadableConfig):
         "manifest's precision.ranges or qwen3_embed.precision.calibration_ranges(sample)",
     )
     truncate: bool = Field(True, strict=True, description="off: over-long inputs become error rows")
+    chunk_tokens: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="split each text into chunks of at most N tokens as embedded (the job's "
+        "--chunk-tokens): one output row per chunk, the row's columns repeated, plus "
+        "chunk_index, char_start, char_end",
+    )
+    chunk_overlap: int = Field(0, ge=0, strict=True, description="tokens neighbouring chunks share")
     batch_rows: int | None = Field(
         None, ge=1, strict=True, description="rows per prepare task batch and per replica call"
     )
@@ -134,6 +145,11 @@ class EmbedStageConfig(LoadFields, ReplicaFields, ReadableConfig):
             self.code_column,
         )
 
+    @property
+    def chunk_columns(self) -> tuple[str, ...]:
+        """The chunk's place in its row's text, added with chunking (null on error rows)."""
+        return CHUNK_PLACE_COLUMNS if self.chunk_tokens is not None else ()
+
 
 @dataclass(frozen=True)
 class StageColumns:
@@ -144,6 +160,7 @@ class StageColumns:
     outputs: tuple[str, ...]  # embedding, num_tokens, status, error, code
     base_dir: str  # relative image paths are relative to the driver's working directory
     video: str | None = None  # None for text models: videos are never read
+    chunk_columns: tuple[str, ...] = ()  # chunk_index, char_start, char_end with chunking
 
 
 def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
@@ -167,6 +184,8 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
         check_ranges(config.ranges, dim)
     if config.text_column is None and family != "vl":
         raise ValueError(f"{config.model} is a text model: give text_column")
+    if config.chunk_tokens is not None:
+        check_settings(preparer, config.chunk_tokens, config.chunk_overlap, config.instruction)
     if not ray.is_initialized():
         ray.init()  # what Ray Data would do when the dataset runs; needed now to count GPUs
     columns = StageColumns(
@@ -175,16 +194,27 @@ def embed_dataset(dataset: Dataset, config: EmbedStageConfig) -> Dataset:
         video=config.video_column,
         outputs=config.output_columns,
         base_dir=os.getcwd(),
+        chunk_columns=config.chunk_columns,
     )
     resources = StageResources(
         prepare_rows=config.batch_rows or DEFAULT_BATCH_ROWS[family],
-        embed_rows=config.batch_rows or DEFAULT_EMBED_ROWS[family],
+        # Chunked: one prepare block (its rows' chunks) per replica call, as in the job.
+        embed_rows=None
+        if config.chunk_tokens is not None
+        else config.batch_rows or DEFAULT_EMBED_ROWS[family],
         num_replicas=config.num_replicas,
         cpus_per_replica=config.cpus_per_replica,
         gpus_per_replica=gpus_per_replica(config.gpus_per_replica),
     )
     load = dataclasses.replace(config.load_options(), model=model)
-    prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
+    prepare = PrepareSettings(
+        load,
+        config.instruction,
+        config.truncate,
+        config.storage_options,
+        chunk_tokens=config.chunk_tokens,
+        chunk_overlap=config.chunk_overlap,
+    )
     embed = EmbedSettings(load, dim, precision=PrecisionSpec.of(config.precision, config.ranges))
     stages = (
         prepare_stage(prepare_user_batch, {"settings": prepare, "columns": columns}, resources),
@@ -237,7 +267,9 @@ def to_stage_rows(table: pa.Table, columns: StageColumns) -> pa.Table:
     """A user's block as `READ_SCHEMA` rows, its own columns carried along (prefixed). A missing
     input column, or an output name the block already uses, is a configuration mistake: raised,
     not an error row."""
-    taken = [name for name in columns.outputs if name in table.column_names]
+    taken = [
+        name for name in (*columns.outputs, *columns.chunk_columns) if name in table.column_names
+    ]
     if taken:
         raise ValueError(
             f"the dataset already has column(s) {taken}, which embed_dataset would write; name the "
@@ -286,6 +318,9 @@ def to_user_rows(table: pa.Table, columns: StageColumns) -> pa.Table:
         if name.startswith(USER_PREFIX):
             names.append(name[len(USER_PREFIX) :])
             arrays.append(table.column(name))
+    for name in columns.chunk_columns:
+        names.append(name)
+        arrays.append(table.column(name))
     for name, source in zip(
         columns.outputs, ("embedding", "num_tokens", "status", "error", "code"), strict=True
     ):

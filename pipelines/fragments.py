@@ -34,7 +34,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .discovery import InputFile, InputSet
-from .rows import CODE_UNREADABLE_FILE, FRAGMENT_COLUMN, FRAGMENT_ROWS_COLUMN, PROVENANCE_FIELDS
+from .rows import (
+    CHUNK_COUNT_COLUMN,
+    CODE_UNREADABLE_FILE,
+    DOC_ID_COLUMN,
+    FRAGMENT_COLUMN,
+    FRAGMENT_ROWS_COLUMN,
+    PROVENANCE_FIELDS,
+)
 
 PROVENANCE_KEY = b"qwen3_embed.fragments"
 UNTRACKED = ""  # the key untracked rows are counted under in a record: never done
@@ -112,7 +119,31 @@ def provenance(table: pa.Table) -> bytes | None:
         for key, total in zip(keys, rows_column.to_pylist(), strict=True):
             if total is not None and key is not None:
                 totals[key] = int(total)
-    return json.dumps({"counts": dict(counts), "totals": totals}, sort_keys=True).encode()
+    record: dict[str, Any] = {"counts": dict(counts), "totals": totals}
+    if DOC_ID_COLUMN in table.column_names:
+        record["documents"] = _whole_documents(table, keys)
+    return json.dumps(record, sort_keys=True).encode()
+
+
+def _whole_documents(table: pa.Table, keys: list[str | None]) -> dict[str, int]:
+    """With chunking, rows are chunks and a fragment's total counts documents: per fragment, the
+    documents whose every chunk is in this file (a whole-document row counts as one)."""
+    documents = table.column(DOC_ID_COLUMN).to_pylist()
+    expected = table.column(CHUNK_COUNT_COLUMN).to_pylist()
+    seen: Counter[tuple[str, str | None]] = Counter()
+    wanted: dict[tuple[str, str | None], int] = {}
+    whole: Counter[str] = Counter()
+    for key, document, chunks in zip(keys, documents, expected, strict=True):
+        key = UNTRACKED if key is None else key
+        if document is None or chunks is None:  # a row failed before it had a document's place
+            whole[key] += 1
+            continue
+        seen[(key, document)] += 1
+        wanted[(key, document)] = chunks
+    for pair, rows in seen.items():
+        if rows == wanted[pair]:
+            whole[pair[0]] += 1
+    return dict(whole)
 
 
 def parse_provenance(metadata: dict[bytes, bytes] | None) -> dict[str, dict[str, int]] | None:
@@ -122,10 +153,13 @@ def parse_provenance(metadata: dict[bytes, bytes] | None) -> dict[str, dict[str,
         return None
     try:
         record = json.loads(raw)
-        return {
+        parsed = {
             "counts": {str(k): int(v) for k, v in record["counts"].items()},
             "totals": {str(k): int(v) for k, v in record["totals"].items()},
         }
+        if "documents" in record:  # chunked rows: totals count documents, not rows
+            parsed["documents"] = {str(k): int(v) for k, v in record["documents"].items()}
+        return parsed
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # an unreadable record counts as none: the file's ids are read instead
 
@@ -133,22 +167,25 @@ def parse_provenance(metadata: dict[bytes, bytes] | None) -> dict[str, dict[str,
 def done_fragments(
     records: Iterable[dict[str, dict[str, int]] | None], wanted: set[str]
 ) -> dict[str, int]:
-    """{key: rows} of the fragments in `wanted` whose rows in OUTPUT add up to their total (and
-    whose total every record agrees on)."""
+    """{key: rows in OUTPUT} of the fragments in `wanted` whose rows in OUTPUT add up to their
+    total (and whose total every record agrees on). With chunking a total counts documents, and
+    a record's `documents` the documents it holds whole: those must add up instead."""
     counts: Counter[str] = Counter()
+    whole: Counter[str] = Counter()
     totals: dict[str, int] = {}
     conflicting: set[str] = set()
     for record in records:
         if record is None:
             continue
         counts.update(record["counts"])
+        whole.update(record.get("documents", record["counts"]))
         for key, total in record["totals"].items():
             if totals.setdefault(key, total) != total:
                 conflicting.add(key)
     return {
-        key: total
+        key: counts[key]
         for key, total in totals.items()
-        if key in wanted and key not in conflicting and key != UNTRACKED and counts[key] == total
+        if key in wanted and key not in conflicting and key != UNTRACKED and whole[key] == total
     }
 
 

@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import DataContext, read_datasource
 
+from qwen3_embed.chunking import check_settings
 from qwen3_embed.precision import (
     RANGED_PRECISIONS,
     PrecisionSpec,
@@ -36,6 +37,7 @@ from qwen3_embed.precision import (
     ranges_from_file,
 )
 
+from .carried import kept_fields
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, JobConfig
 from .dataset_stage import gpus_per_replica
 from .datasource import CorpusDatasource
@@ -96,6 +98,9 @@ class JobPlan:
     def needs_calibration(self) -> bool:
         return self.precision.name in RANGED_PRECISIONS and self.precision.ranges is None
 
+    # Carried columns (`keep_columns`) with their input Arrow types (see `carried`).
+    kept: tuple[tuple[str, Any], ...] = ()
+
     @property
     def batch_rows(self) -> int:
         return self.config.batch_rows or DEFAULT_BATCH_ROWS[self.family]
@@ -114,6 +119,8 @@ class JobPlan:
             "instruction": self.config.instruction,
             "normalized": self.normalized,
             "precision": self.config.precision,
+            "chunking": self.config.chunking,
+            "keep_columns": list(self.config.keep_columns) or None,
         }
 
 
@@ -137,6 +144,9 @@ def plan_job(config: JobConfig) -> JobPlan:
     info = preparer.info
     dim = preparer.validate_dim(config.dim)  # the core's rule, checked without loading weights
     _check_inputs_fit(inputs, info.family, config)
+    if config.chunk_tokens is not None:  # the core's rule too: a text model, room for text
+        check_settings(preparer, config.chunk_tokens, config.chunk_overlap, config.instruction)
+    kept = kept_fields(inputs, config.keep_columns)
     output = resolve(config.output, storage)
     for folder in inputs.listed_folders:
         if output.prefix == inputs.prefix and (output.path + "/").startswith(
@@ -146,7 +156,7 @@ def plan_job(config: JobConfig) -> JobPlan:
                 f"OUTPUT {output.uri()} lies inside the input folder {inputs.prefix}{folder}: a rerun would read "
                 "the vectors back as input; put OUTPUT elsewhere"
             )
-    plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize)
+    plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize, kept=kept)
     previous = check_output(output, plan.identity)
     id_column, id_source = _choose_ids(config, inputs, previous)
     precision, source = _choose_precision(config, dim, output, previous)
@@ -300,6 +310,8 @@ def run_embedding_job(
         },
         "ids": {"column": plan.id_column, "source": plan.id_source},
         "precision": plan.precision.to_dict(),
+        "chunking": config.chunking,
+        "keep_columns": list(config.keep_columns),
         "num_replicas": config.num_replicas,
         "gpus_per_replica": gpus,
     }
@@ -327,6 +339,7 @@ def run_embedding_job(
             done_ref if before.ids_read else None,
             before.done_fragments,
             sum(before.done_fragments.get(key, 0) for key in keys if key is not None),
+            before.done_documents,
         )
         phases["resume_scan"] = time.monotonic() - mark
         logger.warning(
@@ -346,6 +359,9 @@ def run_embedding_job(
     finally:
         ray.kill(ledger)
     tally.skipped += resume.skipped_rows  # rows of the fragments that got no read task
+    tally.documents += resume.skipped_documents
+    if config.chunking is not None:
+        tally.chunks += resume.skipped_rows  # every row of a chunked fragment in OUTPUT is a chunk
     forward = timings.pop("forward", None)
     phases.update(timings)
     phases["pipeline"] = execute_seconds
@@ -378,6 +394,7 @@ class _ReadFilter:
     done_ref: Any = None  # ObjectRef of the sorted id digests to check rows against, or None
     done_fragments: dict[str, int] = dataclasses.field(default_factory=dict)  # no read task
     skipped_rows: int = 0  # rows of those fragments
+    skipped_documents: int = 0  # their documents (rows, unless chunked)
 
 
 def _execute(
@@ -396,9 +413,17 @@ def _execute(
         )
     )
     # The same stages as `embed_dataset` (see map_stages), on the job's own rows.
-    dataset = apply_stages(dataset, _embedding_stages(plan, gpus, ledger_name))
+    dataset = apply_stages(
+        dataset, _embedding_stages(plan, gpus, ledger_name, done_ref=resume.done_ref)
+    )
     metadata = schema_metadata(
-        plan.model, dim, config.instruction, plan.normalized, plan.family, plan.precision
+        plan.model,
+        dim,
+        config.instruction,
+        plan.normalized,
+        plan.family,
+        plan.precision,
+        config.chunking,
     )
     sink = EmbeddingSink(
         SinkSettings(
@@ -409,6 +434,8 @@ def _execute(
             config.rows_per_file,
             run_id,
             plan.precision.name,
+            chunking=config.chunking is not None,
+            kept=plan.kept,
         )
     )
     executing, executing_at = time.monotonic(), time.time()
@@ -434,6 +461,7 @@ def _read_spec(plan: JobPlan) -> ReadSpec:
         image_column=config.image_column if vl else None,
         block_rows=min(1024, config.rows_per_file),
         video_column=config.video_column if vl else None,
+        keep=plan.kept,
     )
 
 
@@ -466,19 +494,33 @@ def calibrate(plan: JobPlan, gpus: float) -> tuple[np.ndarray, int]:
 
 
 def _embedding_stages(
-    plan: JobPlan, gpus: float, ledger_name: str | None, replicas: int | None = None
+    plan: JobPlan,
+    gpus: float,
+    ledger_name: str | None,
+    replicas: int | None = None,
+    done_ref: Any = None,
 ) -> tuple[MapStage, ...]:
     config = plan.config
     resources = StageResources(
         prepare_rows=plan.batch_rows,
-        embed_rows=plan.embed_rows,
+        # Chunked: a replica call takes one prepare block whole (the chunks of its documents),
+        # so Ray Data never cuts a document's chunks into two calls, nor two write tasks.
+        embed_rows=None if config.chunking is not None else plan.embed_rows,
         num_replicas=replicas or config.num_replicas,
         cpus_per_replica=config.cpus_per_replica,
         gpus_per_replica=gpus,
     )
     # `plan.model` is the model as the workers must name it (a local folder made absolute).
     load = dataclasses.replace(config.load_options(), model=plan.model)
-    prepare = PrepareSettings(load, config.instruction, config.truncate, config.storage_options)
+    prepare = PrepareSettings(
+        load,
+        config.instruction,
+        config.truncate,
+        config.storage_options,
+        chunk_tokens=config.chunk_tokens,
+        chunk_overlap=config.chunk_overlap,
+        done_ref=done_ref if config.chunking is not None else None,
+    )
     embed = EmbedSettings(load, plan.dim, ledger_name, plan.precision)
     return (
         prepare_stage(prepare_batch, {"settings": prepare}, resources),

@@ -35,6 +35,7 @@ def schema_metadata(
     normalized: bool,
     family: str,
     precision: PrecisionSpec | None = None,
+    chunking: dict[str, int] | None = None,
 ) -> dict[str, str]:
     """Parquet schema metadata: enough to tell what the vectors are without the manifest:
     `precision` names the embedding column's precision, and for int8 / uint8
@@ -54,6 +55,8 @@ def schema_metadata(
     }
     if precision.ranges is not None:
         metadata["precision_ranges"] = json.dumps(precision.to_dict()["ranges"])
+    if chunking is not None:
+        metadata["chunking"] = json.dumps(chunking, sort_keys=True)
     return metadata
 
 
@@ -67,6 +70,7 @@ def identity_from_metadata(metadata: dict[bytes, bytes]) -> dict[str, object] | 
         "instruction": values.get("instruction") or None,
         "normalized": values.get("normalized") == "true",
         "precision": values.get("precision") or "float32",  # files from before --precision
+        "chunking": json.loads(values["chunking"]) if values.get("chunking") else None,
     }
 
 

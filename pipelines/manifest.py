@@ -41,8 +41,14 @@ def finished_manifest(
     included); `execute_seconds` is the streaming pipeline alone."""
     rows_in = tally.rows
     wall = max(wall_seconds, 1e-9)
+    # With chunking, rows are chunks (the count check's unit) and `documents_in` counts the
+    # documents they came from; the settings are in `chunking` (from `base`).
+    chunked = (
+        {"documents_in": tally.documents, "chunks": tally.chunks} if base.get("chunking") else {}
+    )
     return {
         **base,
+        **chunked,
         "status": "complete",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rows_in": rows_in,
@@ -54,6 +60,10 @@ def finished_manifest(
             rows_in, scan.rows_embedded, scan.rows_failed, scan.duplicate_ids
         ),
         "error_codes": scan.error_codes,
+        # This run's rows cut at max_length (truncation on): never silent.
+        "rows_truncated": tally.truncated,
+        # This run's rows whose vector is an identical input's of the same replica call.
+        "duplicates_reused": tally.reused,
         "files": scan.files,
         "wall_seconds": round(wall_seconds, 3),
         "execute_seconds": round(execute_seconds, 3),
@@ -67,6 +77,29 @@ def finished_manifest(
             "files_written": tally.files,
         },
     }
+
+
+def _corpus_lines(manifest: dict[str, Any]) -> list[str]:
+    """Chunking, truncation and reuse, when they apply."""
+    lines = []
+    chunking = manifest.get("chunking")
+    if chunking:
+        lines.append(
+            f"  chunks       {manifest.get('chunks', 0):,} from {manifest.get('documents_in', 0):,} "
+            f"documents (at most {chunking['chunk_tokens']} tokens, overlap "
+            f"{chunking['chunk_overlap']})"
+        )
+    if manifest.get("rows_truncated"):
+        lines.append(
+            f"  truncated    {manifest['rows_truncated']:,} rows were cut at max_length and lost "
+            "their tail: use --chunk-tokens N to embed long documents whole, as chunks"
+        )
+    if manifest.get("duplicates_reused"):
+        lines.append(
+            f"  reused       {manifest['duplicates_reused']:,} rows repeated an input of the same "
+            "replica call and took its vector (embedded once)"
+        )
+    return lines
 
 
 def nothing_to_do_manifest(
@@ -205,6 +238,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
             f"{code} {count:,}" for code, count in list(manifest["error_codes"].items())[:4]
         )
         lines.append(f"               by code: {reasons}")
+    lines += _corpus_lines(manifest)
     lines += [
         f"  tokens       {manifest['tokens']:,} in output ({run['tokens']:,} this run)",
         f"  throughput   {manifest['rows_per_second']:,.1f} rows/s, {manifest['tokens_per_second']:,.0f} tokens/s "

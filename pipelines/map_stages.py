@@ -28,7 +28,7 @@ class StageResources:
     """Batch sizes and resources of the two stages (the job and `embed_dataset` alike)."""
 
     prepare_rows: int
-    embed_rows: int
+    embed_rows: int | None  # None: each replica call takes one prepare block whole
     num_replicas: int
     cpus_per_replica: float
     gpus_per_replica: float

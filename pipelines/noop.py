@@ -74,6 +74,8 @@ def finish_if_nothing_to_do(config: JobConfig, phases: dict[str, float]) -> JobR
             and identity.get("precision", "float32") == config.precision
             # ranges from a file are checked against OUTPUT's by the full checks
             and config.calibration is None
+            and identity.get("chunking") == config.chunking
+            and identity.get("keep_columns") == (list(config.keep_columns) or None)
         )
         if not same_job:
             return None

@@ -41,6 +41,7 @@ from .rows import (
     CODE_INVALID_ROW,
     CODE_READ_ERROR,
     CODE_UNREADABLE_FILE,
+    KEEP_PREFIX,
     READ_SCHEMA,
     STATUS_ERROR,
     STATUS_OK,
@@ -70,6 +71,9 @@ class ReadSpec:
     image_column: str | None  # None for text models: images are never read
     block_rows: int = 1024
     video_column: str | None = None  # None for text models: videos are never read
+    # Carried columns (`keep_columns`): name and Arrow type (see `carried.kept_fields`); their
+    # values travel on each row under `rows.KEEP_PREFIX` + name.
+    keep: tuple[tuple[str, pa.DataType], ...] = ()
 
     @property
     def media_columns(self) -> tuple[str, ...]:
@@ -87,9 +91,11 @@ class RowBuffer:
     """Collects rows and hands them out as READ_SCHEMA tables of at most `block_rows` rows (and
     about MAX_BLOCK_BYTES of payload)."""
 
-    def __init__(self, block_rows: int):
+    def __init__(self, block_rows: int, keep: tuple[tuple[str, pa.DataType], ...] = ()):
         self.block_rows = block_rows
+        self.keep = keep
         self.columns: dict[str, list[Any]] = {name: [] for name in READ_SCHEMA.names}
+        self.kept: list[list[Any]] = [[] for _ in keep]
         self.payload_bytes = 0
 
     def __len__(self) -> int:
@@ -103,6 +109,7 @@ class RowBuffer:
         image_ref: str | None = None,
         images: list[dict[str, Any]] | None = None,
         video: VideoValue | None = None,
+        kept: tuple[Any, ...] | None = None,
     ) -> None:
         video = video or VideoValue()
         self.payload_bytes += len(text or "") + len(image or b"") + len(video.data or b"")
@@ -111,20 +118,33 @@ class RowBuffer:
         self._append(
             row_id, STATUS_OK, None, None, text, image, image_ref, images, *video.columns()
         )
+        self._keep(kept)
 
-    def add_error(self, row_id: str, reason: str, code: str) -> None:
+    def add_error(
+        self, row_id: str, reason: str, code: str, kept: tuple[Any, ...] | None = None
+    ) -> None:
         self._append(row_id, STATUS_ERROR, reason, code, None, None, None, None, *VIDEO_NULLS)
+        self._keep(kept)
 
     def _append(self, *values: Any) -> None:
         for name, value in zip(READ_SCHEMA.names, values, strict=True):
             self.columns[name].append(value)
+
+    def _keep(self, kept: tuple[Any, ...] | None) -> None:
+        for values, value in zip(self.kept, kept or (None,) * len(self.kept), strict=True):
+            values.append(value)
 
     def full(self) -> bool:
         return len(self) >= self.block_rows or self.payload_bytes >= MAX_BLOCK_BYTES
 
     def flush(self) -> pa.Table:
         table = pa.table(self.columns, schema=READ_SCHEMA)
+        for (name, kind), values in zip(self.keep, self.kept, strict=True):
+            table = table.append_column(
+                pa.field(KEEP_PREFIX + name, kind), kept_array(name, kind, values)
+            )
         self.columns = {name: [] for name in READ_SCHEMA.names}
+        self.kept = [[] for _ in self.keep]
         self.payload_bytes = 0
         return table
 
@@ -170,25 +190,27 @@ class RowSource:
         video: Any = None,
         fps: Any = None,
         max_frames: Any = None,
+        *,
+        kept: tuple[Any, ...] | None = None,
     ) -> None:
         # A row without a usable id keeps the derived one, so its error row can still be found.
         row_id = self.derived_id(row)
         if self.spec.id_column is not None:
             if record_id is None or record_id == "":
                 buffer.add_error(
-                    row_id, f"id column {self.spec.id_column!r} is empty", CODE_INVALID_ROW
+                    row_id, f"id column {self.spec.id_column!r} is empty", CODE_INVALID_ROW, kept
                 )
                 return
             if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
                 reason = f"id column {self.spec.id_column!r} must hold strings or integers, got {type(record_id).__name__}"
-                buffer.add_error(row_id, reason, CODE_INVALID_ROW)
+                buffer.add_error(row_id, reason, CODE_INVALID_ROW, kept)
                 return
             row_id = str(record_id)
         if text is not None and not isinstance(text, str):
             reason = (
                 f"column {self.spec.text_column!r} must hold strings, got {type(text).__name__}"
             )
-            buffer.add_error(row_id, reason, CODE_INVALID_INPUT)
+            buffer.add_error(row_id, reason, CODE_INVALID_INPUT, kept)
             return
         image_bytes, image_ref, images = None, None, None
         if self.spec.image_column is not None and image is not None:
@@ -197,13 +219,13 @@ class RowSource:
             else:
                 image_bytes, image_ref, problem = self._image_value(image)
             if problem is not None:
-                buffer.add_error(row_id, problem, CODE_INVALID_INPUT)
+                buffer.add_error(row_id, problem, CODE_INVALID_INPUT, kept)
                 return
         video_value = None
         if self.spec.video_column is not None:
             video_value, problem = self._video(video, fps, max_frames)
             if problem is not None:
-                buffer.add_error(row_id, problem, CODE_INVALID_INPUT)
+                buffer.add_error(row_id, problem, CODE_INVALID_INPUT, kept)
                 return
         buffer.add(
             row_id,
@@ -212,6 +234,7 @@ class RowSource:
             image_ref=image_ref,
             images=images,
             video=video_value,
+            kept=kept,
         )
 
     def _video(self, value: Any, fps: Any, max_frames: Any) -> tuple[VideoValue | None, str | None]:
@@ -311,7 +334,7 @@ def read_file(
     if reader is None:
         raise ValueError(f"{file.path}: format {file.format!r} is not a row format")
     source = RowSource(spec, file, fs_prefix)
-    buffer = RowBuffer(spec.block_rows)
+    buffer = RowBuffer(spec.block_rows, spec.keep)
     rows = 0  # rows handed to the buffer so far
     failure: BaseException | None = None
     for attempt in range(1, READ_ATTEMPTS + 1):
@@ -413,6 +436,22 @@ def read_video_files(
 DEFAULT_ID_COLUMN = "id"
 
 
+def kept_names(spec: ReadSpec) -> list[str]:
+    return [name for name, _ in spec.keep]
+
+
+def kept_array(name: str, kind: pa.DataType, values: list[Any]) -> pa.Array:
+    """A carried column's values in its planned Arrow type; a value that does not fit it (a JSON
+    field whose type changes between records) fails the read naming the column."""
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"carried column {name!r}: a value does not fit the column's type {kind} "
+            f"(taken from the first input file): {error}"
+        ) from error
+
+
 def has_column(file: InputFile, fs: pafs.FileSystem, name: str) -> bool | None:
     """Whether a table file has column `name` (a JSON lines file: its first record has the key);
     None when the file cannot tell (unreadable, empty, not a table). Reads a footer or a line."""
@@ -440,6 +479,7 @@ def _require_columns(file: InputFile, available: list[str], spec: ReadSpec) -> N
     wanted = [spec.text_column] if spec.image_column is None else []
     if spec.id_column is not None:
         wanted.append(spec.id_column)
+    wanted.extend(name for name, _ in spec.keep)
     missing = [name for name in wanted if name not in available]
     content = [name for name in (spec.image_column, spec.video_column) if name is not None]
     if content and not any(name in available for name in (spec.text_column, *content)):
@@ -458,7 +498,7 @@ def _read_parquet(
     _require_columns(file, available, spec)
     names = [
         name
-        for name in (spec.id_column, spec.text_column, *spec.media_columns)
+        for name in (spec.id_column, spec.text_column, *spec.media_columns, *kept_names(spec))
         if name and name in available
     ]
     # Row group by row group: a corrupt group then costs only itself and what follows it, not
@@ -477,6 +517,7 @@ def _read_parquet(
         texts = _column(batch, spec.text_column, count)
         images = _column(batch, spec.image_column, count)
         videos = _video_columns(batch, spec, count)
+        kept = [_column(batch, name, count) for name in kept_names(spec)]
         for offset in range(count):
             source.add(
                 buffer,
@@ -485,6 +526,7 @@ def _read_parquet(
                 texts[offset],
                 images[offset],
                 *(values[offset] for values in videos),
+                kept=tuple(column[offset] for column in kept) if kept else None,
             )
             yield
         row += count
@@ -542,7 +584,8 @@ def _read_jsonl(
                 yield
                 continue
             record_id, text, image = (record.get(key) if key else None for key in wanted)
-            source.add(buffer, row, record_id, text, image, *map(record.get, video_keys))
+            kept = tuple(record.get(name) for name in kept_names(spec)) if spec.keep else None
+            source.add(buffer, row, record_id, text, image, *map(record.get, video_keys), kept=kept)
             yield
 
 
@@ -568,6 +611,7 @@ def _read_csv(
             if spec.video_column is not None:
                 keys += [spec.video_column, FPS_COLUMN, MAX_FRAMES_COLUMN]
             positions = [header.index(key) if key and key in header else None for key in keys]
+            kept_at = [header.index(name) for name in kept_names(spec)]
             row = 0
             for record in records:
                 if not record:
@@ -582,8 +626,15 @@ def _read_csv(
                     record_id, value, image, *video = (
                         record[at] if at is not None else None for at in positions
                     )
+                    kept = tuple(record[at] for at in kept_at) if kept_at else None
                     source.add(
-                        buffer, row, record_id, value, image or None, *(v or None for v in video)
+                        buffer,
+                        row,
+                        record_id,
+                        value,
+                        image or None,
+                        *(v or None for v in video),
+                        kept=kept,
                     )
                 row += 1
                 yield

@@ -151,6 +151,7 @@ class ResumeScan:
     it read by id for the rest."""
 
     done_fragments: dict[str, int] = field(default_factory=dict)  # {fragment key: rows}
+    done_documents: int = 0  # documents of those fragments (their rows, unless chunked)
     rows_embedded: int = 0
     rows_failed: int = 0
     files: int = 0
@@ -186,7 +187,14 @@ def scan_for_resume(output: Location, wanted: Sequence[str]) -> tuple[np.ndarray
     records = read_records(output, paths)
     done = done_fragments((record for _, record in records), set(wanted))
     footers = time.perf_counter()
-    scan = ResumeScan(done_fragments=done, files=len(paths))
+    totals: dict[str, int] = {}
+    for _, record in records:
+        totals.update(record["totals"] if record else {})
+    scan = ResumeScan(
+        done_fragments=done,
+        done_documents=sum(totals[key] for key in done),
+        files=len(paths),
+    )
     scan.rows_embedded = sum(rows for rows, _ in records[: len(vectors)])
     scan.rows_failed = sum(rows for rows, _ in records[len(vectors) :])
     digests: list[np.ndarray] = []
@@ -297,7 +305,15 @@ def check_output(output: Location, identity: dict[str, object]) -> dict | None:
         existing = {"precision": "float32", **existing}
         differences = [
             f"{key} {existing.get(key)!r} (this job: {identity[key]!r})"
-            for key in ("model", "dim", "instruction", "normalized", "precision")
+            for key in (
+                "model",
+                "dim",
+                "instruction",
+                "normalized",
+                "precision",
+                "chunking",
+                "keep_columns",
+            )
             if key in identity and existing.get(key) != identity[key]
         ]
         if differences:

@@ -102,6 +102,30 @@ PREPARED_SCHEMA = pa.schema(
     [*_STAGE_STATE, pa.field("input_ids", pa.list_(pa.int32())), pa.field("media", pa.binary())]
 )
 
+# With chunking (`chunk_tokens`), the prepare stage turns each document into its chunks, one row
+# each, `id` = "<doc_id>#<chunk_index>"; a document refused whole (empty text, a bad id) stays one
+# error row under its own id, `chunk_index` null. `chunk_count` (the document's chunks) lets the
+# sink tell a document written whole (see `fragments`). They travel on through the embed stage
+# like any passthrough column.
+DOC_ID_COLUMN, CHUNK_INDEX_COLUMN, CHUNK_COUNT_COLUMN = "doc_id", "chunk_index", "chunk_count"
+CHUNK_FIELDS = (
+    pa.field(DOC_ID_COLUMN, pa.string()),
+    pa.field(CHUNK_INDEX_COLUMN, pa.int32()),
+    pa.field("char_start", pa.int64()),
+    pa.field("char_end", pa.int64()),
+    pa.field(CHUNK_COUNT_COLUMN, pa.int32()),
+)
+# What a chunk row shows in OUTPUT, in this order after `id`.
+CHUNK_OUTPUT_FIELDS = tuple(
+    pa.field(spec.name, spec.type, nullable=False)
+    for spec in CHUNK_FIELDS
+    if spec.name != CHUNK_COUNT_COLUMN
+)
+
+
+def prepared_schema(chunking: bool) -> pa.Schema:
+    return pa.schema([*PREPARED_SCHEMA, *CHUNK_FIELDS]) if chunking else PREPARED_SCHEMA
+
 
 def vector_type(dim: int, precision: str = "float32") -> pa.DataType:
     """The embedding column's type: fixed_size_list<float32 | float16 | int8 | uint8>, `dim`
@@ -114,6 +138,19 @@ def vector_type(dim: int, precision: str = "float32") -> pa.DataType:
 
 def embedded_schema(dim: int, precision: str = "float32") -> pa.Schema:
     return pa.schema([*_STAGE_STATE, pa.field("embedding", vector_type(dim, precision))])
+
+
+# Flags the sink counts, added after a stage's own columns and passed on like the caller's
+# columns: `truncated` (prepare: the input was cut at max_length; `rows_truncated`) and `reused`
+# (embed: the vector is an identical input's of the same replica call; `duplicates_reused`).
+# A row failed by the stage guard lacks them (blocks are concatenated by column name, nulls
+# filling in), which counts as false.
+TRUNCATED_COLUMN, REUSED_COLUMN = "truncated", "reused"
+
+
+# Columns the user asked to carry (`keep_columns`) travel under this prefix, so that a name the
+# stages use (`text`, `status`, ...) can be carried too; the sink writes them under their names.
+KEEP_PREFIX = "__keep__."
 
 
 # Every column name the stages own; any other column of a block is the caller's, passed through.
@@ -129,12 +166,27 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-def output_schema(dim: int, metadata: dict[str, str], precision: str = "float32") -> pa.Schema:
+def output_schema(
+    dim: int,
+    metadata: dict[str, str],
+    precision: str = "float32",
+    chunking: bool = False,
+    kept: tuple[pa.Field, ...] = (),
+) -> pa.Schema:
+    """`id`, the chunk's place in its document (with chunking), `embedding`, `num_tokens`, then
+    the carried columns (`keep_columns`) with their input types."""
     return pa.schema(
         [
             _ID,
+            *(CHUNK_OUTPUT_FIELDS if chunking else ()),
             pa.field("embedding", vector_type(dim, precision), nullable=False),
             pa.field("num_tokens", pa.int32(), nullable=False),
+            *kept,
         ],
         metadata=metadata,
     )
+
+
+def reserved_output_names() -> tuple[str, ...]:
+    """Names a carried column may not take: OUTPUT's own columns, with chunking or not."""
+    return ("id", *(spec.name for spec in CHUNK_OUTPUT_FIELDS), "embedding", "num_tokens")

@@ -27,7 +27,18 @@ from qwen3_embed.errors import Qwen3EmbedError
 
 from .fragments import PROVENANCE_KEY, provenance
 from .layout import ERRORS_DIR, MANIFEST_FILE, part_name
-from .rows import ERRORS_SCHEMA, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, output_schema
+from .rows import (
+    CHUNK_INDEX_COLUMN,
+    DOC_ID_COLUMN,
+    ERRORS_SCHEMA,
+    KEEP_PREFIX,
+    REUSED_COLUMN,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    TRUNCATED_COLUMN,
+    output_schema,
+)
 from .storage import read_bytes, resolve, write_atomically
 
 
@@ -46,6 +57,9 @@ class SinkSettings:
     rows_per_file: int
     run_id: str
     precision: str = "float32"  # the embedding column's precision (see rows.vector_type)
+    chunking: bool = False
+    # Carried columns (`keep_columns`): their names and input Arrow types, in the user's order.
+    kept: tuple[tuple[str, pa.DataType], ...] = ()
 
 
 @dataclass
@@ -58,16 +72,48 @@ class WriteTally:
     tokens: int = 0
     files: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0  # rows embedded cut at max_length
+    reused: int = 0  # rows whose vector is an identical input's of the same replica call
+    documents: int = (
+        0  # input documents (rows without chunking; chunk 0 or a whole-document row with)
+    )
+    chunks: int = 0  # chunk rows (chunking only), skipped ones included
 
     def add(self, other: dict[str, Any]) -> None:
-        for name in ("embedded", "failed", "skipped", "tokens", "files"):
-            setattr(self, name, getattr(self, name) + int(other[name]))
+        for name in COUNTED:
+            setattr(self, name, getattr(self, name) + int(other.get(name, 0)))
+        if "documents" not in other:  # no chunking: each row is a document
+            self.documents += sum(int(other[name]) for name in ("embedded", "failed", "skipped"))
         for code, count in other["error_codes"].items():
             self.error_codes[code] = self.error_codes.get(code, 0) + count
 
     @property
     def rows(self) -> int:
         return self.embedded + self.failed + self.skipped
+
+
+COUNTED = (
+    "embedded",
+    "failed",
+    "skipped",
+    "tokens",
+    "files",
+    "truncated",
+    "reused",
+    "documents",
+    "chunks",
+)
+
+
+# Counts a write task returns only where they apply (chunking; rows cut or reused): without
+# chunking a row is a document (`WriteTally.documents` falls back to the rows).
+OPTIONAL_COUNTS = ("truncated", "reused", "documents", "chunks")
+
+
+def _count_true(table: pa.Table, name: str) -> int:
+    if name not in table.column_names or not table.num_rows:
+        return 0
+    return int(pc.sum(pc.fill_null(table.column(name), False).cast(pa.int64())).as_py() or 0)
 
 
 class EmbeddingSink(Datasink[dict]):
@@ -85,18 +131,20 @@ class EmbeddingSink(Datasink[dict]):
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
         tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
         tables = [table for table in tables if table.num_rows]
-        counts = {
-            "embedded": 0,
-            "failed": 0,
-            "skipped": 0,
-            "tokens": 0,
-            "files": 0,
-            "error_codes": {},
-        }
+        counts: dict[str, Any] = {name: 0 for name in COUNTED if name not in OPTIONAL_COUNTS}
+        counts["error_codes"] = {}
         if not tables:
             return counts
-        table = pa.concat_tables(tables)
+        # By name: blocks of rows the stage guard failed lack the flag columns (see `rows`).
+        table = pa.concat_tables(tables, promote_options="default")
         status = table.column("status")
+        if CHUNK_INDEX_COLUMN in table.column_names:
+            index = table.column(CHUNK_INDEX_COLUMN)
+            counts["chunks"] = table.num_rows - index.null_count
+            counts["documents"] = index.null_count + int(
+                pc.sum(pc.equal(index, 0).cast(pa.int64())).as_py() or 0
+            )
+
         vectors = table.filter(pc.equal(status, STATUS_OK))
         errors = table.filter(pc.equal(status, STATUS_ERROR))
         counts["skipped"] = int(pc.sum(pc.equal(status, STATUS_SKIPPED)).as_py() or 0)
@@ -104,16 +152,13 @@ class EmbeddingSink(Datasink[dict]):
         if vectors.num_rows or errors.num_rows:
             self._check_still_owner(output)
         if vectors.num_rows:
-            schema = output_schema(
-                self.settings.dim, dict(self.settings.metadata), self.settings.precision
-            )
-            part = pa.Table.from_arrays(
-                [vectors.column("id"), vectors.column("embedding"), vectors.column("num_tokens")],
-                schema=schema,
-            )
+            part = self._vector_part(vectors)
             counts["files"] += self._write_parts(output, part, vectors)
             counts["embedded"] = part.num_rows
             counts["tokens"] = int(pc.sum(part.column("num_tokens")).as_py() or 0)
+            for name, column in (("truncated", TRUNCATED_COLUMN), ("reused", REUSED_COLUMN)):
+                if _count_true(vectors, column):
+                    counts[name] = _count_true(vectors, column)
         if errors.num_rows:
             part = pa.Table.from_arrays(
                 [errors.column("id"), errors.column("error"), errors.column("code")],
@@ -124,6 +169,25 @@ class EmbeddingSink(Datasink[dict]):
             codes = pc.value_counts(part.column("code")).to_pylist()
             counts["error_codes"] = {entry["values"]: entry["counts"] for entry in codes}
         return counts
+
+    def _vector_part(self, vectors: pa.Table) -> pa.Table:
+        """OUTPUT's columns (`rows.output_schema`) from the embedded rows."""
+        kept = tuple(pa.field(name, kind) for name, kind in self.settings.kept)
+        schema = output_schema(
+            self.settings.dim,
+            dict(self.settings.metadata),
+            self.settings.precision,
+            chunking=self.settings.chunking,
+            kept=kept,
+        )
+        arrays = [
+            vectors.column(name if name not in kept_names(kept) else KEEP_PREFIX + name)
+            for name in schema.names
+        ]
+        return pa.Table.from_arrays(
+            [array.cast(spec.type) for array, spec in zip(arrays, schema, strict=True)],
+            schema=schema,
+        )
 
     def on_write_complete(self, write_result: WriteResult[dict]) -> None:
         for counts in write_result.write_returns:
@@ -141,14 +205,36 @@ class EmbeddingSink(Datasink[dict]):
         blocks can be much larger); returns how many were written. `rows` is `table` as it came,
         row for row: its provenance columns (see `fragments`) become each file's record, in the
         file's own footer, so record and rows appear together or not at all."""
-        step = self.settings.rows_per_file
-        for start in range(0, table.num_rows, step):
-            chunk = table.slice(start, step)
-            record = provenance(rows.slice(start, step))
+        pieces = _pieces(rows, self.settings.rows_per_file)
+        for start, length in pieces:
+            chunk = table.slice(start, length)
+            record = provenance(rows.slice(start, length))
             if record is not None:
                 chunk = chunk.replace_schema_metadata(
                     {**(chunk.schema.metadata or {}), PROVENANCE_KEY: record}
                 )
             location = folder.child(part_name(chunk.column("id").to_pylist()))
             write_atomically(location, lambda stream, chunk=chunk: pq.write_table(chunk, stream))
-        return -(-table.num_rows // step)
+        return len(pieces)
+
+
+def kept_names(kept: tuple[pa.Field, ...]) -> set[str]:
+    return {spec.name for spec in kept}
+
+
+def _pieces(rows: pa.Table, step: int) -> list[tuple[int, int]]:
+    """(start, length) of each file: `step` rows, never cutting a document's chunks apart (a
+    file then holds up to one document's chunks more), so they are written together or not at
+    all."""
+    count = rows.num_rows
+    if DOC_ID_COLUMN not in rows.column_names or count <= step:
+        return [(start, min(step, count - start)) for start in range(0, count, step)]
+    documents = rows.column(DOC_ID_COLUMN).to_pylist()
+    pieces, start = [], 0
+    while start < count:
+        end = min(start + step, count)
+        while end < count and documents[end] is not None and documents[end] == documents[end - 1]:
+            end += 1
+        pieces.append((start, end - start))
+        start = end
+    return pieces

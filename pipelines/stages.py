@@ -46,10 +46,13 @@ from .rows import (
     CODE_READ_ERROR,
     PREPARED_SCHEMA,
     READ_SCHEMA,
+    REUSED_COLUMN,
     STAGE_COLUMNS,
     STATUS_ERROR,
     STATUS_OK,
+    TRUNCATED_COLUMN,
     embedded_schema,
+    prepared_schema,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,16 @@ class PrepareSettings:
     instruction: str | None
     truncate: bool
     storage_options: tuple[tuple[str, Any], ...] = ()
+    # Chunking (see `chunk_stage`): each text cut into chunks of at most this many tokens.
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
+    # A resumed job's ObjectRef of the sorted id digests in OUTPUT: chunks already there are
+    # marked skipped after chunking (their ids exist only from here on).
+    done_ref: Any = None
+
+    @property
+    def chunking(self) -> bool:
+        return self.chunk_tokens is not None
 
 
 @dataclass(frozen=True)
@@ -133,7 +146,8 @@ def run_guarded(
     logger.warning(
         "%s: %d of %d rows failed alone and became error rows", stage, failed, table.num_rows
     )
-    return pa.concat_tables(pieces)
+    # By name: a failed row lacks the flag columns a stage adds (see `rows.TRUNCATED_COLUMN`).
+    return pa.concat_tables(pieces, promote_options="default")
 
 
 def _failed_rows(table: pa.Table, schema: pa.Schema, reason: str, code: str) -> pa.Table:
@@ -182,7 +196,7 @@ def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
         "prepare",
         lambda block: _prepare_block(block, settings),
         table,
-        PREPARED_SCHEMA,
+        prepared_schema(settings.chunking),
         CODE_PREPARE_FAILED,
     )
 
@@ -221,6 +235,11 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
             continue
         positions.append(index)
         items.append(item)
+    if settings.chunking:
+        from .chunk_stage import chunk_block
+
+        return chunk_block(table, preparer, settings, positions, items, (status, error, code))
+    truncated: list[bool | None] = [None] * count
     for index, result in zip(
         positions,
         preparer.prepare_each(items, settings.instruction, settings.truncate),
@@ -232,6 +251,7 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
         row = result.to_row()
         input_ids[index] = row.pop("input_ids")
         num_tokens[index] = result.num_tokens
+        truncated[index] = result.truncated
         media[index] = encode_media(row) if row else None
     prepared = pa.table(
         {
@@ -244,6 +264,9 @@ def _prepare_block(table: pa.Table, settings: PrepareSettings) -> pa.Table:
             "media": media,
         },
         schema=PREPARED_SCHEMA,
+    )
+    prepared = prepared.append_column(
+        pa.field(TRUNCATED_COLUMN, pa.bool_()), pa.array(truncated, pa.bool_())
     )
     return with_passthrough(prepared, table)
 
@@ -366,6 +389,7 @@ class EmbedWorker:
 
     def _embed_block(self, table: pa.Table) -> pa.Table:
         from qwen3_embed import PreparedInput
+        from qwen3_embed.dedupe import unique_inputs
 
         status = table.column("status").to_pylist()
         error = table.column("error").to_pylist()
@@ -381,16 +405,21 @@ class EmbedWorker:
                     **decode_media(blob),
                 }  # media keys keep their media_ prefix
                 prepared.append(PreparedInput.from_row(row))
-        vectors, failures = self._embed(prepared)
+        # Identical inputs of this call are embedded once (see `qwen3_embed.dedupe`).
+        first, slot = unique_inputs(prepared)
+        vectors, failures = self._embed([prepared[p] for p in first], rows=len(prepared))
         matrix = np.zeros((table.num_rows, self.dim), dtype=np.float32)
         has_vector = np.zeros(table.num_rows, dtype=bool)
+        reused: list[bool | None] = [None] * table.num_rows
         for position, index in enumerate(ok):
-            if position in failures:
-                reason, failure_code = failures[position]
+            distinct = slot[position]
+            if distinct in failures:
+                reason, failure_code = failures[distinct]
                 status[index], error[index], code[index] = STATUS_ERROR, reason, failure_code
             else:
-                matrix[index] = vectors[position]
+                matrix[index] = vectors[distinct]
                 has_vector[index] = True
+                reused[index] = first[distinct] != position
         embedding = quantized_column(matrix, has_vector, self.precision)
         num_tokens = table.column("num_tokens").to_pylist()
         num_tokens = [
@@ -407,9 +436,14 @@ class EmbedWorker:
             },
             schema=embedded_schema(self.dim, self.precision.name),
         )
+        embedded = embedded.append_column(
+            pa.field(REUSED_COLUMN, pa.bool_()), pa.array(reused, pa.bool_())
+        )
         return with_passthrough(embedded, table)
 
-    def _embed(self, prepared: Sequence[Any]) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    def _embed(
+        self, prepared: Sequence[Any], rows: int | None = None
+    ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
         """Vectors for `prepared`, and {position: (reason, code)} for items the model failed on.
 
         Out-of-memory is the core's business: it splits the forward, lowers its budget, and
@@ -443,7 +477,9 @@ class EmbedWorker:
                     failures[position] = failed[0]
                 else:
                     vectors[position] = vector[0]
-            if len(prepared) > 1 and len(failures) == len(prepared):
+            # `rows`: the call's rows before identical ones were merged; as many rows failing
+            # alone as before merging tells the same broken replica.
+            if (rows or len(prepared)) > 1 and len(failures) == len(prepared):
                 raise StageBroken(
                     f"every item of a batch of {len(prepared)} failed alone: "
                     f"{type(batch_error).__name__}: {batch_error}"

@@ -36,6 +36,9 @@ class PreparedInput:
 
     input_ids: list[int]
     media: dict[str, np.ndarray] = field(default_factory=dict)
+    # Cut at max_length (truncation on): the model sees less than the whole input. Counted by
+    # the batch job (`rows_truncated`), never silent.
+    truncated: bool = False
 
     @property
     def num_tokens(self) -> int:

@@ -81,16 +81,25 @@ class TextPreparer(InputPreparer):
             else:
                 prompts.append(format_text_query(text, item_instruction))
             positions.append(position)
-        for position, ids in zip(
-            positions, self._tokenize(prompts, truncate, max_length), strict=True
-        ):
+        encoded = self._tokenize(prompts, truncate, max_length)
+        cut = self._truncated(prompts, encoded, max_length) if truncate else set()
+        for slot, (position, ids) in enumerate(zip(positions, encoded, strict=True)):
             if len(ids) > max_length:
                 results[position] = InputTooLongError(
                     f"input has {len(ids)} tokens, more than max_length={max_length}; enable truncation or shorten it"
                 )
             else:
-                results[position] = PreparedInput(input_ids=ids)
+                results[position] = PreparedInput(input_ids=ids, truncated=slot in cut)
         return results
+
+    def _truncated(self, prompts: list[str], encoded: list[list[int]], max_length: int) -> set[int]:
+        """Which prompts truncation cut. A cut sequence is exactly `max_length` long, so only
+        those are tokenised again, whole, to tell a cut one from one that just fits."""
+        full = [slot for slot, ids in enumerate(encoded) if len(ids) == max_length]
+        if not full:
+            return set()
+        whole = self._tokenize([prompts[slot] for slot in full], False, max_length)
+        return {slot for slot, ids in zip(full, whole, strict=True) if len(ids) > max_length}
 
     def _tokenize(self, prompts: list[str], truncate: bool, max_length: int) -> list[list[int]]:
         if not prompts:

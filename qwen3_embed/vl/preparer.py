@@ -87,6 +87,7 @@ class VLPreparer(InputPreparer):
         media = self._load_media(parsed, budget)
         encoded = self._process(prompt, media, truncation=False, max_length=None)
         input_ids = encoded["input_ids"][0].tolist()
+        full_length = len(input_ids)
         if len(input_ids) > max_length:
             if not truncate:
                 raise InputTooLongError(
@@ -97,7 +98,11 @@ class VLPreparer(InputPreparer):
             encoded = self._process(prompt, media, truncation=True, max_length=max_length)
             input_ids = encoded["input_ids"][0].tolist()
         # uint8 pixels, normalised on the device by the backend (see pixels.py)
-        return PreparedInput(input_ids=input_ids, media=pack_media(**media, encoded=encoded))
+        return PreparedInput(
+            input_ids=input_ids,
+            media=pack_media(**media, encoded=encoded),
+            truncated=len(encoded["input_ids"][0]) < full_length,
+        )
 
     def _load_media(self, item: VLItem, budget: ItemBudget) -> dict[str, list[Any]]:
         """Videos then images, in the item's order (the order of their pad tokens in the prompt);
