@@ -32,6 +32,7 @@ OPTIONAL = {
     "rowbytes": "benchmarks.row_bytes",
     # The reranker against sentence-transformers' CrossEncoder (not in the default set).
     "rerank": "benchmarks.rerank_vs_st",
+    "chunking": "benchmarks.chunking",
 }
 
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated: core,gpu,pipeline,serve,scale,resume,rowbytes "
+        help="comma-separated: core,gpu,pipeline,serve,scale,resume,rowbytes,rerank,chunking "
         "(default: gpu with --device cuda, else core,pipeline,serve,scale)",
     )
     parser.add_argument(

@@ -327,6 +327,18 @@ def _fetch(reference: str, settings: PrepareSettings) -> str | bytes:
     return fetch_reference(reference, dict(settings.storage_options), DEFAULT_MAX_BYTES)
 
 
+def _token_lists(column: pa.ChunkedArray) -> list[list[int]]:
+    """A list<int32> column as Python lists of ints, through numpy: one C conversion per row
+    instead of an Arrow scalar and an int() per token (the replica's largest cost outside its
+    forward, measured by benchmarks/pipeline_overhead.py)."""
+    lists: list[list[int]] = []
+    for chunk in column.chunks:
+        offsets = chunk.offsets.to_numpy()
+        values = chunk.values.to_numpy(zero_copy_only=False)
+        lists.extend(values[offsets[row] : offsets[row + 1]].tolist() for row in range(len(chunk)))
+    return lists
+
+
 def encode_media(row: dict[str, Any]) -> bytes:
     """The `media_*` entries of `PreparedInput.to_row()` (keys kept as they are) as one .npz
     blob: one binary column whatever the media, and no pickle."""
@@ -397,14 +409,13 @@ class EmbedWorker:
         ok = [index for index, value in enumerate(status) if value == STATUS_OK]
         prepared = []
         if ok:
-            ids_column = table.column("input_ids").take(ok).to_pylist()
+            ids_column = _token_lists(table.column("input_ids").take(ok))
             media_column = table.column("media").take(ok).to_pylist()
             for token_ids, blob in zip(ids_column, media_column, strict=True):
-                row = {
-                    "input_ids": token_ids,
-                    **decode_media(blob),
-                }  # media keys keep their media_ prefix
-                prepared.append(PreparedInput.from_row(row))
+                media = {  # `PreparedInput.from_row`'s naming: media keys lose their prefix
+                    key[len("media_") :]: value for key, value in decode_media(blob).items()
+                }
+                prepared.append(PreparedInput(input_ids=token_ids, media=media))
         # Identical inputs of this call are embedded once (see `qwen3_embed.dedupe`).
         first, slot = unique_inputs(prepared)
         vectors, failures = self._embed([prepared[p] for p in first], rows=len(prepared))
