@@ -26,6 +26,7 @@ from .common import build_model, log, row, shape_for, start_ray
 from .corpus import WORDS
 
 CHUNK_TOKENS, OVERLAP = 512, 32
+QUICK_CHUNK_TOKENS, QUICK_OVERLAP = 64, 8  # --quick: short documents, still several chunks each
 
 
 def long_documents(tokenizer, count: int, median_tokens: int, seed: int = 0) -> list[str]:
@@ -89,6 +90,7 @@ def run(device: torch.device, quick: bool) -> dict:
         preparer = Preparer.from_pretrained(model_dir, max_length=40_000)
         tokenizer = preparer.impl.tokenizer
         count, median = (6, 300) if quick else (32, 3000)
+        size, overlap = (QUICK_CHUNK_TOKENS, QUICK_OVERLAP) if quick else (CHUNK_TOKENS, OVERLAP)
         texts = long_documents(tokenizer, count, median)
         lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
         documents = tmp_path / "documents.jsonl"
@@ -99,14 +101,14 @@ def run(device: torch.device, quick: bool) -> dict:
         chunks = 0
         with open(presplit, "w", encoding="utf-8") as handle:
             for index, text in enumerate(texts):
-                for chunk in chunk_text(preparer, text, CHUNK_TOKENS, OVERLAP):
+                for chunk in chunk_text(preparer, text, size, overlap):
                     piece = text[chunk.char_start : chunk.char_end]
                     record = {"id": f"doc-{index:04d}#{chunk.index}", "text": piece}
                     handle.write(json.dumps(record) + "\n")
                     chunks += 1
         log(
             f"{count} documents, {sum(lengths)} tokens (median {int(np.median(lengths))}, "
-            f"max {max(lengths)}), {chunks} chunks of <= {CHUNK_TOKENS} tokens"
+            f"max {max(lengths)}), {chunks} chunks of <= {size} tokens"
         )
 
         ray_start_s = start_ray()
@@ -116,8 +118,8 @@ def run(device: torch.device, quick: bool) -> dict:
                 tmp_path / "out-chunked",
                 model_dir,
                 device,
-                chunk_tokens=CHUNK_TOKENS,
-                chunk_overlap=OVERLAP,
+                chunk_tokens=size,
+                chunk_overlap=overlap,
             )
             log(f"chunked job: {chunked}")
             baseline = _job(presplit, tmp_path / "out-presplit", model_dir, device)
@@ -135,8 +137,8 @@ def run(device: torch.device, quick: bool) -> dict:
         "document_tokens_median": int(np.median(lengths)),
         "document_tokens_max": max(lengths),
         "chunks": chunks,
-        "chunk_tokens": CHUNK_TOKENS,
-        "chunk_overlap": OVERLAP,
+        "chunk_tokens": size,
+        "chunk_overlap": overlap,
         "chunked": chunked,
         "presplit": baseline,
         "ray_startup_seconds": ray_start_s,
@@ -146,7 +148,7 @@ def run(device: torch.device, quick: bool) -> dict:
             row(
                 f"chunked job vs the same chunks split upstream ({shape.name}, {count} documents, "
                 f"median {int(np.median(lengths))} / max {max(lengths)} tokens, {chunks} chunks "
-                f"of <= {CHUNK_TOKENS})",
+                f"of <= {size})",
                 f"{chunked['tokens_per_second_warm']:.0f} vs "
                 f"{baseline['tokens_per_second_warm']:.0f} tok/s once the replica is ready = "
                 f"**{ratio:.2f}x** (whole pipeline {ratio_pipeline:.2f}x)",
