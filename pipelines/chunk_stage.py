@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from .rows import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, prepared_schema
+from .rows import STAGE_COLUMNS, STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, prepared_schema
 
 if TYPE_CHECKING:
     from qwen3_embed import Preparer
@@ -82,7 +82,10 @@ def chunk_block(
             source_rows.append(index)
     _skip_done(columns, settings.done_ref)
     prepared = pa.table(columns, schema=prepared_schema(True))
-    return with_passthrough(prepared, table.take(pa.array(source_rows, pa.int64())))
+    # Only the passthrough columns are repeated per chunk: taking the text along would copy each
+    # whole document once per chunk.
+    passthrough = table.select([name for name in table.column_names if name not in STAGE_COLUMNS])
+    return with_passthrough(prepared, passthrough.take(pa.array(source_rows, pa.int64())))
 
 
 def _append(columns: dict[str, list[Any]], row_id: str, status: str, error: Any, code: Any) -> None:
