@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from .discovery import InputFile, InputSet
 from .rows import (
     CHUNK_COUNT_COLUMN,
+    CHUNK_INDEX_COLUMN,
     CODE_UNREADABLE_FILE,
     DOC_ID_COLUMN,
     FRAGMENT_COLUMN,
@@ -122,6 +123,13 @@ def provenance(table: pa.Table) -> bytes | None:
     record: dict[str, Any] = {"counts": dict(counts), "totals": totals}
     if DOC_ID_COLUMN in table.column_names:
         record["documents"] = _whole_documents(table, keys)
+        # Chunk rows per fragment (the rest are whole-document error rows), for the manifest.
+        chunk_rows = Counter(
+            UNTRACKED if key is None else key
+            for key, index in zip(keys, table.column(CHUNK_INDEX_COLUMN).to_pylist(), strict=True)
+            if index is not None
+        )
+        record["chunks"] = dict(chunk_rows)
     return json.dumps(record, sort_keys=True).encode()
 
 
@@ -157,8 +165,9 @@ def parse_provenance(metadata: dict[bytes, bytes] | None) -> dict[str, dict[str,
             "counts": {str(k): int(v) for k, v in record["counts"].items()},
             "totals": {str(k): int(v) for k, v in record["totals"].items()},
         }
-        if "documents" in record:  # chunked rows: totals count documents, not rows
-            parsed["documents"] = {str(k): int(v) for k, v in record["documents"].items()}
+        for name in ("documents", "chunks"):  # chunked rows: totals count documents, not rows
+            if name in record:
+                parsed[name] = {str(k): int(v) for k, v in record[name].items()}
         return parsed
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # an unreadable record counts as none: the file's ids are read instead

@@ -340,6 +340,7 @@ def run_embedding_job(
             before.done_fragments,
             sum(before.done_fragments.get(key, 0) for key in keys if key is not None),
             before.done_documents,
+            before.done_chunks,
         )
         phases["resume_scan"] = time.monotonic() - mark
         logger.warning(
@@ -360,8 +361,7 @@ def run_embedding_job(
         ray.kill(ledger)
     tally.skipped += resume.skipped_rows  # rows of the fragments that got no read task
     tally.documents += resume.skipped_documents
-    if config.chunking is not None:
-        tally.chunks += resume.skipped_rows  # every row of a chunked fragment in OUTPUT is a chunk
+    tally.chunks += resume.skipped_chunks
     forward = timings.pop("forward", None)
     phases.update(timings)
     phases["pipeline"] = execute_seconds
@@ -395,6 +395,7 @@ class _ReadFilter:
     done_fragments: dict[str, int] = dataclasses.field(default_factory=dict)  # no read task
     skipped_rows: int = 0  # rows of those fragments
     skipped_documents: int = 0  # their documents (rows, unless chunked)
+    skipped_chunks: int = 0  # their chunk rows (chunked jobs)
 
 
 def _execute(

@@ -152,6 +152,7 @@ class ResumeScan:
 
     done_fragments: dict[str, int] = field(default_factory=dict)  # {fragment key: rows}
     done_documents: int = 0  # documents of those fragments (their rows, unless chunked)
+    done_chunks: int = 0  # chunk rows of those fragments (chunked jobs)
     rows_embedded: int = 0
     rows_failed: int = 0
     files: int = 0
@@ -188,11 +189,14 @@ def scan_for_resume(output: Location, wanted: Sequence[str]) -> tuple[np.ndarray
     done = done_fragments((record for _, record in records), set(wanted))
     footers = time.perf_counter()
     totals: dict[str, int] = {}
+    chunks: Counter[str] = Counter()
     for _, record in records:
         totals.update(record["totals"] if record else {})
+        chunks.update((record or {}).get("chunks", {}))
     scan = ResumeScan(
         done_fragments=done,
         done_documents=sum(totals[key] for key in done),
+        done_chunks=sum(chunks[key] for key in done),
         files=len(paths),
     )
     scan.rows_embedded = sum(rows for rows, _ in records[: len(vectors)])

@@ -141,17 +141,19 @@ def test_core_flags_truncated_inputs_only(tiny_text_embedder):
 
 def _chunk_rows(docs: list[tuple[str, int, int]], fragment: str = "k") -> pa.Table:
     """(doc_id, chunks written, chunks the document has) -> rows as the sink sees them."""
-    ids, doc_ids, counts = [], [], []
+    ids, doc_ids, counts, indices = [], [], [], []
     for doc, written, total in docs:
         for index in range(written):
             ids.append(f"{doc}#{index}")
             doc_ids.append(doc)
             counts.append(total)
+            indices.append(index)
     count = len(ids)
     return pa.table(
         {
             "id": ids,
             "doc_id": doc_ids,
+            "chunk_index": pa.array(indices, pa.int32()),
             "chunk_count": pa.array(counts, pa.int32()),
             "fragment": [fragment] * count,
             "fragment_rows": pa.array([None] * (count - 1) + [3], pa.int64()),
@@ -163,7 +165,7 @@ def test_files_never_cut_a_document_and_records_count_whole_documents():
     rows = _chunk_rows([("a", 3, 3), ("b", 4, 4), ("c", 1, 1)])
     assert _pieces(rows, 2) == [(0, 3), (3, 4), (7, 1)]  # each file ends at a document's end
     record = parse_provenance({b"qwen3_embed.fragments": provenance(rows)})
-    assert record["documents"] == {"k": 3} and record["counts"] == {"k": 8}
+    assert record["documents"] == {"k": 3} and record["counts"] == record["chunks"] == {"k": 8}
     # Done: 3 documents of 3, and the rows the rerun skips are the 8 chunk rows.
     assert done_fragments([record], {"k"}) == {"k": 8}
     half = parse_provenance(

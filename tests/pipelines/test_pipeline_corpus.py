@@ -179,6 +179,8 @@ def test_rerun_after_a_half_written_document_writes_each_chunk_once(
     assert len(ids) == len(set(ids)) and sorted(ids) == sorted(whole.column("id").to_pylist())
     assert again.consistent and again.rows_embedded == whole.num_rows
     assert again.manifest["this_run"]["rows_skipped"] > 0
+    assert again.manifest["documents_in"] == len(corpus[1])
+    assert again.manifest["chunks"] == whole.num_rows  # every chunk row, skipped ones included
     reference = dict(
         zip(whole.column("id").to_pylist(), whole.column("embedding").to_pylist(), strict=True)
     )
