@@ -158,3 +158,31 @@ def test_quick_rerank_benchmark_checks_parity_with_cross_encoder():
     result = rerank_vs_st.run(torch.device("cpu"), quick=True)
     assert result["peer"] == "sentence-transformers CrossEncoder"
     assert result["max_abs_diff_vs_peer"] <= 1e-4 and result["tokens"] > 0
+
+
+def test_chunking_benchmark_corpus_has_the_issues_shape(tiny_text_model_dir):
+    """The chunking benchmark's corpus (its own code, no Ray): log-normal lengths around the
+    median, the two longest over 32k tokens; both of its jobs embed the same chunks (the run
+    asserts equal tokens and rows before comparing speed)."""
+    import numpy as np
+
+    from benchmarks.chunking import long_documents
+    from qwen3_embed import Preparer
+
+    tokenizer = Preparer.from_pretrained(tiny_text_model_dir).impl.tokenizer
+    texts = long_documents(tokenizer, 16, 3000)
+    lengths = sorted(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+    assert lengths[-2] > 32_000 and 1500 < np.median(lengths) < 6000
+    assert all("\n\n" in text and ". " in text for text in texts if len(text) > 2000)
+
+
+@pytest.mark.slow
+def test_quick_chunking_benchmark_runs(tmp_path):
+    # Its own process: the benchmark starts a private Ray cluster.
+    command = [sys.executable, "-m", "benchmarks.run", "--quick", "--device", "cpu"]
+    command += ["--only", "chunking", "--name", "chunking", "--out-dir", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    measured = json.loads((tmp_path / "chunking.json").read_text())["results"]["chunking"]
+    assert measured["chunked"]["tokens"] == measured["presplit"]["tokens"] > 0
+    assert measured["chunks"] > measured["documents"]  # the documents were split
