@@ -74,9 +74,8 @@ class WriteTally:
     error_codes: dict[str, int] = field(default_factory=dict)
     truncated: int = 0  # rows embedded cut at max_length
     reused: int = 0  # rows whose vector is an identical input's of the same replica call
-    documents: int = (
-        0  # input documents (rows without chunking; chunk 0 or a whole-document row with)
-    )
+    # Input documents: rows without chunking; with it, chunk 0s and whole-document rows.
+    documents: int = 0
     chunks: int = 0  # chunk rows (chunking only), skipped ones included
 
     def add(self, other: dict[str, Any]) -> None:
