@@ -32,7 +32,7 @@ def worker(tiny_text_model_dir, tiny_text_embedder):
         None,
         ("embedding", "num_tokens", "status", "error", "code"),
         ".",
-        CHUNK_PLACE_COLUMNS,
+        chunk_columns=CHUNK_PLACE_COLUMNS,
     )
     replica = UserEmbedWorker.__new__(UserEmbedWorker)
     replica.embedder, replica.dim, replica.columns = tiny_text_embedder, 64, columns
