@@ -206,11 +206,21 @@ class RowSource:
                 buffer.add_error(row_id, reason, CODE_INVALID_ROW, kept)
                 return
             row_id = str(record_id)
+            problem = _not_utf8(row_id)
+            if problem is not None:  # Arrow cannot hold it: the row keeps its derived id
+                reason = f"id column {self.spec.id_column!r} {problem}"
+                buffer.add_error(self.derived_id(row), reason, CODE_INVALID_INPUT)
+                return
         if text is not None and not isinstance(text, str):
             reason = (
                 f"column {self.spec.text_column!r} must hold strings, got {type(text).__name__}"
             )
             buffer.add_error(row_id, reason, CODE_INVALID_INPUT, kept)
+            return
+        if text is not None and (problem := _not_utf8(text)) is not None:
+            buffer.add_error(
+                row_id, f"column {self.spec.text_column!r} {problem}", CODE_INVALID_INPUT
+            )
             return
         image_bytes, image_ref, images = None, None, None
         if self.spec.image_column is not None and image is not None:
@@ -285,6 +295,9 @@ class RowSource:
         if isinstance(value, (bytes, bytearray)):
             return bytes(value), None, None
         if isinstance(value, str):
+            problem = _not_utf8(value)
+            if problem is not None:
+                return None, None, f"column {column or self.spec.image_column!r} {problem}"
             return None, self.resolve_reference(value), None
         return (
             None,
@@ -318,6 +331,20 @@ def _number(value: Any, column: str, kind: type) -> tuple[Any, str | None]:
             return None, f"column {column!r} must hold whole numbers, got {value!r}"
         return int(value), None
     return float(value), None
+
+
+def _not_utf8(value: str) -> str | None:
+    """Why `value` cannot be stored (None when it can). JSON's `\\ud800` escapes and Python
+    strings may hold lone surrogates, which Arrow (UTF-8) refuses for the whole block; such a
+    value fails its own row instead. The reason names the position, never the character."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (
+            f"holds a lone surrogate U+{ord(value[error.start]):04X} at character {error.start}, "
+            "which is not valid Unicode text (it cannot be encoded as UTF-8)"
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------- formats

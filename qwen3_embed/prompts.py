@@ -19,6 +19,21 @@ def format_text_query(text: str, instruction: str | None) -> str:
     return QUERY_TEMPLATE.format(instruction=instruction, text=text)
 
 
+def check_encodable(text: str, what: str) -> str:
+    """Refuse a string that is not valid Unicode text: a lone surrogate (`"\\ud800"`, which JSON
+    and Python accept) cannot be encoded as UTF-8, so no tokenizer, Arrow column or JSON answer
+    can carry it. The reason names its position, never the character itself."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code_point = ord(text[error.start])
+        raise InputError(
+            f"{what} is not valid Unicode text: it holds a lone surrogate U+{code_point:04X} at "
+            f"character {error.start}, which cannot be encoded as UTF-8"
+        ) from None
+    return text
+
+
 def check_instruction(instruction: Any) -> str | None:
     if instruction is None:
         return None
@@ -26,7 +41,7 @@ def check_instruction(instruction: Any) -> str | None:
         raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
     if not instruction.strip():
         raise InputError("instruction must not be empty; pass None for documents")
-    return instruction
+    return check_encodable(instruction, "instruction")
 
 
 def resolve_prompt(
@@ -68,6 +83,8 @@ def resolve_prompt(
         prompt = prompts[default_prompt_name]
     if prompt is not None and not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+    if prompt:
+        check_encodable(prompt, "prompt")
     return prompt or None
 
 
@@ -78,7 +95,7 @@ def check_text(text: Any, what: str = "text") -> str:
         raise InputError(f"{what} must be a string, got {type(text).__name__}")
     if not text.strip():
         raise InputError(f"{what} is empty; every input must be a non-empty string")
-    return text
+    return check_encodable(text, what)
 
 
 def ends_with_punctuation(text: str) -> bool:

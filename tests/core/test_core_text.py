@@ -234,6 +234,8 @@ def test_empty_list_gives_empty_result(tiny_text_embedder):
         (None, "None"),
         (5, "must be a string"),
         ({"txt": "a"}, "unknown key"),
+        ("x \ud800 y", "lone surrogate U\\+D800 at character 2"),
+        ({"text": "ok", "instruction": "find \udfff"}, "instruction is not valid Unicode"),
     ],
 )
 def test_bad_items_name_their_index(tiny_text_embedder, bad, rule):
@@ -277,6 +279,18 @@ def test_dim_out_of_range_names_valid_range(tiny_text_embedder, dim):
 def test_bad_instruction(tiny_text_embedder):
     with pytest.raises(InputError, match="instruction"):
         tiny_text_embedder.embed(["a"], instruction="  ")
+
+
+def test_lone_surrogates_fail_alone(tiny_text_embedder):
+    """Text that cannot be encoded as UTF-8 is one item's InputError, never the tokenizer's
+    TypeError for the whole call; the other items are prepared."""
+    results = tiny_text_embedder.prepare_each(["good", "x \ud800 y", "also good"])
+    assert [type(r).__name__ for r in results] == ["PreparedInput", "InputError", "PreparedInput"]
+    assert results[1].index == 1 and results[1].code == "invalid_input"
+    assert "\ud800" not in str(results[1])  # the reason itself is valid text (an _errors row)
+    for bad in ({"instruction": "x \ud800"}, {"prompt": "\ud800: "}):
+        with pytest.raises(InputError, match="not valid Unicode"):
+            tiny_text_embedder.embed(["a"], **bad)
 
 
 # ------------------------------------------------------------------ a real model (MiniLM)

@@ -652,6 +652,15 @@ ERROR_CASES = {
     ),
     "empty image list": (lambda m: {"image": [], "text": "x"}, r"image is an empty list"),
     "empty text list": (lambda m: {"text": [], "image": m.photo}, r"text is an empty list"),
+    "lone surrogate in a text string": (lambda m: "x \ud800", r"text is not valid Unicode"),
+    "lone surrogate in a text list": (
+        lambda m: {"text": ["ok", "\udc00"], "image": m.photo},
+        r"text\[1\] is not valid Unicode text: it holds a lone surrogate U\+DC00 at character 0",
+    ),
+    "lone surrogate in the item's instruction": (
+        lambda m: {"text": "x", "instruction": "\ud83d find"},
+        r"instruction is not valid Unicode",
+    ),
     "empty text in a list": (lambda m: {"text": ["ok", " "]}, r"text\[1\] is empty"),
     "text list of wrong type": (lambda m: {"text": ["ok", 3]}, r"text\[1\] must be a string"),
     "bad second image names it": (

@@ -289,6 +289,11 @@ ERROR_CASES = [
     ({"model": "tiny", "input": "x", "instrucion": "typo"}, 400, "unknown_parameter"),
     (b'{"model": "tiny", "input": ', 400, "invalid_json"),
     (b'["x"]', 400, "invalid_type"),
+    # Lone surrogates (valid for Python's json, not UTF-8): a 400, never a 5xx from the tokenizer.
+    (b'{"model": "tiny", "input": "x \\ud800 y"}', 400, "invalid_json"),
+    (b'{"model": "tiny", "input": ["ok", "\\udc00"]}', 400, "invalid_json"),
+    (b'{"model": "tiny", "input": "ok", "instruction": "\\ud800"}', 400, "invalid_json"),
+    (b'{"model": "tiny", "input": "x \xed\xa0\x80"}', 400, "invalid_json"),
     # vLLM's fields: values that would ask for another prompt than the official one are refused.
     ({"model": "tiny", "input": "x", "truncate_prompt_tokens": 0}, 400, "invalid_value"),
     ({"model": "tiny", "input": "x", "truncate_prompt_tokens": 49}, 400, "invalid_value"),

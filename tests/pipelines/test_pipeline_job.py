@@ -253,6 +253,35 @@ def test_formats_bad_rows_and_resume(
     }
 
 
+def test_lone_surrogates_are_error_rows_and_the_job_finishes(
+    ray_cluster, tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    """The red-team's line `{"id":"b","text":"x \\ud800 y"}` (and the same escape in an id)
+    used to fail the whole job with UnicodeEncodeError and leave the manifest "running"."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jsonl").write_text(
+        '{"id": "a", "text": "a good line"}\n'
+        '{"id": "b", "text": "x \\ud800 y"}\n'
+        '{"id": "\\ud800", "text": "an id that is not text"}\n'
+    )
+    (root / "b.jsonl").write_text('{"id": "c", "text": "another good file"}\n')
+    output = tmp_path / "out"
+    result = run_embedding_job(
+        job(input=str(root), output=str(output), model=str(tiny_text_model_dir), id_column="id")
+    )
+    assert (result.rows_in, result.rows_embedded, result.rows_failed) == (4, 2, 2)
+    vectors, _, _ = read_output(str(output))
+    assert_matches_core(tiny_text_embedder, vectors, {"a": "a good line", "c": "another good file"})
+    errors = read_errors(str(output))
+    assert {row_id: code for row_id, (_, code) in errors.items()} == {
+        "b": "invalid_input",
+        "a.jsonl:2": "invalid_input",
+    }
+    assert "lone surrogate U+D800" in errors["b"][0]
+    assert json.loads((output / "_manifest.json").read_text())["status"] == "complete"
+
+
 def test_rerun_drops_done_files_without_reading_them(
     ray_cluster, tiny_text_model_dir, tiny_text_embedder, tmp_path
 ):

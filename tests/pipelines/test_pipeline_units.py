@@ -231,6 +231,34 @@ def test_jsonl_every_line_lands_somewhere(tmp_path):
         read(array)
 
 
+def test_lone_surrogates_fail_their_own_row(tmp_path):
+    """`\\ud800` is valid JSON, but no UTF-8 (Arrow) column can hold it: such a text, id or
+    image reference is an invalid_input row, and the rows around it are read (the block with
+    them used to raise UnicodeEncodeError and fail the job)."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"id": "a", "text": "good"}\n'
+        '{"id": "b", "text": "x \\ud800 y"}\n'
+        '{"id": "c\\udfff", "text": "good id-less"}\n'
+        '{"id": "d", "text": "pic", "image": "p\\ud800.png"}\n'
+        '{"id": "e", "text": "also good"}\n'
+    )
+    got = read(path, ReadSpec("id", "text", "image", block_rows=2))
+    assert [(r["id"], r["status"], r["code"]) for r in got] == [
+        ("a", "ok", None),
+        ("b", "error", "invalid_input"),
+        ("d.jsonl:2", "error", "invalid_input"),
+        ("d", "error", "invalid_input"),
+        ("e", "ok", None),
+    ]
+    assert got[1]["error"] == (
+        "column 'text' holds a lone surrogate U+D800 at character 2, which is not valid "
+        "Unicode text (it cannot be encoded as UTF-8)"
+    )
+    assert got[2]["error"].startswith("id column 'id' holds a lone surrogate U+DFFF")
+    assert got[3]["error"].startswith("column 'image' holds a lone surrogate U+D800")
+
+
 def test_csv_records_and_layout_errors(tmp_path):
     path = tmp_path / "d.tsv"
     path.write_text('id\ttext\n1\thello\n2\t"multi\nline"\n3\ttoo\tmany\n\n4\t\n')
