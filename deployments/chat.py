@@ -34,9 +34,10 @@ def _refuse(param: str, message: str, code: str = "invalid_value") -> ApiError:
 
 @dataclass(frozen=True)
 class ChatItem:
-    """The core item a conversation becomes, and where each of its parts came from."""
+    """The core item a conversation becomes, and where each of its parts came from. /tokenize's
+    `prompt` form is one too (its item is the prompt string, whose errors name `prompt`)."""
 
-    item: dict[str, Any]
+    item: dict[str, Any] | str
     # item parameter ("input[0].image[1]") -> request parameter ("messages[1].content[2]...")
     params: dict[str, str] = field(default_factory=dict)
 
@@ -57,7 +58,9 @@ class ChatItem:
         message = error.message
         if old and new and old.startswith("input[0]") and old in message:
             message = message.replace(old, new, 1)
-        elif message.startswith("input[0]"):  # the core's own errors name the item
+        elif message.startswith("input[0]: ") and new:  # the core's own errors name the item
+            message = f"{new}: {message[len('input[0]: ') :]}"
+        elif message.startswith("input[0]"):
             message = "messages" + message[len("input[0]") :]
         return ApiError(error.status, message, code=error.code, param=new, headers=error.headers)
 
@@ -150,6 +153,7 @@ def _user_item(index: int, content: Any, params: dict[str, str]) -> dict[str, An
         params["input[0].text"] = texts[0][1]
     elif texts:
         item["text"] = [text for text, _ in texts]
+        params["input[0].text"] = where  # all of them (a text model takes one text per item)
         params.update({f"input[0].text[{i}]": at for i, (_, at) in enumerate(texts)})
     for key, sources in media.items():
         if sources:
@@ -233,12 +237,20 @@ def request_chat_form(request: Any, raw: Any, input_name: str = "input") -> Chat
         request.add_generation_prompt,
         request.continue_final_message,
     )
+    if chat is None and input_name != "input":
+        # /tokenize's `prompt`: its one item, whose errors (the core's `input[0]`) name `prompt`.
+        return ChatItem(raw, {"input[0]": input_name, "input": input_name})
     return chat
 
 
 def check_instructions(chat: ChatItem | None, instruction: str | None) -> None:
     """A system message and the `instruction` field are the same thing: one of them only."""
-    if chat is not None and instruction is not None and "instruction" in chat.item:
+    if (
+        chat is not None
+        and instruction is not None
+        and isinstance(chat.item, dict)
+        and "instruction" in chat.item
+    ):
         raise _refuse(
             "instruction",
             "the conversation has a system message, which is its instruction; send one of them",

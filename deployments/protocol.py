@@ -58,12 +58,22 @@ class EmbedFailure:
     retry_after_s: float | None = None  # set for 429 (the model's queue is full)
 
     @classmethod
-    def from_error(cls, error: Any, param: str | None = "input") -> EmbedFailure:
-        """A core error -> the API's answer for its code (`qwen3_embed.errors.API_ANSWERS`)."""
+    def from_error(cls, error: Any, param: str | None = None) -> EmbedFailure:
+        """A core error -> the API's answer for its code (`qwen3_embed.errors.API_ANSWERS`);
+        `param` (default: `error_param`) names the request field at fault."""
         from qwen3_embed.errors import api_answer  # torch-free
 
         answer = api_answer(error)
-        return cls(answer.status, str(error), answer.code, param)
+        return cls(answer.status, str(error), answer.code, param or error_param(error))
+
+
+def error_param(error: Any) -> str:
+    """The request field a core InputError is about: `input[2]`, `input[2].instruction`,
+    `input[0].text[1]`, or a call-level field (`instruction`); `input` when it says nothing."""
+    index, field = getattr(error, "index", None), getattr(error, "field", None)
+    if index is None:
+        return field or "input"
+    return f"input[{index}]" + (f".{field}" if field else "")
 
 
 @dataclass(frozen=True)

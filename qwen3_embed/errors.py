@@ -31,17 +31,25 @@ class InputError(Qwen3EmbedError, ValueError):
     """One input item breaks a rule. `index` is its position in the call (None when unknown)."""
 
     def __init__(
-        self, reason: str, index: int | None = None, code: InputErrorCode = "invalid_input"
+        self,
+        reason: str,
+        index: int | None = None,
+        code: InputErrorCode = "invalid_input",
+        field: str | None = None,
     ):
         self.reason = reason
         self.index = index
         self.code = code
+        # The part at fault: of the item when `index` is set ("instruction", "text[1]"), else
+        # of the call ("instruction", "prompt"); None = the item (or the inputs) as a whole.
+        # The API names it in its error's `param` (`input[2].instruction`, `instruction`).
+        self.field = field
         where = f"input[{index}]: " if index is not None else ""
         super().__init__(f"{where}{reason}")
 
     def at(self, index: int) -> InputError:
         """The same error, located at `index`."""
-        return InputError(self.reason, index, self.code)
+        return InputError(self.reason, index, self.code, self.field)
 
 
 class InputTooLongError(InputError):

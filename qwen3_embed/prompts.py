@@ -19,7 +19,7 @@ def format_text_query(text: str, instruction: str | None) -> str:
     return QUERY_TEMPLATE.format(instruction=instruction, text=text)
 
 
-def check_encodable(text: str, what: str) -> str:
+def check_encodable(text: str, what: str, field: str | None = None) -> str:
     """Refuse a string that is not valid Unicode text: a lone surrogate (`"\\ud800"`, which JSON
     and Python accept) cannot be encoded as UTF-8, so no tokenizer, Arrow column or JSON answer
     can carry it. The reason names its position, never the character itself."""
@@ -29,7 +29,8 @@ def check_encodable(text: str, what: str) -> str:
         code_point = ord(text[error.start])
         raise InputError(
             f"{what} is not valid Unicode text: it holds a lone surrogate U+{code_point:04X} at "
-            f"character {error.start}, which cannot be encoded as UTF-8"
+            f"character {error.start}, which cannot be encoded as UTF-8",
+            field=field,
         ) from None
     return text
 
@@ -38,10 +39,14 @@ def check_instruction(instruction: Any) -> str | None:
     if instruction is None:
         return None
     if not isinstance(instruction, str):
-        raise InputError(f"instruction must be a string, got {type(instruction).__name__}")
+        raise InputError(
+            f"instruction must be a string, got {type(instruction).__name__}", field="instruction"
+        )
     if not instruction.strip():
-        raise InputError("instruction must not be empty; pass None for documents")
-    return check_encodable(instruction, "instruction")
+        raise InputError(
+            "instruction must not be empty; pass None for documents", field="instruction"
+        )
+    return check_encodable(instruction, "instruction", "instruction")
 
 
 def resolve_prompt(
@@ -76,26 +81,28 @@ def resolve_prompt(
         if prompt_name not in prompts:
             valid = ", ".join(repr(name) for name in prompts) or "none"
             raise InputError(
-                f"prompt_name={prompt_name!r} is not a prompt of this model; valid names are: {valid}"
+                f"prompt_name={prompt_name!r} is not a prompt of this model; valid names are: {valid}",
+                field="prompt_name",
             )
         prompt = prompts[prompt_name]
     elif prompt is None and default_prompt_name is not None:
         prompt = prompts[default_prompt_name]
     if prompt is not None and not isinstance(prompt, str):
-        raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+        raise InputError(f"prompt must be a string, got {type(prompt).__name__}", field="prompt")
     if prompt:
-        check_encodable(prompt, "prompt")
+        check_encodable(prompt, "prompt", "prompt")
     return prompt or None
 
 
-def check_text(text: Any, what: str = "text") -> str:
+def check_text(text: Any, what: str = "text", field: str | None = None) -> str:
+    """`field`: where the text sits in its item (`text`, `text[1]`); None for a bare string item."""
     if text is None:
-        raise InputError(f"{what} is None; every input must be a non-empty string")
+        raise InputError(f"{what} is None; every input must be a non-empty string", field=field)
     if not isinstance(text, str):
-        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+        raise InputError(f"{what} must be a string, got {type(text).__name__}", field=field)
     if not text.strip():
-        raise InputError(f"{what} is empty; every input must be a non-empty string")
-    return check_encodable(text, what)
+        raise InputError(f"{what} is empty; every input must be a non-empty string", field=field)
+    return check_encodable(text, what, field)
 
 
 def ends_with_punctuation(text: str) -> bool:

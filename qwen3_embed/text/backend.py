@@ -33,7 +33,17 @@ def split_text_item(item: Any, instruction: str | None) -> tuple[str, str | None
             )
         if item.get("instruction") is not None:
             instruction = check_instruction(item["instruction"])
-        return check_text(item.get("text")), instruction
+        text = item.get("text")
+        if isinstance(text, (list, tuple)):
+            # The VL item form (several texts in one item, e.g. several text parts of one chat
+            # message) has no meaning for a text model: say what is allowed.
+            raise InputError(
+                f"text is a list of {len(text)} texts; a text model embeds one text per item "
+                "(one string, or one text part per message): join them into one string, send "
+                "them as separate inputs for separate vectors, or use a VL model",
+                field="text",
+            )
+        return check_text(text, field="text"), instruction
     return check_text(item), instruction
 
 

@@ -138,7 +138,8 @@ def parse_item(item: Any, instruction: str | None) -> VLItem:
         )
     texts = _as_list(item.get("text"), "text")
     for position, text in enumerate(texts):
-        check_text(text, "text" if len(texts) == 1 else f"text[{position}]")
+        where = "text" if len(texts) == 1 else f"text[{position}]"
+        check_text(text, where, field=where)
     images = _as_list(item.get("image"), "image")
     videos = [] if item.get("video") is None else split_videos(item["video"])
     for position, video in enumerate(videos):

@@ -559,8 +559,8 @@ def test_chat_form_is_the_official_prompt(openai_client, tiny_text_embedder):
                 "messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}],
             },
         )
-    assert info.value.body["param"] == "messages", info.value.body
-    assert info.value.body["message"].startswith("messages"), info.value.body
+    assert info.value.body["param"] == "messages[0].content[0]", info.value.body
+    assert info.value.body["message"].startswith("messages[0].content[0]: "), info.value.body
 
 
 def test_truncate_prompt_tokens_keeps_the_first_n_tokens(
@@ -686,6 +686,48 @@ def test_tokenize_counts_what_embeddings_embed(http, served, tiny_text_embedder)
     assert_openai_error(
         httpx.post(f"{served}/tokenize", json={"prompt": "x"}, timeout=30), 401, "invalid_api_key"
     )
+
+
+PARAM_CASES = [
+    # (route, body, the error's param, words of its message)
+    ("/v1/embeddings", {"input": ["ok", " "]}, "input[1]", "input[1]: text is empty"),
+    ("/v1/embeddings", {"input": "ok", "instruction": " "}, "instruction", "instruction must"),
+    (
+        "/v1/embeddings",
+        {"input": ["ok", {"text": "x", "instruction": " "}]},
+        "input[1].instruction",
+        "instruction must not be empty",
+    ),
+    ("/v1/embeddings", {"input": [{"text": ""}]}, "input[0].text", "text is empty"),
+    ("/tokenize", {"prompt": " "}, "prompt", "prompt: text is empty"),
+    ("/tokenize", {"prompt": "x", "instruction": " "}, "instruction", "instruction must"),
+    (
+        "/v1/embeddings",
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}]},
+        "messages[0].content[0]",
+        "messages[0].content[0]: text is empty",
+    ),
+    (  # two text parts for a text model: what is allowed, not "must be a string, got list"
+        "/v1/embeddings",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                }
+            ]
+        },
+        "messages[0].content",
+        "a text model embeds one text per item (one string, or one text part per message)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "param", "words"), PARAM_CASES)
+def test_error_param_names_the_field_at_fault(http, route, body, param, words):
+    error = assert_openai_error(http.post(route, json={"model": "tiny", **body}), 400)
+    assert error["param"] == param, error
+    assert words in error["message"], error
 
 
 def test_readme_generic_client_blocks_run_as_written(served, tiny_text_embedder):
