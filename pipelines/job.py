@@ -48,6 +48,7 @@ from .ledger import start_ledger
 from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest
 from .map_stages import MapStage, StageResources, apply_stages, embed_stage, prepare_stage
 from .noop import previous_id_column, read_settings
+from .owner import Heartbeat, OutputBusyError, live_writer, writer_record
 from .readers import DEFAULT_ID_COLUMN, ReadSpec, has_column
 from .resume import (
     check_output,
@@ -55,6 +56,7 @@ from .resume import (
     nothing_to_do,
     output_fingerprint,
     part_files,
+    read_manifest,
     scan_for_resume,
     scan_output,
 )
@@ -158,8 +160,13 @@ def plan_job(config: JobConfig) -> JobPlan:
             )
     plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize, kept=kept)
     previous = check_output(output, plan.identity)
+    busy = live_writer(previous)
+    if busy is not None:
+        raise OutputBusyError(f"OUTPUT {output.uri()} is in use: {busy}; wait for it or stop it")
     id_column, id_source = _choose_ids(config, inputs, previous)
     precision, source = _choose_precision(config, dim, output, previous)
+    _check_columns(inputs, id_column, config.text_column if info.family == "text" else None)
+    _check_writable(output)  # last: nothing after it refuses, so no probe folder is left behind
     return dataclasses.replace(
         plan,
         previous=previous,
@@ -209,6 +216,44 @@ def _choose_precision(
     if kept is not None:
         return PrecisionSpec.of(config.precision, kept), "kept from OUTPUT's manifest"
     return PrecisionSpec.of(config.precision), None
+
+
+# Table files whose columns are checked before the job starts (a footer or a first line each);
+# a later file without them still fails the job, from its read task.
+COLUMN_CHECK_FILES = 16
+
+
+def _check_columns(inputs: InputSet, id_column: str | None, text_column: str | None) -> None:
+    """The id column (and a text model's text column) exist in the first table files."""
+    wanted = [name for name in (id_column, text_column) if name is not None]
+    tables = [file for file in inputs.files if file.format in ("parquet", "jsonl", "csv")]
+    for file in tables[:COLUMN_CHECK_FILES]:
+        for name in wanted:
+            if has_column(file, inputs.fs, name) is False:
+                what = "id" if name == id_column else "text"
+                flag = "--id-column NAME or --derived-ids" if what == "id" else "--text-column NAME"
+                raise ValueError(
+                    f"{file.relpath} has no {what} column {name!r}; name the right one with {flag}"
+                )
+
+
+def _check_writable(output: Location) -> None:
+    """Write and delete a probe file under OUTPUT, so a read-only or unreachable OUTPUT is
+    refused before a cluster starts, not after the first batch."""
+    probe_dir = output.child(TMP_DIR)
+    local = output.fs.type_name not in ATOMIC_PUT_FILESYSTEMS
+    created = local and output.fs.get_file_info(probe_dir.path).type == pafs.FileType.NotFound
+    probe = probe_dir.child(f".write-check-{uuid.uuid4().hex}")
+    try:
+        if local:
+            output.fs.create_dir(probe_dir.path, recursive=True)
+        with output.fs.open_output_stream(probe.path) as stream:
+            stream.write(b"")
+        output.fs.delete_file(probe.path)
+        if created:
+            output.fs.delete_dir(probe_dir.path)
+    except OSError as error:
+        raise ValueError(f"OUTPUT {output.uri()} is not writable: {error}") from None
 
 
 def _choose_ids(
@@ -317,8 +362,66 @@ def run_embedding_job(
     }
     if plan.calibration_source is not None:
         base["calibration"] = {"source": plan.calibration_source, "rows": calibration_rows}
-    # Claims OUTPUT for this run (see sink.StaleWriterError) before anything is written.
+    # Claims OUTPUT for this run (see sink.StaleWriterError) before anything is written; the
+    # writer record and its heartbeat tell a second job that this run is alive (see `owner`).
+    base["writer"] = writer_record()
     write_manifest(output, base)
+    heartbeat = Heartbeat(lambda: _beat(output, base))
+    try:
+        return _run_claimed(plan, base, phases, started, run_id, gpus, heartbeat)
+    except BaseException as error:
+        heartbeat.stop()
+        _record_failure(output, base, error, started)
+        raise
+    finally:
+        heartbeat.stop()
+
+
+def _beat(output: Location, base: dict[str, Any]) -> None:
+    """Refresh the writer's heartbeat, while this run still owns OUTPUT."""
+    current = read_manifest(output)
+    if current is None or current.get("run_id") != base["run_id"]:
+        return
+    writer = {**base["writer"], "heartbeat_at": time.time()}
+    write_manifest(output, {**base, "writer": writer})
+
+
+def _record_failure(
+    output: Location, base: dict[str, Any], error: BaseException, started: float
+) -> None:
+    """A run that fails says so in `_manifest.json` ("failed", and why), never stays "running";
+    unless another run owns OUTPUT by now (its manifest is left alone)."""
+    try:
+        current = read_manifest(output)
+        if current is not None and (
+            current.get("run_id") != base["run_id"] or current.get("status") != "running"
+        ):
+            return  # another run's manifest, or this run's final one
+        reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+        failed = {
+            **base,
+            "status": "failed",
+            "error": f"{type(error).__name__}: {reason}"[:4000],
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": round(time.monotonic() - started, 3),
+        }
+        failed.pop("writer", None)
+        write_manifest(output, failed)
+    except Exception:  # noqa: BLE001 - the job's own error is the one to report
+        logger.warning("could not record the failure in %s", output.uri(), exc_info=True)
+
+
+def _run_claimed(
+    plan: JobPlan,
+    base: dict[str, Any],
+    phases: dict[str, float],
+    started: float,
+    run_id: str,
+    gpus: float,
+    heartbeat: Heartbeat,
+) -> JobResult:
+    """The run, once it owns OUTPUT: resume scan, pipeline, counts, final manifest."""
+    config, inputs, output = plan.config, plan.inputs, plan.output
 
     # Resume (see `fragments`): fragments OUTPUT holds whole get no read task; the ids of part
     # files holding rows of other fragments are checked row by row. Scans run as Ray tasks, so
@@ -381,6 +484,8 @@ def run_embedding_job(
         # How the replicas ran the model (the first to load: they share one config): device,
         # dtype, forward mode and attention kernel as `auto` resolved them there.
         manifest["forward"] = forward
+    manifest.pop("writer", None)
+    heartbeat.stop()  # before the final manifest, which no beat may overwrite
     write_manifest(output, manifest)
     _remove_temporary_folders(output)
     return JobResult.from_manifest(manifest)

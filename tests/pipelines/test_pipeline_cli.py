@@ -198,3 +198,48 @@ def test_killed_driver_then_rerun_gives_every_id_once(cluster_env, tiny_text_mod
     assert run["rows_skipped"] == written_before
     assert run["rows_embedded"] + run["rows_failed"] == 2001 - written_before
     assert (manifest["rows_embedded"], manifest["rows_failed"]) == (2000, 1)
+
+
+def test_refusals_need_no_cluster(tiny_text_model_dir, tmp_path):
+    """An id column missing from the input, an OUTPUT that cannot be written, and an OUTPUT a
+    live run is writing: exit code 2 and one line on stderr, before Ray starts. RAY_ADDRESS
+    points at a port nobody listens on, so a job that tried to join a cluster would fail
+    otherwise (and slowly)."""
+    from pipelines import JobConfig, plan_job
+    from pipelines.owner import writer_record
+
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "HF_HUB_OFFLINE": "1"}
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text(json.dumps({"doc": "a", "text": "some text"}) + "\n")
+    (tmp_path / "a-file").write_text("not a folder")
+    model = str(tiny_text_model_dir)
+
+    def refused(output: Path, *flags: str) -> str:
+        command = [str(BIN / "qwen3-embed"), "embed", str(corpus), str(output), "--model", model]
+        done = subprocess.run(
+            [*command, *flags], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2, (done.returncode, done.stderr[-3000:])
+        assert done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith("qwen3-embed embed: error: "), done.stderr
+        return done.stderr
+
+    assert "in.jsonl has no id column 'id_x'" in refused(tmp_path / "o1", "--id-column", "id_x")
+    assert "is not writable" in refused(tmp_path / "a-file" / "out")
+
+    # A live run's claim: this test's own process is the "driver" that still runs.
+    output = tmp_path / "busy"
+    output.mkdir()
+    plan = plan_job(JobConfig(input=str(corpus), output=str(output), model=model))
+    claim = {"status": "running", "run_id": "r1", "identity": plan.identity}
+    (output / "_manifest.json").write_text(json.dumps({**claim, "writer": writer_record()}))
+    with pytest.raises(ValueError) as busy:  # the CLI's path for any refusal (see above)
+        plan_job(JobConfig(input=str(corpus), output=str(output), model=model))
+    assert "is in use: run r1" in str(busy.value)
+    assert f"pid {os.getpid()} on this host" in str(busy.value)
+    # The same claim from a driver that is gone (a killed run) is taken over: no refusal.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    writer = {**writer_record(), "pid": gone.pid, "pid_started": None}
+    (output / "_manifest.json").write_text(json.dumps({**claim, "writer": writer}))
+    assert plan_job(JobConfig(input=str(corpus), output=str(output), model=model)).previous

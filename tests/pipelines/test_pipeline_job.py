@@ -282,6 +282,21 @@ def test_lone_surrogates_are_error_rows_and_the_job_finishes(
     assert json.loads((output / "_manifest.json").read_text())["status"] == "complete"
 
 
+def test_a_failed_run_says_so_in_the_manifest(ray_cluster, tiny_text_model_dir, tmp_path):
+    """A job that fails once it runs (here a read task meets a JSON array where JSON lines were
+    promised) leaves `_manifest.json` "failed" with the reason, never "running"."""
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.jsonl").write_text('{"text": "fine"}\n')
+    (root / "b.jsonl").write_text('[{"text": "an array"}]\n')
+    output = tmp_path / "out"
+    with pytest.raises(Exception, match="holds a JSON array"):
+        run_embedding_job(job(input=str(root), output=str(output), model=str(tiny_text_model_dir)))
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["status"] == "failed", manifest
+    assert "holds a JSON array" in manifest["error"] and "writer" not in manifest
+
+
 def test_rerun_drops_done_files_without_reading_them(
     ray_cluster, tiny_text_model_dir, tiny_text_embedder, tmp_path
 ):
