@@ -89,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "--address", "ray_address", metavar="ADDR")
     _flag(parser, "--num-cpus", "num_cpus", type=int, metavar="N")
     _flag(parser, "--progress", "progress", action=argparse.BooleanOptionalAction)
+    _flag(parser, "--ray-progress", "ray_progress", action="store_true")
+    _flag(parser, "--progress-interval", "progress_interval_s", type=float, metavar="S")
     parser.add_argument(
         "--json", action="store_true", help="print the manifest as JSON instead of the summary"
     )

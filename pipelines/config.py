@@ -166,7 +166,21 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
     num_cpus: int | None = Field(
         None, ge=1, strict=True, description="CPUs of a local cluster started by the job"
     )
-    progress: bool = Field(True, strict=True, description="show Ray Data's progress bars")
+    progress: bool = Field(
+        True,
+        strict=True,
+        description="show progress: Ray Data's bars on a terminal; otherwise (a file, CI, "
+        "`ray job submit`) the job's own line every progress_interval_s",
+    )
+    ray_progress: bool = Field(
+        False,
+        strict=True,
+        description="Ray Data's own progress output even when not on a terminal (its "
+        "multi-line block every 10 s) instead of the job's line",
+    )
+    progress_interval_s: float = Field(
+        30.0, gt=0, description="seconds between the job's progress lines (not on a terminal)"
+    )
 
     # ------------------------------------------------------------------ validation
     @field_validator("input", mode="before")

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, writ
 from .map_stages import MapStage, StageResources, apply_stages, embed_stage, prepare_stage
 from .noop import previous_id_column, read_settings
 from .owner import Heartbeat, OutputBusyError, live_writer, writer_record
+from .progress import ProgressReporter, estimate_rows
 from .readers import DEFAULT_ID_COLUMN, ReadSpec, has_column
 from .resume import (
     check_output,
@@ -509,9 +511,20 @@ def _execute(
     """Build and run the streaming pipeline; returns the sink's tally, the pipeline's seconds,
     and the replicas' start-up times (seconds from the pipeline's start)."""
     config, dim = plan.config, plan.dim
-    DataContext.get_current().enable_progress_bars = config.progress
-    if not config.progress:  # the user turned them off: Ray's "how to enable" is not news
+    # Ray Data's bars on a terminal (as Ray decides: by stdout); elsewhere the job's own line
+    # (see `progress`) unless --ray-progress asks for Ray's logged blocks.
+    ray_shows = config.progress and (config.ray_progress or sys.stdout.isatty())
+    DataContext.get_current().enable_progress_bars = ray_shows
+    if not ray_shows:  # off, or replaced by the job's line: Ray's "how to enable" is not news
         logging.getLogger("ray.data._internal.progress").addFilter(_PROGRESS_DISABLED_NOTICE)
+    reporter = None
+    if config.progress and not ray_shows:
+        total = estimate_rows(plan.inputs)
+        reporter = ProgressReporter(
+            lambda: ray.get(ledger.progress.remote(), timeout=10),
+            None if total is None else max(0, total - resume.skipped_rows),
+            config.progress_interval_s,
+        )
     spec = _read_spec(plan)
     dataset = read_datasource(
         CorpusDatasource(
@@ -545,7 +558,11 @@ def _execute(
         )
     )
     executing, executing_at = time.monotonic(), time.time()
-    dataset.write_datasink(sink)  # runs the whole streaming pipeline
+    try:
+        dataset.write_datasink(sink)  # runs the whole streaming pipeline
+    finally:
+        if reporter is not None:
+            reporter.stop()
     execute_seconds = time.monotonic() - executing
     reported = ray.get(ledger.timings.remote())
     timings = {

@@ -43,6 +43,15 @@ class Ledger:
         self.ready: list[float] = []
         self.first_batch: list[float] = []
         self.forward: dict[str, Any] | None = None  # the first replica's `Embedder.describe()`
+        self.rows: Counter[str] = Counter()  # rows through the embed stage, by status
+
+    def add_rows(self, counts: dict[str, int]) -> None:
+        self.rows.update(counts)
+
+    def progress(self) -> dict[str, int]:
+        """Rows through the embed stage so far, by status (a batch repeated after a replica
+        died counts again: the progress line's figures, not the job's counts)."""
+        return dict(self.rows)
 
     def begin(self, key: str) -> int:
         """Starts an attempt at `key`; returns how many earlier attempts never finished."""
@@ -129,8 +138,12 @@ class CrashGuard:
         """`call(table)`, unless the batch already went down with REPLICA_CRASHES_PER_BATCH
         replicas: then row by row, a row that did too becoming `failed_rows(row, reason, code)`.
         Batches without work (every row skipped or failed earlier) bypass the ledger."""
-        if self.ledger is None or not has_work(table):
+        if self.ledger is None:
             return call(table)
+        if not has_work(table):
+            out = call(table)
+            self._report_rows(out)
+            return out
         ids = table.column("id").to_pylist()
         key = "batch:" + _digest(ids)
         crashed = self._call("begin", key)
@@ -149,7 +162,13 @@ class CrashGuard:
             )
         self._call("finish", key, wait=False)
         self._first_batch_done()
+        self._report_rows(out)
         return out
+
+    def _report_rows(self, out: pa.Table) -> None:
+        """The batch's rows by status, for the driver's progress line (see `progress`)."""
+        counts = Counter(out.column("status").to_pylist())
+        self._call("add_rows", dict(counts), wait=False)
 
     def _row(self, row: pa.Table, call: Callable, failed_rows: Callable) -> pa.Table:
         key = "row:" + _digest(row.column("id").to_pylist())

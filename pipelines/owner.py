@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 HEARTBEAT_S = 15.0
 STALE_AFTER_S = 4 * HEARTBEAT_S
 
 
-class OutputBusyError(ValueError):
+class OutputBusyError(Qwen3EmbedError, ValueError):
     """Another live run is writing OUTPUT (a refusal before any cluster: exit code 2)."""
 
     code = "output_busy"

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
+    DecodeLimitError,
     DimensionError,
     InputError,
     InputTooLargeForDeviceError,
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH_TOKENS",
     "Chunk",
     "SEED_MODELS",
+    "DecodeLimitError",
     "DimensionError",
     "Embedder",
     "EmbeddingOutput",

@@ -73,6 +73,17 @@ class InputTooLargeForDeviceError(InputError):
         return InputTooLargeForDeviceError(self.reason, index)
 
 
+class DecodeLimitError(InputError):
+    """Decoding a video needs more work than one item may take (frames decoded, or seconds):
+    the API's 413 `decode_limit_exceeded`; a batch job's error row of the same code."""
+
+    def __init__(self, reason: str, index: int | None = None):
+        super().__init__(reason, index, code="decode_limit_exceeded")
+
+    def at(self, index: int) -> DecodeLimitError:
+        return DecodeLimitError(self.reason, index)
+
+
 class DimensionError(Qwen3EmbedError, ValueError):
     """A requested output dimension is outside the model's MRL range."""
 
@@ -106,6 +117,7 @@ API_ANSWERS: dict[str, ApiAnswer] = {
     "invalid_input": ApiAnswer(400, "invalid_input"),
     "input_too_long": ApiAnswer(400, "context_length_exceeded"),
     "input_too_large_for_device": ApiAnswer(413, "input_too_large_for_device"),
+    "decode_limit_exceeded": ApiAnswer(413, "decode_limit_exceeded"),
     "invalid_dimensions": ApiAnswer(400, "invalid_dimensions"),
 }
 

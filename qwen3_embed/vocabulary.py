@@ -26,5 +26,7 @@ ATTN_IMPLEMENTATIONS: tuple[AttnImplementation, ...] = get_args(AttnImplementati
 
 # What an input item can break (`InputError.code`): a batch job's `_errors` row code, and through
 # `errors.API_ANSWERS` the HTTP API's answer.
-InputErrorCode = Literal["invalid_input", "input_too_long", "input_too_large_for_device"]
+InputErrorCode = Literal[
+    "invalid_input", "input_too_long", "input_too_large_for_device", "decode_limit_exceeded"
+]
 INPUT_ERROR_CODES: tuple[InputErrorCode, ...] = get_args(InputErrorCode)

@@ -8,14 +8,22 @@ from pathlib import Path
 import numpy as np
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """(T, H, W, 3) uint8 -> an mp4 file."""
+def write_mp4(
+    path: Path,
+    frames: np.ndarray,
+    fps: int,
+    codec: str = "mpeg4",
+    options: dict[str, str] | None = None,
+) -> None:
+    """(T, H, W, 3) uint8 -> an mp4 file (`options`: the encoder's, e.g. {"g": "25"} for a
+    keyframe every 25 frames, {"bf": "2"} for B-frames)."""
     import av  # the [vl] extra; only its tests call this
 
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
+        stream.options = dict(options or {})
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode())

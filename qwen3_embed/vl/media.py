@@ -32,6 +32,11 @@ DEFAULT_TIMEOUT_S = 30.0
 # them (256 Mpx: 64 pages of 2000 x 2000, ~0.8 GB of RGB at most while the item is loaded).
 DEFAULT_MAX_MEDIA_PER_ITEM = 64
 DEFAULT_MAX_ITEM_PIXELS = 256 * 1024 * 1024
+# Per item: video frames decoded (sampled ones and those decoded to reach them) and seconds
+# spent reading its videos. Frames are sampled by seeking to the keyframe before each, so a
+# video costs about (sampled frames) x (its keyframe interval) decodes: 64 x 256 here.
+DEFAULT_MAX_DECODED_FRAMES = 16_384
+DEFAULT_MAX_DECODE_S = 60.0
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -51,14 +56,23 @@ class MediaOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S  # per http(s) fetch
     max_media_per_item: int = DEFAULT_MAX_MEDIA_PER_ITEM  # images + videos in one item
     max_item_pixels: int = DEFAULT_MAX_ITEM_PIXELS  # decoded pixels over one item's media
+    max_decoded_frames: int = DEFAULT_MAX_DECODED_FRAMES  # video frames decoded for one item
+    max_decode_s: float = DEFAULT_MAX_DECODE_S  # seconds reading one item's videos
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "max_media_per_item", "max_item_pixels"):
+        for name in (
+            "max_bytes",
+            "max_pixels",
+            "max_media_per_item",
+            "max_item_pixels",
+            "max_decoded_frames",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MediaOptions.{name} must be an integer >= 1, got {value!r}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"MediaOptions.timeout_s must be > 0, got {self.timeout_s!r}")
+        for name in ("timeout_s", "max_decode_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MediaOptions.{name} must be > 0, got {getattr(self, name)!r}")
 
 
 def describe(source: Any) -> str:

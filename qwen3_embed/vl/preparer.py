@@ -83,7 +83,13 @@ class VLPreparer(InputPreparer):
             conversation(parsed), add_generation_prompt=True, tokenize=False
         )
         self._check_no_reserved_tokens(prompt, parsed)
-        budget = ItemBudget(self.media_options.max_item_pixels, max_length - self.added_tokens)
+        options = self.media_options
+        budget = ItemBudget(
+            options.max_item_pixels,
+            max_length - self.added_tokens,
+            options.max_decoded_frames,
+            options.max_decode_s,
+        )
         media = self._load_media(parsed, budget)
         encoded = self._process(prompt, media, truncation=False, max_length=None)
         input_ids = encoded["input_ids"][0].tolist()

@@ -9,11 +9,18 @@
   `linspace(0, total - 1, n).round()`), and resized as
   `qwen_vl_utils.fetch_video` does (no `total_pixels` is given for files, so its default applies).
   qwen-vl-utils reads files with torchcodec or decord (its torchvision fallback no longer exists in
-  torchvision >= 0.24); here PyAV decodes them, streaming, so only the sampled frames are kept.
+  torchvision >= 0.24); here PyAV reads them. Frame `i` is the i-th frame in presentation order,
+  as those readers count: the packets' timestamps are read first (demuxing, no decoding), then
+  each sampled frame is reached by seeking to the keyframe at or before its timestamp and
+  decoding forward to it, so a long video costs about (sampled frames) x (keyframe interval)
+  decodes, not every frame up to the last sampled one. A file whose timestamps cannot be trusted
+  (missing, repeated) is decoded in order from its start instead. Either way each decoded frame
+  counts against the item's budget (`ItemBudget.add_decoded_frame`: frames and seconds).
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -163,20 +170,103 @@ def _frame_rate(stream: Any) -> float:
     raise InputError("the video's frame rate cannot be determined")
 
 
-def _count_frames(open_container: Callable[[], Any]) -> int:
-    """Frames counted from packets, for containers whose header does not say."""
+@dataclass(frozen=True)
+class _Timeline:
+    """A video stream's frames as its packets say, read without decoding."""
+
+    count: int  # packets that carry a frame (what a header-less container's frame count is)
+    pts: list[int] | None  # each frame's timestamp in presentation order; None: not trustworthy
+    keyframes: list[int]  # the keyframes' timestamps, sorted
+
+
+def _scan(open_container: Callable[[], Any], budget: ItemBudget) -> _Timeline:
+    """Demux the video stream (no decoding: about 100x cheaper per frame) for its frame count,
+    timestamps and keyframes."""
+    count, trusted = 0, True
+    pts: list[int] = []
+    keyframes: list[int] = []
     with open_container() as container:
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+        for packet in container.demux(stream):
+            if packet.size <= 0:
+                continue  # the demuxer's end-of-stream packet
+            count += 1
+            if count % 4096 == 0:
+                budget.check_decode_time()
+            if packet.pts is None or packet.is_discard:
+                trusted = False  # no timestamp to seek to / a frame the decoder drops
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
+    pts.sort()
+    keyframes.sort()
+    if not trusted or not keyframes or len(set(pts)) != len(pts):
+        return _Timeline(count, None, keyframes)
+    return _Timeline(count, pts, keyframes)
 
 
-def _decode_resized(
-    open_container: Callable[[], Any], indices: list[int], size: tuple[int, int]
-) -> tuple[dict[int, torch.Tensor], int]:
-    """Decode in presentation order, keeping the frames at `indices`, each resized to `size`."""
+def _resized(frame: Any, size: tuple[int, int]) -> torch.Tensor:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
+    # (H, W, 3) -> (1, C, H, W) uint8
+    pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
+    # Frame by frame to bound memory; the same bicubic antialiased resize that fetch_video
+    # applies to the stacked clip (per frame, so the result is identical).
+    return TF.resize(pixels, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)[0]
+
+
+def _decode_by_seeking(
+    open_container: Callable[[], Any],
+    indices: list[int],
+    size: tuple[int, int],
+    timeline: _Timeline,
+    budget: ItemBudget,
+) -> dict[int, torch.Tensor] | None:
+    """The frames at `indices`, each reached from the keyframe at or before it (frames that
+    follow a keyframe in presentation order never depend on frames before it, so they decode
+    exactly as in a decode from the start). Consecutive targets within one keyframe interval
+    are decoded in one pass. None when the decoder does not meet the timestamps the packets
+    promised (then the caller decodes in order)."""
+    assert timeline.pts is not None
+    kept: dict[int, torch.Tensor] = {}
+    with open_container() as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = None
+        position: int | None = None  # timestamp of the last decoded frame
+        for index in sorted(set(indices)):
+            target = timeline.pts[index]
+            at = bisect.bisect_right(timeline.keyframes, target) - 1
+            keyframe = timeline.keyframes[at] if at >= 0 else None
+            if frames is None and (keyframe is None or at == 0):
+                frames = container.decode(stream)  # from the start: nothing to skip
+            elif frames is None or (
+                keyframe is not None and position is not None and keyframe > position
+            ):
+                container.seek(keyframe, stream=stream, backward=True, any_frame=False)
+                frames = container.decode(stream)
+            for frame in frames:
+                budget.add_decoded_frame()
+                if frame.pts is None or frame.pts > target:
+                    return None  # no timestamps, or the seek landed past the target
+                position = frame.pts
+                if frame.pts == target:
+                    kept[index] = _resized(frame, size)
+                    break
+            else:
+                return None  # the stream ended before the target
+    return kept
+
+
+def _decode_in_order(
+    open_container: Callable[[], Any],
+    indices: list[int],
+    size: tuple[int, int],
+    budget: ItemBudget,
+) -> tuple[dict[int, torch.Tensor], int]:
+    """Decode in presentation order from the start, keeping the frames at `indices`."""
     wanted, last = set(indices), max(indices)
     kept: dict[int, torch.Tensor] = {}
     count = 0
@@ -184,17 +274,9 @@ def _decode_resized(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
+            budget.add_decoded_frame()
             if count in wanted:
-                # (H, W, 3) -> (1, C, H, W) uint8
-                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)[None]
-                # Frame by frame to bound memory; the same bicubic antialiased resize that
-                # fetch_video applies to the stacked clip (per frame, so the result is identical).
-                kept[count] = TF.resize(
-                    pixels,
-                    list(size),
-                    interpolation=InterpolationMode.BICUBIC,
-                    antialias=True,
-                )[0]
+                kept[count] = _resized(frame, size)
             count += 1
             if count > last:
                 break
@@ -216,15 +298,23 @@ def video_from_file(
             check_pixels(width, height, options, "a video frame")
             video_fps = _frame_rate(stream)
             total_frames = stream.frames
+        budget.start_decoding()
+        timeline = _scan(open_container, budget)
         if total_frames <= 0:
-            total_frames = _count_frames(open_container)
+            total_frames = timeline.count
+        elif timeline.pts is not None and total_frames > len(timeline.pts):
+            total_frames = len(timeline.pts)  # the header overstates: sample the real frames
         for _ in range(2):
             indices = _frame_indices(total_frames, video_fps, fps, max_frames)
             size = _target_size(len(indices), height, width)
             # Both limits are known before a frame is decoded: check them first.
             budget.check_pixels(len(set(indices)) * width * height)
             budget.check_tokens(video_tokens(len(indices), *size) + 2)
-            kept, decoded = _decode_resized(open_container, indices, size)
+            kept = None
+            if timeline.pts is not None:
+                kept = _decode_by_seeking(open_container, indices, size, timeline, budget)
+            if kept is None:
+                kept, decoded = _decode_in_order(open_container, indices, size, budget)
             if len(kept) == len(set(indices)):
                 break
             total_frames = decoded  # the header overstated the frame count: sample the real ones

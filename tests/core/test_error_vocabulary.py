@@ -11,6 +11,7 @@ import pytest
 
 from qwen3_embed.errors import (
     API_ANSWERS,
+    DecodeLimitError,
     DimensionError,
     InputError,
     InputTooLargeForDeviceError,
@@ -69,6 +70,7 @@ def test_errors_keep_their_standard_library_bases():
         (InputTooLongError("too long"), 400, "context_length_exceeded"),
         (InputTooLargeForDeviceError("out of memory alone"), 413, "input_too_large_for_device"),
         (DimensionError("dim 7 < 32"), 400, "invalid_dimensions"),
+        (DecodeLimitError("too many frames to decode"), 413, "decode_limit_exceeded"),
     ],
 )
 def test_the_api_answers_core_errors_from_the_table(error, status, code):

@@ -35,6 +35,7 @@ pytest.importorskip("qwen_vl_utils")
 av = pytest.importorskip("av")
 
 from qwen3_embed import (  # noqa: E402
+    DecodeLimitError,
     DimensionError,
     Embedder,
     InputError,
@@ -203,6 +204,13 @@ def media(tmp_path_factory) -> SimpleNamespace:
         ]
     ).astype(np.uint8)
     write_mp4(directory / "clip.mp4", clip, fps=4)
+    # 8 s at 25 fps with a keyframe every 25 frames and B-frames: its 8 sampled frames are
+    # reached by seeking (see video.py), and must be exactly the frames a decode from the start
+    # gives (the official readers count frames that way).
+    moving = np.stack([np.roll(clip[t % 12], 3 * t, axis=1) for t in range(200)])
+    write_mp4(
+        directory / "long.mp4", moving, fps=25, codec="libx264", options={"g": "25", "bf": "2"}
+    )
     return SimpleNamespace(
         dir=directory,
         photo=photo,
@@ -213,6 +221,7 @@ def media(tmp_path_factory) -> SimpleNamespace:
             Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)) for _ in range(5)
         ],
         clip_path=str(directory / "clip.mp4"),
+        long_clip_path=str(directory / "long.mp4"),
         # 70 tiny frames: more than the 64 a frame list keeps, so it is sampled down.
         many_frames=[
             Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)) for _ in range(70)
@@ -260,6 +269,7 @@ PARITY_CASES = {
     },
     "video (frame list)": lambda m: {"video": m.frames},
     "video (file)": lambda m: {"video": m.clip_path},
+    "long video file (sampled by seeking)": lambda m: {"video": m.long_clip_path},
     "video + image + text": lambda m: {"text": "all three", "image": m.photo, "video": m.clip_path},
     # Several media and texts in one item (the January 2026 official embedder).
     "2 images": lambda m: {"image": [m.photo, m.rgba]},
@@ -712,6 +722,44 @@ def test_bad_item_is_an_input_error_naming_its_index(tiny_vl_embedder, media, ca
     build, reason = ERROR_CASES[case]
     with pytest.raises(InputError, match=r"^input\[1\]: " + reason):
         tiny_vl_embedder.embed(["a good item", build(media), "another good one"])
+
+
+def test_long_videos_are_decoded_with_bounded_work(tiny_vl_embedder, media, monkeypatch):
+    """The red-team's clip: many static frames (cheap to store, so every size limit passes).
+    Sampling seeks to the keyframe before each sampled frame instead of decoding every frame up
+    to the last one; a video whose keyframes are too far apart for that is refused past the
+    item's decode budget (`decode_limit_exceeded`: a 413 on the API, an error row in a job)."""
+    from qwen3_embed.vl.video import load_video
+
+    static = np.full((6000, 32, 32, 3), 90, dtype=np.uint8)  # 4 minutes at 25 fps
+    seekable, one_keyframe = media.dir / "static-g25.mp4", media.dir / "static-1-keyframe.mp4"
+    write_mp4(seekable, static, fps=25, options={"g": "25"})
+    write_mp4(
+        one_keyframe, static, fps=25, codec="libx264", options={"g": "100000", "sc_threshold": "0"}
+    )
+
+    budget = ItemBudget(10**12, 10**9, max_decoded_frames=10**9)
+    video = load_video(str(seekable), MediaOptions(), budget)
+    indices = video.metadata["frames_indices"]
+    assert len(indices) == 64 and indices[-1] == 5999 and video.metadata["total_num_frames"] == 6000
+    # At most one keyframe interval per sampled frame, not the 6000 frames up to the last one.
+    assert 64 <= budget.decoded_frames <= 64 * 25, budget.decoded_frames
+
+    budget = ItemBudget(10**12, 10**9, max_decoded_frames=10**9)
+    load_video(str(one_keyframe), MediaOptions(), budget)
+    assert budget.decoded_frames == 6000  # nothing to seek to: every frame is decoded
+
+    impl = tiny_vl_embedder.preparer.impl
+    monkeypatch.setattr(impl, "media_options", MediaOptions(max_decoded_frames=2000))
+    results = tiny_vl_embedder.prepare_each(["fine", {"video": str(one_keyframe)}])
+    error = results[1]
+    assert isinstance(error, DecodeLimitError) and error.code == "decode_limit_exceeded"
+    assert str(error).startswith("input[1]: video: sampling the item's videos needs more than 2000")
+    assert not isinstance(results[0], InputError)
+    assert not isinstance(tiny_vl_embedder.prepare_each([{"video": str(seekable)}])[0], InputError)
+    monkeypatch.setattr(impl, "media_options", MediaOptions(max_decode_s=1e-9))
+    with pytest.raises(DecodeLimitError, match=r"video: reading the item's videos took more than"):
+        tiny_vl_embedder.prepare([{"video": str(seekable)}])
 
 
 def test_size_limits(tiny_vl_embedder, media, monkeypatch):

@@ -243,3 +243,41 @@ def test_refusals_need_no_cluster(tiny_text_model_dir, tmp_path):
     writer = {**writer_record(), "pid": gone.pid, "pid_started": None}
     (output / "_manifest.json").write_text(json.dumps({**claim, "writer": writer}))
     assert plan_job(JobConfig(input=str(corpus), output=str(output), model=model)).previous
+
+
+def test_progress_not_on_a_terminal_is_the_jobs_own_line(
+    cluster_env, tiny_text_model_dir, tmp_path
+):
+    """Output to a file (as in CI or under `ray job submit`): the job's progress lines (rows,
+    rows/s, ETA, errors), none of Ray Data's multi-line logged blocks."""
+    corpus = tmp_path / "c.jsonl"
+    lines = [json.dumps({"text": f"document {n} " + "word " * (n % 7)}) for n in range(1500)]
+    corpus.write_text("\n".join([*lines, json.dumps({"text": ""})]) + "\n")
+    log = tmp_path / "job.log"
+    command = [
+        str(BIN / "qwen3-embed"),
+        "embed",
+        str(corpus),
+        str(tmp_path / "out"),
+        "--model",
+        str(tiny_text_model_dir),
+        "--batch-rows",
+        "16",
+        "--progress-interval",
+        "0.2",
+    ]
+    with open(log, "w") as handle:
+        done = subprocess.run(
+            command, env=cluster_env, stdout=handle, stderr=subprocess.STDOUT, timeout=300
+        )
+    output = log.read_text()
+    assert done.returncode == 0, output[-3000:]
+    progress = re.findall(
+        r"^qwen3-embed embed: ([\d,]+) of ~1,501 rows \(\d+%\), [\d,]+ rows/s, "
+        r"(?:ETA \S+, )?(\d+) errors?$",
+        output,
+        re.MULTILINE,
+    )
+    assert progress, output[-3000:]
+    assert all(int(rows.replace(",", "")) <= 1501 for rows, _ in progress)
+    assert "Running Dataset" not in output and "Progress bars disabled" not in output
