@@ -240,15 +240,17 @@ def _check_columns(inputs: InputSet, id_column: str | None, text_column: str | N
 
 
 def _check_writable(output: Location) -> None:
-    """Write and delete a probe file under OUTPUT, so a read-only or unreachable OUTPUT is
-    refused before a cluster starts, not after the first batch."""
+    """Write and delete a probe file under OUTPUT, so a read-only OUTPUT is refused before a
+    cluster starts, not after the first batch. Filesystems with folders only: on an object
+    store, deleting the probe would leave a folder marker behind in OUTPUT (pyarrow's S3), so
+    a bucket that refuses writes still fails the job at its first write."""
+    if output.fs.type_name in ATOMIC_PUT_FILESYSTEMS:
+        return
     probe_dir = output.child(TMP_DIR)
-    local = output.fs.type_name not in ATOMIC_PUT_FILESYSTEMS
-    created = local and output.fs.get_file_info(probe_dir.path).type == pafs.FileType.NotFound
+    created = output.fs.get_file_info(probe_dir.path).type == pafs.FileType.NotFound
     probe = probe_dir.child(f".write-check-{uuid.uuid4().hex}")
     try:
-        if local:
-            output.fs.create_dir(probe_dir.path, recursive=True)
+        output.fs.create_dir(probe_dir.path, recursive=True)
         with output.fs.open_output_stream(probe.path) as stream:
             stream.write(b"")
         output.fs.delete_file(probe.path)
