@@ -7,7 +7,8 @@ it logs a multi-line block every 10 s. There the job prints one line instead, ev
     qwen3-embed embed: 12,288 of ~50,000 rows (25%), 410 rows/s, ETA 1m32s, 12 errors
 
 Rows are counted as they leave the embed stage (the run's ledger, see `ledger`); the total is
-an estimate made before the run from the inputs' metadata (parquet footers, image counts, the
+an estimate made before the run from the inputs' metadata (parquet footers, image and video
+file counts, the
 line length of a text file's first 64 KiB), and is left out when the inputs cannot tell
 (compressed text files). `--ray-progress` keeps Ray Data's own output instead.
 """
@@ -38,7 +39,7 @@ def estimate_rows(inputs: InputSet) -> int | None:
     line_lengths: dict[str, float] = {}  # format -> mean bytes a line, from its first file
     try:
         for file in inputs.files:
-            if file.format == "images":
+            if file.format in ("images", "videos"):  # one row per file
                 total += 1
             elif file.format == "parquet":
                 with inputs.fs.open_input_file(file.path) as handle:
