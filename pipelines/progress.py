@@ -8,9 +8,8 @@ it logs a multi-line block every 10 s. There the job prints one line instead, ev
 
 Rows are counted as they leave the embed stage (the run's ledger, see `ledger`); the total is
 an estimate made before the run from the inputs' metadata (parquet footers, image and video
-file counts, the
-line length of a text file's first 64 KiB), and is left out when the inputs cannot tell
-(compressed text files). `--ray-progress` keeps Ray Data's own output instead.
+file counts, the line length of a text file's first 64 KiB), and is left out when the inputs
+cannot tell (compressed text files). `--ray-progress` keeps Ray Data's own output instead.
 """
 
 from __future__ import annotations

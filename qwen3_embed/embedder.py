@@ -409,7 +409,9 @@ def load_backend(options: LoadOptions, model_dir: os.PathLike, impl: InputPrepar
     torch_device = resolve_device(options.device)
     torch_dtype = resolve_dtype(options.dtype, torch_device)
     attn = resolve_attention(options.attn_implementation)
-    mode = resolve_forward_mode(options.forward_mode, impl.info, torch_device, torch_dtype, attn)
+    mode = resolve_forward_mode(
+        options.forward_mode, impl.info, torch_device, torch_dtype, attn
+    )
     backend = _load_backend(model_dir, impl, torch_device, torch_dtype, attn, mode)
     backend.attn_implementation = attn
     if options.compile:
