@@ -157,8 +157,11 @@ class CrashGuard:
                 table.num_rows,
                 crashed,
             )
+            # A failed row lacks the flag columns an embedded row has (`rows.REUSED_COLUMN`):
+            # concatenated by name, nulls filling in, as Ray concatenates blocks.
             out = pa.concat_tables(
-                [self._row(table.slice(i, 1), call, failed_rows) for i in range(table.num_rows)]
+                [self._row(table.slice(i, 1), call, failed_rows) for i in range(table.num_rows)],
+                promote_options="default",
             )
         self._call("finish", key, wait=False)
         self._first_batch_done()
