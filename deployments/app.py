@@ -1,6 +1,7 @@
 """The application builder: `ServeAppConfig` -> one Serve application.
 
     ingress (FastAPI, OpenAI routes) --handle--> one model deployment per served model
+                                                 (EmbeddingModel, or RerankModel for rerankers)
 
 Usable three ways with the same knobs:
 - `qwen3-embed serve --model ...` (deployments/cli.py builds the config from flags);
@@ -42,12 +43,21 @@ def build_application(config: ServeAppConfig, cluster_gpus: float | None = None)
         options = model_deployment_options(model, names[model.name], cluster_gpus or 0)
         return EmbeddingsIngress.options(**options).bind(config, None)
     models = {
-        model.name: EmbeddingModel.options(
-            **model_deployment_options(model, names[model.name], cluster_gpus or 0)
-        ).bind(model, config.limits, config.media)
+        model.name: model_deployment(model)
+        .options(**model_deployment_options(model, names[model.name], cluster_gpus or 0))
+        .bind(model, config.limits, config.media)
         for model in config.models
     }
     return EmbeddingsIngress.options(**ingress_options(config)).bind(config, models)
+
+
+def model_deployment(model: ModelConfig) -> Any:
+    """The deployment class serving `model`: an embedding model or a reranker."""
+    if model.task == "rerank":
+        from .rerank_deployment import RerankModel
+
+        return RerankModel
+    return EmbeddingModel
 
 
 def deployment_names(models: tuple[ModelConfig, ...]) -> dict[str, str]:
@@ -55,7 +65,8 @@ def deployment_names(models: tuple[ModelConfig, ...]) -> dict[str, str]:
     names: dict[str, str] = {}
     for model in models:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model.name).strip("-") or "model"
-        candidate = base = f"EmbeddingModel-{slug}"
+        kind = "RerankModel" if model.task == "rerank" else "EmbeddingModel"
+        candidate = base = f"{kind}-{slug}"
         # Suffix until unique: a suffixed name can itself be another model's plain name
         # ("a-2" served beside "a" and "a/").
         suffix = 1

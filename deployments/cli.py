@@ -54,7 +54,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     defaults_batching = BatchingConfig()
     parser = subparsers.add_parser(
         "serve",
-        help="serve models over an OpenAI-compatible /v1/embeddings API (Ray Serve, foreground)",
+        help="serve models over an OpenAI-compatible /v1/embeddings API and rerankers at /v1/rerank and /score (Ray Serve, foreground)",
         description=(
             "Start Ray Serve with an OpenAI-compatible embeddings API and block until Ctrl-C. "
             "API keys are read from an environment variable or a file, never from the command line."
@@ -82,6 +82,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="int8/uint8 ranges for embed_dtype int8/uint8: a batch job's _manifest.json (or "
         "JSON [[min per dim...], [max per dim...]]), one per --model in the same order",
+    )
+    source.add_argument(
+        "--reranker-model",
+        action="append",
+        default=[],
+        metavar="M",
+        help="a Qwen3-Reranker or Qwen3-VL-Reranker (hub id, local directory or fsspec URL) served "
+        "beside the --model(s) at /v1/rerank, /v2/rerank and /score, with its own replicas; "
+        "repeatable. The loading, replica and batching flags apply to every model; "
+        "--app-config sets them per model",
+    )
+    source.add_argument(
+        "--reranker-served-model-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="name clients send as `model`, one per --reranker-model in the same order "
+        "(default: the --reranker-model value)",
     )
     source.add_argument(
         "--app-config",
@@ -244,8 +262,10 @@ def _app_flags_given(args: argparse.Namespace) -> list[str]:
 def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
     """The flags (or --app-config) as one validated ServeAppConfig; ValueError when inconsistent."""
     if args.app_config:
-        if args.model:
-            raise ValueError("--app-config and --model are exclusive: put the models in the file")
+        if args.model or args.reranker_model:
+            raise ValueError(
+                "--app-config and --model / --reranker-model are exclusive: put the models in the file"
+            )
         ignored = _app_flags_given(args)
         if ignored:
             raise ValueError(
@@ -254,18 +274,35 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
             )
         text = Path(args.app_config).read_text(encoding="utf-8")
         return ServeAppConfig.model_validate(yaml.safe_load(text))
-    if not args.model:
-        raise ValueError("give at least one --model (or --app-config)")
-    names = args.served_model_name
-    if names and len(names) != len(args.model):
-        raise ValueError(
-            f"--served-model-name was given {len(names)} time(s) for {len(args.model)} --model; give one per model"
-        )
+    if not args.model and not args.reranker_model:
+        raise ValueError("give at least one --model or --reranker-model (or --app-config)")
+    for flag, names, models in (
+        ("--served-model-name", args.served_model_name, args.model),
+        ("--reranker-served-model-name", args.reranker_served_model_name, args.reranker_model),
+    ):
+        if names and len(names) != len(models):
+            model_flag = "--reranker-model" if flag.startswith("--reranker") else "--model"
+            raise ValueError(
+                f"{flag} was given {len(names)} time(s) for {len(models)} {model_flag}; give one per model"
+            )
     if args.calibration and len(args.calibration) != len(args.model):
         raise ValueError(
             f"--calibration was given {len(args.calibration)} time(s) for {len(args.model)} --model; give one per model"
         )
     ranges = [_calibration_ranges(path) for path in args.calibration] or [None] * len(args.model)
+    # (model, served name, task, calibration ranges): the embedding models, then the rerankers.
+    served = [
+        (model, args.served_model_name[i] if args.served_model_name else None, "embed", ranges[i])
+        for i, model in enumerate(args.model)
+    ] + [
+        (
+            model,
+            args.reranker_served_model_name[i] if args.reranker_served_model_name else None,
+            "rerank",
+            None,
+        )
+        for i, model in enumerate(args.reranker_model)
+    ]
     # Knobs left unset take ModelConfig's defaults (the core's).
     knobs = {
         name: getattr(args, name)
@@ -275,7 +312,8 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
     models = tuple(
         ModelConfig(
             model=model,
-            served_model_name=names[index] if names else None,
+            served_model_name=name,
+            task=task,
             **knobs,
             autoscale=args.autoscale,
             upscale_delay_s=args.upscale_delay_s,
@@ -285,9 +323,9 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
             ),
             max_ongoing_requests=args.max_ongoing_requests,
             max_queued_requests=args.max_queued_requests,
-            calibration_ranges=ranges[index],
+            calibration_ranges=model_ranges,
         )
-        for index, model in enumerate(args.model)
+        for model, name, task, model_ranges in served
     )
     return ServeAppConfig(
         models=models,
@@ -317,12 +355,12 @@ def _calibration_ranges(path: str) -> list[list[float]]:
 
 
 def colocate_ingress(args: argparse.Namespace) -> bool:
-    """The layout: colocated unless --split-ingress, or several models (which one ingress routes
-    between); --colocate-ingress with several models stays colocated and is refused by the
+    """The layout: colocated unless --split-ingress, or several models, rerankers included (which
+    one ingress routes between); --colocate-ingress with several models stays colocated and is refused by the
     config, naming the rule."""
     if args.split_ingress:
         return False
-    return args.colocate_ingress or len(args.model) == 1
+    return args.colocate_ingress or len(args.model) + len(args.reranker_model) == 1
 
 
 def _check_keys_here(config: ServeAppConfig) -> None:
@@ -418,7 +456,12 @@ def run(args: argparse.Namespace) -> int:
         base = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
         names = ", ".join(model.name for model in config.models)
         serving.set()
-        print(f"qwen3-embed: serving {names} at {base}/v1/embeddings (Ctrl-C to stop)", flush=True)
+        routes = ", ".join(
+            f"{base}{route}"
+            for task, route in (("embed", "/v1/embeddings"), ("rerank", "/v1/rerank"))
+            if any(model.task == task for model in config.models)
+        )
+        print(f"qwen3-embed: serving {names} at {routes} (Ctrl-C to stop)", flush=True)
         while not stop.wait(0.5):
             pass
         print("qwen3-embed: shutting down", flush=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -53,6 +53,11 @@ class ModelConfig(LoadFields, ReplicaFields):
 
     served_model_name: str | None = Field(
         None, min_length=1, description="the name clients send as `model` (default: `model` itself)"
+    )
+    task: Literal["embed", "rerank"] = Field(
+        "embed",
+        description="embed: an embedding model (Embedder) answering /v1/embeddings; rerank: a "
+        "reranker (qwen3_embed.Reranker) answering /v1/rerank, /v2/rerank and /score",
     )
     max_queued_tokens: int | None = Field(
         None,

@@ -39,6 +39,9 @@ from .model_calls import (  # noqa: F401 (call_with_timeout: re-exported, tests 
 )
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, TokenizeReply
 from .render import INLINE_RENDER_MAX_VALUES, render_embeddings
+from .rerank_protocol import RerankReply
+from .rerank_routes import check_truncation, load_pairs, rerank_form, score_form
+from .rerank_schemas import RerankRequest, ScoreRequest, render_rerank, render_score
 from .schemas import EmbeddingRequest, TokenizeRequest, embeddings_openapi, models_response
 from .security import ApiKeyChecker
 from .vector_encoding import vector_encoding
@@ -118,12 +121,15 @@ class EmbeddingsIngress:
         """`models`: a handle per served model, or None with `ingress.colocate`: the one model
         is loaded here, in this replica."""
         self.config = config
-        self._local = None
+        self._local: Any = None
+        self._tasks = {model.name: model.task for model in config.models}
         if models is None:
             from .model_deployment import ModelServer
+            from .rerank_deployment import RerankServer
 
             (model,) = config.models
-            self._local = ModelServer(model, config.limits, config.media)
+            server = RerankServer if model.task == "rerank" else ModelServer
+            self._local = server(model, config.limits, config.media)
             self._models: dict[str, ModelCaller] = {
                 model.name: LocalCaller(
                     self._local, f"model {model.name!r}", config.ingress.model_call_timeout_s
@@ -165,7 +171,7 @@ class EmbeddingsIngress:
             self._authorize(request)
             body = await read_body(request, self.config.limits.max_request_bytes)
             parsed = parse_request(body)
-            name, model = self._route(parsed.model)
+            name, model = self._route(parsed.model, "embed")
             label = name
             chat = request_chat_form(parsed, parsed.input)
             raw = [chat.item] if chat is not None else parsed.input
@@ -238,7 +244,7 @@ class EmbeddingsIngress:
             self._authorize(request)
             body = await read_body(request, self.config.limits.max_request_bytes)
             parsed = parse_request(body, TokenizeRequest)
-            name, model = self._route(parsed.model)
+            name, model = self._route(parsed.model, "embed")
             chat = request_chat_form(parsed, parsed.prompt, input_name="prompt")
             raw = [chat.item] if chat is not None else [parsed.prompt]
             items, _ = await self._items(raw, parsed.instruction, name, model)
@@ -257,6 +263,19 @@ class EmbeddingsIngress:
                 "tokens": list(reply.input_ids),
             }
         )
+
+    @app.post("/v1/rerank", openapi_extra=embeddings_openapi(RerankRequest))
+    @app.post("/v2/rerank", openapi_extra=embeddings_openapi(RerankRequest))
+    @app.post("/rerank", openapi_extra=embeddings_openapi(RerankRequest))
+    async def create_rerank(self, request: Request) -> Response:
+        """Jina's and Cohere's rerank shape, as vLLM serves it (deployments/rerank_schemas.py)."""
+        return await self._scores(request, RerankRequest)
+
+    @app.post("/score", openapi_extra=embeddings_openapi(ScoreRequest))
+    @app.post("/v1/score", openapi_extra=embeddings_openapi(ScoreRequest))
+    async def create_score(self, request: Request) -> Response:
+        """vLLM's /score: text_1 against text_2, one score per pair in input order."""
+        return await self._scores(request, ScoreRequest)
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> JSONResponse:
@@ -323,11 +342,68 @@ class EmbeddingsIngress:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def _route(self, requested: str | None) -> tuple[str, ModelCaller]:
+    async def _scores(self, request: Request, schema: type[Any]) -> Response:
+        """A rerank or score request, from its body to its answer (deployments/rerank_routes.py
+        turns the body into pairs), with the same key, limits, media rules, errors and metrics
+        as /v1/embeddings."""
+        started = time.perf_counter()
+        label = "unknown"
+        try:
+            self._authorize(request)
+            body = await read_body(request, self.config.limits.max_request_bytes)
+            parsed = parse_request(body, schema)
+            name, model = self._route(parsed.model, "rerank")
+            label = name
+            form = rerank_form(parsed) if schema is RerankRequest else score_form(parsed)
+            truncate = check_truncation(parsed)
+            description = await self._describe(name, model)
+            job = await load_pairs(
+                form, parsed.instruction, truncate, description.family, name,
+                self.config.limits, self.config.media, self._fetcher,
+            )  # fmt: skip
+            reply = await model.rerank(job)
+            if isinstance(reply, EmbedFailure):
+                raise failure_error(reply)
+            assert isinstance(reply, RerankReply)
+        except ApiError as error:
+            self._metrics.record(label, error.status, error.code, time.perf_counter() - started)
+            raise
+        except Exception:
+            self._metrics.record(label, 500, "internal_error", time.perf_counter() - started)
+            raise
+        if schema is RerankRequest:
+            version = "2" if request.url.path.rstrip("/").endswith("/v2/rerank") else "1"
+            content = render_rerank(
+                name, reply.scores, form.documents, parsed.top_n, parsed.return_documents,
+                reply.total_tokens, version,
+            )  # fmt: skip
+        else:
+            content = render_score(name, reply.scores, reply.total_tokens)
+        self._metrics.record(name, 200, None, time.perf_counter() - started)
+        self._metrics.record_success(name, len(job.pairs), reply.total_tokens)
+        headers = {}
+        if self.config.ingress.batch_stats_header:
+            headers = {
+                BATCH_REQUESTS_HEADER: str(reply.batch_requests),
+                BATCH_INPUTS_HEADER: str(reply.batch_inputs),
+            }
+        return Response(content, media_type="application/json", headers=headers)
+
+    def _route(self, requested: str | None, task: str = "embed") -> tuple[str, ModelCaller]:
+        """The served model a request names (or the one model of its `task` when it names
+        none); a model of the other task is refused, naming the route it answers."""
         if requested is None:
-            if len(self._models) == 1:
-                name = next(iter(self._models))
-                return name, self._models[name]
+            fitting = [name for name in self._models if self._tasks.get(name, "embed") == task]
+            if len(fitting) == 1:
+                return fitting[0], self._models[fitting[0]]
+            if not fitting:
+                kind = "reranker" if task == "rerank" else "embedding model"
+                raise ApiError(
+                    400,
+                    f"no {kind} is served here; served models: {sorted(self._models)}",
+                    code="model_task_mismatch",
+                    param="model",
+                )
             raise ApiError(
                 400,
                 f"model is required; served models: {sorted(self._models)}",
@@ -340,6 +416,15 @@ class EmbeddingsIngress:
                 404,
                 f"model {requested[:200]!r} is not served here; served models: {sorted(self._models)}",
                 code="model_not_found",
+                param="model",
+            )
+        if self._tasks.get(requested, "embed") != task:
+            routes = "/v1/rerank, /v2/rerank or /score" if task == "embed" else "/v1/embeddings"
+            kind = "a reranker" if task == "embed" else "an embedding model"
+            raise ApiError(
+                400,
+                f"model {requested!r} is {kind}; send its requests to {routes}",
+                code="model_task_mismatch",
                 param="model",
             )
         return requested, model

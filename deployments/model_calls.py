@@ -18,11 +18,13 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from .errors import ApiError
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, TokenizeReply
+from .rerank_protocol import RerankJob, RerankReply
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
     from .model_deployment import ModelServer
+    from .rerank_deployment import RerankServer
 
 
 def retry_after(seconds: float) -> dict[str, str]:
@@ -84,6 +86,8 @@ class ModelCaller(Protocol):
 
     async def describe(self) -> ModelDescription: ...
 
+    async def rerank(self, job: RerankJob) -> RerankReply | EmbedFailure: ...
+
 
 class HandleCaller:
     """A model deployment of its own, one Ray call away (the default layout)."""
@@ -105,6 +109,9 @@ class HandleCaller:
     async def describe(self) -> ModelDescription:
         return await self._call(self.handle.describe.remote())
 
+    async def rerank(self, job: RerankJob) -> RerankReply | EmbedFailure:
+        return await self._call(self.handle.rerank.remote(job))
+
     async def _call(self, response: Any) -> Any:
         return await call_with_timeout(response, self._timeout_s, self._what, self._retry_after_s)
 
@@ -113,7 +120,7 @@ class LocalCaller:
     """The model in this very replica (`ingress.colocate`): no Ray hop, no pickling. A call
     past the timeout is abandoned with 504, as through a handle."""
 
-    def __init__(self, server: ModelServer, what: str, timeout_s: float) -> None:
+    def __init__(self, server: ModelServer | RerankServer, what: str, timeout_s: float) -> None:
         self.server = server
         self._what = what
         self._timeout_s = timeout_s
@@ -123,6 +130,9 @@ class LocalCaller:
 
     async def tokenize(self, job: EmbedJob) -> TokenizeReply | EmbedFailure:
         return await self._within_timeout(self.server.tokenize(job))
+
+    async def rerank(self, job: RerankJob) -> RerankReply | EmbedFailure:
+        return await self._within_timeout(self.server.rerank(job))  # type: ignore[union-attr]
 
     async def _within_timeout(self, call: Any) -> Any:
         try:

@@ -101,3 +101,4 @@ class ModelDescription:
     # How the replica runs the model (`Embedder.describe()`): forward mode, attention kernel.
     forward_mode: str = "padded"
     attention_kernel: str = "sdpa"
+    task: str = "embed"  # "embed" (/v1/embeddings) or "rerank" (/v1/rerank, /score)

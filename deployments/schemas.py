@@ -203,7 +203,12 @@ def models_response(
             "owned_by": "qwen3-embed",
         }
         described = descriptions.get(name)
-        if described is not None:
+        if described is not None and described.task == "rerank":
+            # Extensions: a reranker answers /v1/rerank and /score, its pairs up to max_length.
+            card.update(
+                task="rerank", family=described.family, max_input_tokens=described.max_length
+            )
+        elif described is not None:
             # Extensions: what a client needs to pick `dimensions` and size its inputs.
             card.update(
                 family=described.family,

@@ -7,6 +7,9 @@
     from pipelines import EmbedStageConfig, embed_dataset   # the same stages on your own dataset
     ds = embed_dataset(ray.data.read_parquet("docs/"), EmbedStageConfig(model=M, text_column="body"))
 
+    from pipelines import RerankStageConfig, rerank_dataset   # rerank a query's candidates
+    ds = rerank_dataset(ds, RerankStageConfig(model=R, query_column="query", document_column="hits"))
+
 The names below load lazily, so `import pipelines` (and `qwen3-embed --help`) does not import
 Ray or torch.
 """
@@ -18,11 +21,15 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "EmbedStageConfig",
     "JobConfig",
+    "RerankJobConfig",
+    "RerankStageConfig",
     "JobPlan",
     "JobResult",
     "embed_dataset",
     "plan_job",
+    "rerank_dataset",
     "run_embedding_job",
+    "run_rerank_job",
     "sample_corpus_path",
 ]
 
@@ -34,6 +41,10 @@ _LAZY = {
     "JobResult": "pipelines.manifest",
     "plan_job": "pipelines.job",
     "run_embedding_job": "pipelines.job",
+    "RerankJobConfig": "pipelines.rerank_config",
+    "run_rerank_job": "pipelines.rerank_job",
+    "RerankStageConfig": "pipelines.rerank_stage",
+    "rerank_dataset": "pipelines.rerank_stage",
 }
 
 if TYPE_CHECKING:
@@ -41,6 +52,9 @@ if TYPE_CHECKING:
     from .dataset_stage import EmbedStageConfig, embed_dataset
     from .job import JobPlan, plan_job, run_embedding_job
     from .manifest import JobResult
+    from .rerank_config import RerankJobConfig
+    from .rerank_job import run_rerank_job
+    from .rerank_stage import RerankStageConfig, rerank_dataset
 
 
 def sample_corpus_path() -> str:

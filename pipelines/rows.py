@@ -192,3 +192,55 @@ def output_schema(
 def reserved_output_names() -> tuple[str, ...]:
     """Names a carried column may not take: OUTPUT's own columns, with chunking or not."""
     return ("id", *(spec.name for spec in CHUNK_OUTPUT_FIELDS), "embedding", "num_tokens")
+
+
+# ------------------------------------------------------------------ the rerank job
+# Its own path (pipelines/rerank_stage.py, rerank_sink.py): query groups in, one row per group
+# out of the replicas, then scored rows and error rows in OUTPUT.
+GROUP_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the query id (the ledger keys batches by it)
+        pa.field("query", pa.string()),
+        pa.field("document_ids", pa.list_(pa.string())),
+        pa.field("documents", pa.list_(pa.string())),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("num_pairs", pa.int32(), nullable=False),
+    ]
+)
+# One row per query group (never split across write tasks, so a query's rows are written by
+# one task); per-pair values are lists aligned with `document_ids`.
+SCORED_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # the query id
+        pa.field("status", pa.string(), nullable=False),  # ok / skipped / error (the whole group)
+        pa.field("num_pairs", pa.int32(), nullable=False),
+        pa.field("document_ids", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.float32())),  # null where the pair failed
+        pa.field("ranks", pa.list_(pa.int32())),  # 1 = best; null where failed
+        pa.field("kept", pa.list_(pa.bool_())),  # within top_n (all scored pairs without it)
+        pa.field("num_tokens", pa.list_(pa.int32())),
+        pa.field("errors", pa.list_(pa.string())),  # null where the pair was scored
+        pa.field("codes", pa.list_(pa.string())),
+        pa.field("error", pa.string()),  # why the whole group failed (no pair scored)
+    ]
+)
+
+
+RERANKED_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("document_id", pa.string(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+        pa.field("num_tokens", pa.int32(), nullable=False),
+    ]
+)
+RERANK_ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("document_id", pa.string()),
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("code", pa.string(), nullable=False),
+        pa.field("query_failed", pa.bool_(), nullable=False),
+    ]
+)

@@ -18,7 +18,11 @@ from .registry import SEED_MODELS
 from .vocabulary import FAMILIES
 
 # command name -> module that provides add_parser(subparsers) and run(args) -> int
-LAYER_COMMANDS = {"embed": "pipelines.cli", "serve": "deployments.cli"}
+LAYER_COMMANDS = {
+    "embed": "pipelines.cli",
+    "rerank": "pipelines.rerank_cli",
+    "serve": "deployments.cli",
+}
 
 # Wide enough that the README's `dimensions: 256` examples run against a tiny model offline.
 TINY_TEXT_HIDDEN_SIZE = 256

@@ -18,7 +18,10 @@ MODEL_FOR = {
     "02_batch_job.ipynb": "tiny_text_model_dir",
     "03_serving.ipynb": "tiny_text_model_dir",
     "04_multimodal.ipynb": "tiny_vl_model_dir",
+    "05_rerank.ipynb": "tiny_text_model_dir",
 }
+# notebook -> {environment variable: fixture giving its directory}, for notebooks with a second model
+EXTRA_MODELS = {"05_rerank.ipynb": {"QWEN3_EMBED_RERANKER": "tiny_text_reranker_dir"}}
 
 
 def _free_port() -> int:
@@ -43,6 +46,8 @@ def test_every_notebook_is_covered_and_committed_without_outputs():
 def test_notebook_runs_in_a_real_kernel(name, request, monkeypatch, tmp_path):
     model_dir = request.getfixturevalue(MODEL_FOR[name])
     monkeypatch.setenv("QWEN3_EMBED_MODEL", str(model_dir))
+    for variable, fixture in EXTRA_MODELS.get(name, {}).items():
+        monkeypatch.setenv(variable, str(request.getfixturevalue(fixture)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("QWEN3_EMBED_PORT", str(_free_port()))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

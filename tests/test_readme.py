@@ -44,6 +44,9 @@ TESTED_BY = {
     "python-api-rerank": "test_reranker_blocks_run",
     "ci": ".ci/run itself",
     "cluster-submit": "tests/cluster/test_cluster_submit.py (a real head on 127.0.0.1, free ports)",
+    "offline-rerank-serve": "test_offline_rerank_server_and_examples_run_as_written",
+    "rerank-examples": "test_offline_rerank_server_and_examples_run_as_written",
+    "offline-rerank-batch": "test_offline_rerank_batch_runs_as_written",
 }
 
 
@@ -269,6 +272,83 @@ def test_offline_server_and_http_examples_run_as_written(tmp_path):
     output = log_path.read_text()
     assert server.returncode == 0, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
+
+
+def _make_tiny_rerank_models(tmp_path: Path) -> list[str]:
+    """The offline rerank serve block's make-tiny-model line, run as written; its lines."""
+    (serve_block,) = tagged("offline-rerank-serve")
+    lines = serve_block.strip().splitlines()[1:]
+    subprocess.run(
+        ["bash", "-c", lines[0]], cwd=tmp_path, env=_env(), check=True, capture_output=True,
+        timeout=300,
+    )  # fmt: skip
+    return lines
+
+
+def test_offline_rerank_server_and_examples_run_as_written(tmp_path):
+    """The offline rerank `qwen3-embed serve` (an embedding model and a reranker, private Ray;
+    only the port moved off 8000), the README's rerank curl and `cohere` examples against it,
+    then Ctrl-C: a clean exit."""
+    import json
+
+    serve_line = _make_tiny_rerank_models(tmp_path)[-1]
+    port = free_port()
+    env = _env()
+    env.pop("RAY_ADDRESS", None)
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "w")  # noqa: SIM115 (closed below, after the server has exited)
+    server = subprocess.Popen(
+        ["bash", "-c", f"{serve_line} --port {port} --num-cpus 2"],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_line(server, log_path, "Ctrl-C to stop", timeout_s=300)
+        curls = [block for block in tagged("rerank-examples") if "curl" in block]
+        assert len(curls) == 2
+        answers = []
+        for curl in curls:
+            result = subprocess.run(
+                ["bash", "-c", curl.replace("http://127.0.0.1:8000", base)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            answers.append(json.loads(result.stdout))
+        rerank, score = answers
+        assert len(rerank["results"]) == 1, rerank  # top_n 1
+        assert [d["index"] for d in score["data"]] == [0, 1], score
+        scores = [d["score"] for d in score["data"]]
+        # The best of /v1/rerank is the best of /score: the same model, the same pairs.
+        assert rerank["results"][0]["index"] == scores.index(max(scores))
+        assert abs(rerank["results"][0]["relevance_score"] - max(scores)) <= 1e-6
+        example = next(block for block in tagged("rerank-examples") if "cohere" in block)
+        namespace: dict = {}
+        exec(example.replace("http://127.0.0.1:8000", base), namespace)  # noqa: S102
+        assert namespace["best"].index == rerank["results"][0]["index"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=120)
+        log.close()
+    output = log_path.read_text()
+    assert server.returncode == 0, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+
+
+def test_offline_rerank_batch_runs_as_written(ray_cluster, tmp_path):
+    import json
+
+    _make_tiny_rerank_models(tmp_path)
+    (block,) = tagged("offline-rerank-batch")
+    env = _env(RAY_ADDRESS=ray_cluster.get_runtime_context().gcs_address)  # the session's cluster
+    result = subprocess.run(
+        ["bash", "-e", "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = pads.dataset(str(tmp_path / "reranked"), format="parquet").to_table().to_pylist()
+    assert len(rows) == 1 and rows[0]["rank"] == 1  # --top-n 1 of the query's two documents
+    manifest = json.loads((tmp_path / "reranked" / "_manifest.json").read_text())
+    assert manifest["consistent"] and manifest["pairs_in"] == 2
 
 
 def _wait_for_line(server: subprocess.Popen, log_path: Path, line: str, timeout_s: float) -> None:

@@ -1,0 +1,247 @@
+"""The reranker deployment: one replica = one loaded `qwen3_embed.Reranker`, with the same
+continuous batching by tokens as the embedding replicas (`batch_queue.ContinuousBatcher`).
+
+Each request's pairs are prepared (validated, formatted with the official prompt, tokenised,
+media decoded) on the prepare thread, so a bad request is refused alone and never enters a
+batch. A prepared request then enters the batch queue as one unit of its pairs' tokens; a batch
+takes whole requests under `max_batch_size` requests and the reranker's `max_batch_tokens`, and
+scores all their pairs in one `rerank_prepared` call on the device thread: the pairs of one
+request are batched with other requests' pairs.
+
+`RerankServer` is the replica's logic as a plain class (also what a colocated ingress holds);
+`RerankModel` is it as a Serve deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
+from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
+from .metrics import ModelMetrics
+from .protocol import EmbedFailure, ModelDescription
+from .rerank_protocol import RerankJob, RerankReply
+
+_RECENT_BATCHES = 1024
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """One prepared request waiting in the batch queue."""
+
+    prepared: tuple[Any, ...]  # qwen3_embed.PreparedInput, one per pair
+    job: RerankJob
+    enqueued_at: float
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(item.num_tokens for item in self.prepared)
+
+
+@dataclass(frozen=True)
+class _Done:
+    """One request's share of a batch's output."""
+
+    scores: np.ndarray | EmbedFailure  # (n,) float32, or why this request failed
+    batch_pairs: int  # pairs in the whole batch
+
+
+class RerankServer:
+    def __init__(self, model: ModelConfig, limits: RequestLimits, media: MediaPolicy) -> None:
+        # Imported here: torch and transformers load only in model replicas.
+        from transformers.utils import logging as transformers_logging
+
+        from qwen3_embed import Reranker
+        from qwen3_embed.vl.media import MediaOptions
+
+        transformers_logging.disable_progress_bar()
+        self.config = model
+        self.limits = limits
+        self.media = media
+        load = model.load_options()
+        # As in the embedding replicas, defence in depth: the ingress sends media as bytes only,
+        # and whoever else calls this deployment must not make it read local files or fetch URLs.
+        self.reranker = Reranker.from_options(
+            load,
+            media_options=MediaOptions(
+                allow_local_paths=False,
+                allow_urls=False,
+                max_bytes=media.max_media_bytes,
+                max_pixels=media.max_image_pixels,
+            ),
+            task="rerank",
+        )
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-rerank-prepare")
+        self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-rerank-forward")
+        self._metrics = ModelMetrics(model.name)
+        self._recent_batch_requests: deque[int] = deque(maxlen=_RECENT_BATCHES)
+        self._batches = 0
+        self._describe_calls = 0
+        self._batching = BatchingConfig()
+        self._batcher: ContinuousBatcher[_Pending, _Done] = ContinuousBatcher(
+            self._run_batch, self._queue_limits(self._batching)
+        )
+
+    # ----------------------------------------------------------- configuration
+    @property
+    def max_batch_tokens(self) -> int:
+        # The core's budget (its device default when the config leaves it unset).
+        budget = getattr(self.reranker, "max_batch_tokens", None) or self.config.max_batch_tokens
+        return int(budget or 16_384)
+
+    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        batching = BatchingConfig.model_validate(user_config or {})
+        self._batcher.set_limits(self._queue_limits(batching))
+        self._batching = batching
+
+    def _queue_limits(self, batching: BatchingConfig) -> QueueLimits:
+        return QueueLimits(
+            max_batch_requests=batching.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+            max_wait_s=batching.batch_wait_ms / 1000.0,
+            max_queued_requests=self.config.max_ongoing_requests,
+            max_queued_tokens=self.config.max_queued_tokens,
+        )
+
+    def describe(self) -> ModelDescription:
+        """Also the readiness probe: a replica answers only once its weights are loaded."""
+        self._describe_calls += 1
+        return ModelDescription(
+            name=self.config.name,
+            source=self.config.model,
+            family=self.reranker.family,
+            hidden_size=0,  # no vectors: a reranker answers scores
+            min_dim=0,
+            max_length=self.reranker.max_length,
+            max_batch_size=self._batching.max_batch_size,
+            batch_wait_ms=self._batching.batch_wait_ms,
+            max_batch_tokens=self.max_batch_tokens,
+            task="rerank",
+        )
+
+    def stats(self) -> dict[str, Any]:
+        limits = self._batcher.limits
+        return {
+            "batches": self._batches,
+            "describe_calls": self._describe_calls,
+            "recent_batch_requests": list(self._recent_batch_requests),
+            "max_batch_size": limits.max_batch_requests,
+            "batch_wait_timeout_s": limits.max_wait_s,
+            "max_batch_tokens": limits.max_batch_tokens,
+            "max_queued_tokens": limits.max_queued_tokens,
+            "queued_requests": self._batcher.queued_requests,
+            "queued_tokens": self._batcher.queued_tokens,
+        }
+
+    # ------------------------------------------------------------------- serve
+    async def rerank(self, job: RerankJob) -> RerankReply | EmbedFailure:
+        arrived = time.monotonic()
+        prepared = await self._prepare(job)
+        if isinstance(prepared, EmbedFailure):
+            return prepared
+        pending = _Pending(tuple(prepared), job, time.monotonic())
+        prepare_s = pending.enqueued_at - arrived
+        if pending.num_tokens > self.limits.max_tokens_per_request:
+            return EmbedFailure(
+                400,
+                f"the request's pairs have {pending.num_tokens} tokens, more than the limit of "
+                f"{self.limits.max_tokens_per_request} per request; split it",
+                "max_tokens_per_request",
+                "documents",
+            )
+        try:
+            done, batch = await self._batcher.submit(pending, pending.num_tokens)
+        except QueueFull as error:
+            return EmbedFailure(
+                429,
+                f"{error}; retry after {self.config.retry_after_s:g}s",
+                "queue_full",
+                retry_after_s=self.config.retry_after_s,
+            )
+        if isinstance(done.scores, EmbedFailure):
+            return done.scores
+        return RerankReply(
+            scores=done.scores,
+            token_counts=tuple(item.num_tokens for item in pending.prepared),
+            batch_requests=batch.requests,
+            batch_inputs=done.batch_pairs,
+            queue_wait_s=batch.queue_wait_s,
+            prepare_s=prepare_s,
+            forward_s=batch.run_s,
+            model_s=time.monotonic() - arrived,
+        )
+
+    async def _prepare(self, job: RerankJob) -> list[Any] | EmbedFailure:
+        """The job's pairs prepared on the prepare thread, or the failure its first bad pair
+        answers (named as the API names that pair)."""
+        from qwen3_embed import InputError
+
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(
+            self._prepare_pool,
+            lambda: self.reranker.prepare_pairs(
+                list(job.pairs), job.instruction, truncate=job.truncate, max_length=job.max_length
+            ),
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, InputError):
+                return _pair_failure(result, job.param(index))
+        return list(results)
+
+    async def _run_batch(self, batch: list[_Pending]) -> list[_Done]:
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self._device_pool, self._score_batch, batch)
+        latency = time.monotonic() - started
+        pairs = sum(len(pending.prepared) for pending in batch)
+        self._batches += 1
+        self._recent_batch_requests.append(len(batch))
+        self._metrics.record_batch(
+            len(batch),
+            pairs,
+            sum(p.num_tokens for p in batch),
+            [started - p.enqueued_at for p in batch],
+            latency,
+        )
+        return [_Done(one, pairs) for one in scores]
+
+    def _score_batch(self, batch: list[_Pending]) -> list[np.ndarray | EmbedFailure]:
+        """All pairs of the batch in one `rerank_prepared` call (the core sorts them by length and
+        splits them under its token budget). A pair that does not fit the device even alone
+        fails its own request (413, naming the pair); the core has scored every other pair, so
+        the neighbouring requests of the batch succeed."""
+        items = [item for pending in batch for item in pending.prepared]
+        output = self.reranker.rerank_prepared(items, errors="collect")
+        out: list[np.ndarray | EmbedFailure] = []
+        offset = 0
+        for pending in batch:
+            count = len(pending.prepared)
+            failed = [i for i in range(offset, offset + count) if i in output.failures]
+            if failed:
+                out.append(
+                    _pair_failure(output.failures[failed[0]], pending.job.param(failed[0] - offset))
+                )
+            else:
+                out.append(output.scores[offset : offset + count].copy())  # own buffer
+            offset += count
+        return out
+
+
+def _pair_failure(error: Any, param: str) -> EmbedFailure:
+    """A core error about one pair -> the API's answer, naming the pair as the client sent it."""
+    from qwen3_embed.errors import api_answer
+
+    answer = api_answer(error)
+    return EmbedFailure(answer.status, f"{param}: {error.reason}", answer.code, param)
+
+
+# The deployment the ingress calls through a handle (one per served reranker).
+RerankModel = serve.deployment(RerankServer, name="RerankModel")
