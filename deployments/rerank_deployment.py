@@ -1,9 +1,11 @@
 """The reranker deployment: one replica = one loaded `qwen3_embed.Reranker`, with the same
 continuous batching by tokens as the embedding replicas (`batch_queue.ContinuousBatcher`).
 
-Each request's pairs are prepared (validated, formatted with the official prompt, tokenised,
-media decoded) on the prepare thread, so a bad request is refused alone and never enters a
-batch. A prepared request then enters the batch queue as one unit of its pairs' tokens; a batch
+As there, a request is first admitted or refused (429 at once) against the queue by an upper
+bound of its pairs' tokens from their text lengths, before any tokenising; an admitted request's
+pairs are then prepared (validated, formatted with the official prompt, tokenised, media
+decoded) on the prepare pools (`prepare_pool`: text and media apart, a copy of the tokenizer
+per thread), so a bad request is refused alone and never enters a batch. A prepared request then enters the batch queue as one unit of its pairs' tokens; a batch
 takes whole requests under `max_batch_size` requests and the reranker's `max_batch_tokens`, and
 scores all their pairs in one `rerank_prepared` call on the device thread: the pairs of one
 request are batched with other requests' pairs.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +30,13 @@ from ray import serve
 from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
+from .prepare_pool import MEDIA_PREPARE_THREADS, TEXT_PREPARE_THREADS, Abandoned, PreparerPool
 from .protocol import EmbedFailure, ModelDescription
 from .rerank_protocol import RerankJob, RerankReply
+from .serving_defaults import QueueSizer, has_media, token_upper_bound
+
+# No limit for the one-sided bounds below (the pair's bound is capped as a whole).
+_UNCAPPED = 2**62
 
 _RECENT_BATCHES = 1024
 
@@ -79,8 +87,23 @@ class RerankServer:
             ),
             task="rerank",
         )
-        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-rerank-prepare")
+        # As the embedding replicas: text and media pairs on pools of their own, each thread
+        # with its own copy of the preparer; one forward pass at a time on the device thread.
+        preparer = self.reranker.preparer
+        self._text_pool = PreparerPool(preparer, TEXT_PREPARE_THREADS, "qwen3-rerank-prepare")
+        self._media_pool = (
+            PreparerPool(preparer, MEDIA_PREPARE_THREADS, "qwen3-rerank-media")
+            if self.reranker.family == "vl"
+            else None
+        )
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="qwen3-rerank-forward")
+        # The prompt's own tokens around a pair (system prefix, <Instruct>/<Query>/<Document>
+        # tags, the assistant suffix), measured with one-character texts: the part of the
+        # admission bound that does not grow with the texts.
+        (template,) = preparer.prepare([("-", "-")], "-")
+        self._prompt_tokens = len(template.input_ids)
+        # max_queued_tokens: fixed, or (None) sized to what this replica finishes in time.
+        self._queue_sizer = QueueSizer(model.max_queued_tokens, self.max_batch_tokens)
         self._metrics = ModelMetrics(model.name)
         self._recent_batch_requests: deque[int] = deque(maxlen=_RECENT_BATCHES)
         self._batches = 0
@@ -108,7 +131,7 @@ class RerankServer:
             max_batch_tokens=self.max_batch_tokens,
             max_wait_s=batching.batch_wait_ms / 1000.0,
             max_queued_requests=self.config.max_ongoing_requests,
-            max_queued_tokens=self.config.max_queued_tokens,
+            max_queued_tokens=self._queue_sizer.max_queued_tokens,
         )
 
     def describe(self) -> ModelDescription:
@@ -139,33 +162,36 @@ class RerankServer:
             "max_queued_tokens": limits.max_queued_tokens,
             "queued_requests": self._batcher.queued_requests,
             "queued_tokens": self._batcher.queued_tokens,
+            "reserved_tokens": self._batcher.reserved_tokens,
+            "tokens_per_s": self._queue_sizer.tokens_per_s,
         }
 
     # ------------------------------------------------------------------- serve
     async def rerank(self, job: RerankJob) -> RerankReply | EmbedFailure:
         arrived = time.monotonic()
-        prepared = await self._prepare(job)
-        if isinstance(prepared, EmbedFailure):
-            return prepared
-        pending = _Pending(tuple(prepared), job, time.monotonic())
-        prepare_s = pending.enqueued_at - arrived
-        if pending.num_tokens > self.limits.max_tokens_per_request:
-            return EmbedFailure(
-                400,
-                f"the request's pairs have {pending.num_tokens} tokens, more than the limit of "
-                f"{self.limits.max_tokens_per_request} per request; split it",
-                "max_tokens_per_request",
-                "documents",
-            )
+        # Admission before the expensive work: room for an upper bound of the pairs' tokens, or
+        # 429 at once, before any tokenising or decoding.
         try:
-            done, batch = await self._batcher.submit(pending, pending.num_tokens)
+            reservation = self._batcher.reserve(self._admission_tokens(job))
         except QueueFull as error:
-            return EmbedFailure(
-                429,
-                f"{error}; retry after {self.config.retry_after_s:g}s",
-                "queue_full",
-                retry_after_s=self.config.retry_after_s,
-            )
+            return self._queue_full(error)
+        try:
+            prepared = await self._prepare(job)
+            if isinstance(prepared, EmbedFailure):
+                return prepared
+            pending = _Pending(tuple(prepared), job, time.monotonic())
+            prepare_s = pending.enqueued_at - arrived
+            if pending.num_tokens > self.limits.max_tokens_per_request:
+                return EmbedFailure(
+                    400,
+                    f"the request's pairs have {pending.num_tokens} tokens, more than the limit "
+                    f"of {self.limits.max_tokens_per_request} per request; split it",
+                    "max_tokens_per_request",
+                    "documents",
+                )
+            done, batch = await self._batcher.submit(pending, pending.num_tokens, reservation)
+        finally:
+            reservation.release()  # a no-op once submit took it
         if isinstance(done.scores, EmbedFailure):
             return done.scores
         return RerankReply(
@@ -179,22 +205,40 @@ class RerankServer:
             model_s=time.monotonic() - arrived,
         )
 
+    def _queue_full(self, error: QueueFull) -> EmbedFailure:
+        return EmbedFailure(
+            429,
+            f"{error}; retry after {self.config.retry_after_s:g}s",
+            "queue_full",
+            retry_after_s=self.config.retry_after_s,
+        )
+
+    def _admission_tokens(self, job: RerankJob) -> int:
+        """An upper bound of the tokens the job's pairs will have, from their lengths alone (the
+        embedding replicas' rule, `token_upper_bound`, over both sides of each pair)."""
+        cap = job.max_length or self.reranker.max_length
+        instruction = job.instruction or self.reranker.default_instruction
+        return sum(
+            pair_token_bound(pair, instruction, self._prompt_tokens, cap) for pair in job.pairs
+        )
+
     async def _prepare(self, job: RerankJob) -> list[Any] | EmbedFailure:
-        """The job's pairs prepared on the prepare thread, or the failure its first bad pair
-        answers (named as the API names that pair)."""
+        """The job's pairs prepared on their pool (media or text), or the failure its first bad
+        pair answers (named as the API names that pair)."""
         from qwen3_embed import InputError
 
-        loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(
-            self._prepare_pool,
-            lambda: self.reranker.prepare_pairs(
-                list(job.pairs), job.instruction, truncate=job.truncate, max_length=job.max_length
-            ),
+        media = self._media_pool is not None and has_media(
+            [side for pair in job.pairs for side in pair]
         )
-        for index, result in enumerate(results):
-            if isinstance(result, InputError):
-                return _pair_failure(result, job.param(index))
-        return list(results)
+        pool = self._media_pool if media else self._text_pool
+        assert pool is not None
+        try:
+            return await pool.prepare(job.pairs, job.instruction, job.truncate, job.max_length)
+        except InputError as error:
+            index = error.index if error.index is not None else 0
+            return _pair_failure(error, job.param(index))
+        except Abandoned:
+            raise asyncio.CancelledError from None  # its caller is gone: nobody reads an answer
 
     async def _run_batch(self, batch: list[_Pending]) -> list[_Done]:
         started = time.monotonic()
@@ -204,10 +248,13 @@ class RerankServer:
         pairs = sum(len(pending.prepared) for pending in batch)
         self._batches += 1
         self._recent_batch_requests.append(len(batch))
+        tokens = sum(p.num_tokens for p in batch)
+        if self._queue_sizer.record(tokens, latency):
+            self._batcher.set_limits(self._queue_limits(self._batching))
         self._metrics.record_batch(
             len(batch),
             pairs,
-            sum(p.num_tokens for p in batch),
+            tokens,
             [started - p.enqueued_at for p in batch],
             latency,
         )
@@ -233,6 +280,19 @@ class RerankServer:
                 out.append(output.scores[offset : offset + count].copy())  # own buffer
             offset += count
         return out
+
+
+def pair_token_bound(pair: Sequence[Any], instruction: str, prompt_tokens: int, cap: int) -> int:
+    """At most how many tokens a (query, document) pair will have: the prompt's own tokens plus
+    both sides' UTF-8 bytes plus the instruction's (`token_upper_bound`'s reasoning), at most
+    `cap` (a pair is truncated to max_length, or refused); a side with media counts `cap`."""
+    query, document = pair
+    if has_media([query, document]):
+        return cap
+    sides = token_upper_bound(query, instruction, 0, _UNCAPPED) + token_upper_bound(
+        document, None, 0, _UNCAPPED
+    )
+    return max(1, min(cap, prompt_tokens + sides))
 
 
 def _pair_failure(error: Any, param: str) -> EmbedFailure:

@@ -204,3 +204,24 @@ def test_cli_serves_an_embedder_and_a_reranker():
                                "--reranker-served-model-name", "x"))  # fmt: skip
     with pytest.raises(ValueError, match="--reranker-model"):
         config_from_args(parse())
+
+
+def test_admission_bound_is_at_least_the_real_tokens(tiny_text_reranker):
+    """A request is admitted by an upper bound of its pairs' tokens (before tokenising): it must
+    never be below what tokenising then finds, or the queue bound would not hold."""
+    from deployments.rerank_deployment import pair_token_bound
+
+    (template,) = tiny_text_reranker.preparer.prepare([("-", "-")], "-")
+    prompt = len(template.input_ids)
+    instruction = tiny_text_reranker.default_instruction
+    pairs = [
+        ("q", "d"),
+        ("naïve café ☕", "日本語のテキスト " * 5),
+        ({"text": "x y"}, "long " * 300),
+    ]
+    prepared = tiny_text_reranker.prepare_pairs(pairs, instruction)
+    for pair, item in zip(pairs, prepared, strict=True):
+        bound = pair_token_bound(pair, instruction, prompt, tiny_text_reranker.max_length)
+        assert item.num_tokens <= bound, (pair, item.num_tokens, bound)
+    assert pair_token_bound(("q", "d" * 10_000), instruction, prompt, 64) == 64  # capped
+    assert pair_token_bound(("q", {"image": b"png"}), instruction, prompt, 64) == 64  # media: cap
