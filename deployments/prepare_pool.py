@@ -23,13 +23,17 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 TEXT_PREPARE_THREADS = 2
 MEDIA_PREPARE_THREADS = 1
 
 
-class Abandoned(Exception):
+class Abandoned(Qwen3EmbedError):
     """The request's caller went away while it was being prepared; its remaining items were
     not prepared."""
+
+    code = "abandoned"
 
 
 class PreparerPool:

@@ -115,7 +115,11 @@ def test_health_ready_and_models(http, served):
     assert cards["tiny"]["family"] == "text" and cards["tiny"]["hidden_size"] == 64
     assert cards["tiny"]["max_input_tokens"] == MAX_LENGTH
     # How the replica runs it: `auto` on CPU is padded, through the model's own sdpa.
-    assert (cards["tiny"]["forward_mode"], cards["tiny"]["attention_kernel"]) == ("padded", "sdpa")
+    # the server's `auto` on CPU (deployments.serving_defaults): packed, one SDPA call a sequence
+    assert (cards["tiny"]["forward_mode"], cards["tiny"]["attention_kernel"]) == (
+        "packed",
+        "per_sequence_sdpa",
+    )
 
 
 # ------------------------------------------------------------------------------- parity

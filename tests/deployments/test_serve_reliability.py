@@ -177,8 +177,15 @@ def test_every_route_that_touches_a_model_needs_a_valid_key(served, http):
     assert ("POST", "/v1/embeddings") in operations and ("GET", "/v1/models") in operations
     assert not DOCS & {path for _, path in operations}
     guarded = sorted(operations - PUBLIC)
-    # a valid body per route: /tokenize takes vLLM's `prompt`, the others `input`
-    bodies = {"/tokenize": {"model": "tiny", "prompt": "hello"}}
+    # a valid body per route: /tokenize takes vLLM's `prompt`, the rerank routes a query and
+    # documents, /score vLLM's text_1/text_2, the others `input`
+    rerank = {"model": "tiny", "query": "hello", "documents": ["there"]}
+    score = {"model": "tiny", "text_1": "hello", "text_2": "there"}
+    bodies = {
+        "/tokenize": {"model": "tiny", "prompt": "hello"},
+        **{path: rerank for path in ("/rerank", "/v1/rerank", "/v2/rerank")},
+        **{path: score for path in ("/score", "/v1/score")},
+    }
     bad_headers = [
         {},
         {"Authorization": f"Bearer {CANARY}"},
@@ -200,7 +207,11 @@ def test_every_route_that_touches_a_model_needs_a_valid_key(served, http):
             assert KEY not in response.text and CANARY not in error["message"]
             FIGURES["auth: refused without a valid key"] += 1
         allowed = http.request(method, path, json=body if method == "POST" else None)
-        assert allowed.status_code == 200, (method, path, allowed.text)
+        if path in bodies and path != "/tokenize":
+            # past the key check: this app serves no reranker, so the model is refused by task
+            assert_openai_error(allowed, 400, "model_task_mismatch")
+        else:
+            assert allowed.status_code == 200, (method, path, allowed.text)
     for method, path in sorted(PUBLIC):
         assert httpx.request(method, f"{served}{path}", timeout=30).status_code == 200
 

@@ -42,7 +42,9 @@ def test_id_column_defaults_to_id_when_the_input_has_one(tiny_text_model_dir, tm
         ("lines.txt", (None, "derived")),
     ]:
         assert plan_ids(model, tmp_path / name, out) == expected, name
-    assert plan_ids(model, tmp_path / "with.jsonl", out, id_column="key") == ("key", "given")
+    assert plan_ids(model, tmp_path / "without.jsonl", out, id_column="key") == ("key", "given")
+    with pytest.raises(ValueError, match="with.jsonl has no id column 'key'"):
+        plan_ids(model, tmp_path / "with.jsonl", out, id_column="key")
     assert plan_ids(model, tmp_path / "with.jsonl", out, derived_ids=True) == (None, "derived")
     with pytest.raises(ValueError, match="id_column or derived_ids, not both"):
         JobConfig(input="x", output="y", model="m", id_column="id", derived_ids=True)
