@@ -34,6 +34,14 @@ def png_bytes(
     return buffer.getvalue()
 
 
+def image_bytes(width: int, height: int, mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    """An image file of any PIL mode and format (e.g. a 20,000 x 20,000 mode-"1" PNG: a
+    decompression bomb that is ~50 KB on the wire)."""
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
 class ConnectionRecorder:
     """A listening TCP socket that counts (and closes) every connection made to it: the proof
     that a forbidden address was never contacted."""

@@ -6,16 +6,22 @@ Ctrl-C (SIGINT) and a clean exit. And (slow) a replica killed under load with th
 
 from __future__ import annotations
 
+import argparse
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
 import psutil
 import pytest
+import yaml
+from pydantic import ValidationError
 from serve_support import (
     assert_openai_error,
     free_port,
@@ -173,3 +179,114 @@ def test_default_layout_replica_killed_under_load_openai_retries_succeed(
         assert len(replacement) == 1 and replacement[0].pid != replica.pid
     finally:
         kill_serve_command(proc)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -------------------------------------------------------------------------------------- CLI
+def _parse(*argv: str) -> argparse.Namespace:
+    from qwen3_embed.cli import build_parser
+
+    argv = ("serve", *argv)
+    return build_parser(list(argv)).parse_args(list(argv))
+
+
+def test_cli_flags_build_the_config():
+    from deployments.cli import config_from_args, run
+
+    args = _parse(
+        "--model", "a", "--model", "b", "--served-model-name", "A", "--served-model-name", "B",
+        "--autoscale", "1:3", "--gpus-per-replica", "0.5", "--max-batch-size", "7", "--batch-wait-ms", "4",
+        "--api-key-env", "KEYS", "--allow-url-fetch", "--url-allowed-host", "*.example.com",
+    )  # fmt: skip
+    assert args.handler is run
+    config = config_from_args(args)
+    assert [model.name for model in config.models] == ["A", "B"]
+    assert config.models[1].autoscale == (1, 3) and config.models[0].gpus_per_replica == 0.5
+    assert (config.models[1].upscale_delay_s, config.models[1].downscale_delay_s) == (30, 600)
+    delays = ("--upscale-delay-s", "1", "--downscale-delay-s", "4")
+    quick = config_from_args(_parse("--model", "a", "--autoscale", "1:3", *delays))
+    assert (quick.models[0].upscale_delay_s, quick.models[0].downscale_delay_s) == (1, 4)
+    assert (
+        config.models[0].batching.max_batch_size == 7
+        and config.models[0].batching.batch_wait_ms == 4
+    )
+    assert config.auth.api_key_env == "KEYS" and config.media.url_allowed_hosts == (
+        "*.example.com",
+    )
+    # The layout: one model is colocated unless --split-ingress; several are routed by an
+    # ingress of their own, and --colocate-ingress with several is refused.
+    assert not config.ingress.colocate
+    assert config_from_args(_parse("--model", "a")).ingress.colocate
+    assert config_from_args(_parse("--model", "a", "--colocate-ingress")).ingress.colocate
+    assert not config_from_args(_parse("--model", "a", "--split-ingress")).ingress.colocate
+    with pytest.raises(ValueError, match="colocate serves one model"):
+        config_from_args(_parse("--model", "a", "--model", "b", "--colocate-ingress"))
+    with pytest.raises(SystemExit):
+        _parse("--model", "a", "--split-ingress", "--colocate-ingress")
+    with pytest.raises(ValueError, match="one per model"):
+        config_from_args(_parse("--model", "a", "--model", "b", "--served-model-name", "A"))
+    with pytest.raises(SystemExit):
+        _parse("--model", "a", "--replicas", "2", "--autoscale", "1:2")
+    with pytest.raises(SystemExit):
+        _parse("--model", "a", "--autoscale", "3")
+    with pytest.raises(ValueError, match="url_allowed_hosts"):
+        config_from_args(_parse("--model", "a", "--allow-url-fetch"))
+
+
+def test_cli_app_config_file(tmp_path):
+    from deployments.cli import config_from_args
+
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "models": [{"model": "m", "served_model_name": "n"}],
+                "limits": {"max_inputs_per_request": 9},
+            }
+        )
+    )
+    config = config_from_args(_parse("--app-config", str(path)))
+    assert config.models[0].name == "n" and config.limits.max_inputs_per_request == 9
+    with pytest.raises(ValueError, match="exclusive"):
+        config_from_args(_parse("--app-config", str(path), "--model", "m"))
+    # App flags beside the file would be silently ignored: refused, each named.
+    with pytest.raises(ValueError, match="--colocate-ingress, --max-batch-size would be ignored"):
+        config_from_args(
+            _parse("--app-config", str(path), "--colocate-ingress", "--max-batch-size", "4")
+        )
+    # Server flags hold with a file.
+    served = _parse("--app-config", str(path), "--port", "9", "--http-proxy", "haproxy")
+    assert config_from_args(served).models[0].name == "n"
+    path.write_text(yaml.safe_dump({"models": [{"model": "m", "max_batch_sise": 1}]}))
+    with pytest.raises(ValidationError):
+        config_from_args(_parse("--app-config", str(path)))
+
+
+def test_cli_refuses_missing_key_source_before_starting_ray(capsys, monkeypatch):
+    from deployments.cli import run
+
+    monkeypatch.delenv("QWEN3_EMBED_TEST_NO_SUCH_VAR", raising=False)
+    assert run(_parse("--model", "a", "--api-key-env", "QWEN3_EMBED_TEST_NO_SUCH_VAR")) == 2
+    assert "QWEN3_EMBED_TEST_NO_SUCH_VAR" in capsys.readouterr().err
+
+
+def test_cli_module_does_not_import_ray_or_torch():
+    code = "import sys, deployments.cli; print('ray' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_cli_refuses_haproxy_on_a_cluster_before_starting_ray(capsys, monkeypatch):
+    from deployments.cli import run
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert run(_parse("--model", "a", "--http-proxy", "haproxy", "--address", "auto")) == 2
+    assert "RAY_SERVE_ENABLE_HA_PROXY=1" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert run(_parse("--model", "a", "--http-proxy", "haproxy")) == 2
+    with pytest.raises(SystemExit):
+        _parse("--model", "a", "--http-proxy", "nginx")

@@ -4,6 +4,7 @@ would), including a driver killed mid-job and rerun."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipelines import sample_corpus_path
+from pipelines.cli import add_arguments, config_from_args
+from pipelines.config import JobConfig
 
 BIN = Path(sys.executable).parent
 
@@ -281,3 +284,66 @@ def test_progress_not_on_a_terminal_is_the_jobs_own_line(
     assert progress, output[-3000:]
     assert all(int(rows.replace(",", "")) <= 1501 for rows, _ in progress)
     assert "Running Dataset" not in output and "Progress bars disabled" not in output
+
+
+def parse(argv: list[str]) -> JobConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_yaml_then_flags(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "input: [a.jsonl, b.jsonl]\noutput: out\nmodel: some/model\ndim: 64\nnum_replicas: 2\n"
+        "storage_options: {endpoint_override: 'http://x:1', region: us-east-1}\n"
+    )
+    config = parse(
+        [
+            "--config",
+            str(job),
+            "--dim",
+            "32",
+            "--no-truncate",
+            "--storage-option",
+            "region=eu-west-1",
+            "--storage-option",
+            "anonymous=true",
+        ]
+    )
+    assert (
+        config.input == ("a.jsonl", "b.jsonl")
+        and config.output == "out"
+        and config.model == "some/model"
+    )
+    assert config.dim == 32 and config.num_replicas == 2 and config.truncate is False
+    assert config.storage_options_dict == {
+        "endpoint_override": "http://x:1",
+        "region": "eu-west-1",
+        "anonymous": True,
+    }
+
+    config = parse(["--config", str(job), "c.parquet", "d/", "new-out"])
+    assert config.input == ("c.parquet", "d/") and config.output == "new-out"
+
+    job.write_text("input: a\noutput: o\nmodel: m\nbatch_token: 5\n")
+    with pytest.raises(
+        ValueError,
+        match=r"unknown job config key\(s\) \['batch_token'\]; valid keys are: .*batch_tokens",
+    ):
+        parse(["--config", str(job)])
+    with pytest.raises(ValueError, match="missing model"):
+        parse(["a.jsonl", "out"])
+    with pytest.raises(ValueError, match="INPUT... and OUTPUT"):
+        parse(["only-one", "--model", "m"])
+
+
+def test_cli_module_imports_neither_ray_nor_torch():
+    code = (
+        "import sys, pipelines, pipelines.cli, pipelines.config; pipelines.JobConfig; "
+        "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"

@@ -394,3 +394,36 @@ def test_s3_input_and_output(ray_cluster, s3, tiny_text_model_dir, tiny_text_emb
     assert more.consistent
     with pytest.raises(OutputMismatchError, match=r"dim 64 \(this job: 32\)"):
         plan_job(config.replace(dim=32))
+
+
+# ------------------------------------------------------------------------------ plan
+def test_plan_checks_before_any_cluster(tiny_text_model_dir, tmp_path, monkeypatch):
+    from pipelines import plan_job
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"text": "x"}\n')
+    (data / "b.txt").write_text("x\n")
+    model = str(tiny_text_model_dir)
+    plan = plan_job(JobConfig(input=str(data / "a.jsonl"), output=str(data / "out"), model=model))
+    assert (plan.family, plan.dim, plan.batch_rows, plan.normalized) == ("text", 64, 256, True)
+    with pytest.raises(ValueError, match="lies inside the input folder"):
+        plan_job(JobConfig(input=str(data), output=str(data / "out"), model=model))
+    with pytest.raises(
+        ValueError,
+        match=r"dim=16 is invalid for this model; valid values are integers in \[32, 64\]",
+    ):
+        plan_job(
+            JobConfig(input=str(data / "a.jsonl"), output=str(tmp_path / "o"), model=model, dim=16)
+        )
+    with pytest.raises(ValueError, match="cannot apply to txt inputs"):
+        plan_job(
+            JobConfig(input=str(data), output=str(tmp_path / "o"), model=model, id_column="id")
+        )
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(ValueError, match="num_cpus sizes a local cluster"):
+        plan_job(
+            JobConfig(
+                input=str(data / "a.jsonl"), output=str(tmp_path / "o"), model=model, num_cpus=2
+            )
+        )

@@ -1,4 +1,7 @@
-"""Reliability of the online service, fast part: authentication on every route, keys kept out of
+"""The ingress (deployments/ingress.py): model calls with a timeout, backpressure, lost replicas
+and readiness, without Ray; then the routes' reliability on the real stack.
+
+Reliability of the online service, fast part: authentication on every route, keys kept out of
 answers and logs, and fuzzing of `/v1/embeddings` (hypothesis, schemathesis from the app's own
 OpenAPI document, named edge cases, VL media). The real stack: Serve's HTTP proxy on 127.0.0.1,
 the ingress and model replicas with the tiny checkpoints.
@@ -34,28 +37,135 @@ from serve_support import (
     api_client,
     assert_openai_error,
     deployed_app,
+    image_bytes,
     png_bytes,
 )
 
 from deployments.config import ServeAppConfig
+from deployments.errors import ApiError
 from deployments.ingress import READY_CACHE_S
 
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# ---------------------------------------------------------------- timeouts / backpressure
+class _NeverAnswers:
+    """Stands in for a DeploymentResponse whose replica never answers."""
+
+    def __init__(self):
+        self.cancelled = False
+
+    def __await__(self):
+        return asyncio.get_event_loop().create_future().__await__()
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _Raises:
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def __await__(self):
+        raise self.error
+        yield  # pragma: no cover - makes this a generator
+
+    def cancel(self):
+        pass
+
+
+def test_model_call_timeout_cancels_and_answers_504():
+    from deployments.ingress import call_with_timeout
+
+    response = _NeverAnswers()
+    with pytest.raises(ApiError) as info:
+        run(call_with_timeout(response, 0.2, "model 'm'"))
+    assert (info.value.status, info.value.code) == (504, "timeout") and response.cancelled
+
+
+def test_backpressure_becomes_429_with_retry_after():
+    from ray.serve.exceptions import BackPressureError
+
+    from deployments.ingress import call_with_timeout
+
+    error = BackPressureError(
+        num_queued_requests=4, max_queued_requests=4, status_code=429, retry_after_s=2.5
+    )
+    with pytest.raises(ApiError) as info:
+        run(call_with_timeout(_Raises(error), 5, "model 'm'"))
+    assert (info.value.status, info.value.code) == (429, "queue_full")
+    assert info.value.headers == {"Retry-After": "3"}
+
+
+def test_readiness_is_false_until_every_model_answers():
+    from deployments.ingress import probe_ready
+
+    async def loaded():
+        return "description"
+
+    async def loading():
+        await asyncio.sleep(60)
+
+    async def failed():
+        raise RuntimeError("replica crashed")
+
+    states = run(probe_ready({"a": loaded, "b": loading, "c": failed}, 0.2))
+    assert states == {"a": True, "b": False, "c": False}
+
+
+def test_ingress_shutdown_hook_after_a_failed_start():
+    """Serve awaits `__del__` also when `__init__` raised (a missing model directory): the hook
+    must not add a second, misleading error to the start-up one."""
+    import types
+
+    from deployments.ingress import EmbeddingsIngress
+
+    # Our class's own hook (Serve's wrapper subclasses it), called on an object with none of the
+    # attributes `__init__` sets; a plain object, so no un-awaited `__del__` runs at collection.
+    (user_class,) = [
+        klass
+        for klass in EmbeddingsIngress.func_or_class.__mro__
+        if "Serve's shutdown hook" in (getattr(klass.__dict__.get("__del__"), "__doc__", "") or "")
+    ]
+    asyncio.run(user_class.__dict__["__del__"](types.SimpleNamespace()))
+
+
 APP = "serve-reliability"
+
+
 PREFIX = "/rel"
+
+
 KEY = "rel-key-" + uuid.uuid4().hex  # unique: a hit in the logs can only come from this run
+
+
 CANARY = "canary-wrong-key-" + uuid.uuid4().hex
+
+
 MAX_LENGTH = 32
+
+
 HIDDEN = 64  # the tiny text model's hidden size
+
+
 LIMITS = {
     "max_request_bytes": 300_000,
     "max_inputs_per_request": 32,
     "max_chars_per_request": 100_000,
     "max_tokens_per_request": 500,
 }
+
+
 MODEL_CALL_TIMEOUT_S = 20
+
+
 # What bad input may get; 5xx never (a 5xx is a bug or an outage, not the client's fault).
 # 422 is not among them: schema errors are 400s, as OpenAI answers them.
 INPUT_STATUSES = {200, 400, 404, 413}
+
+
 FIGURES: Counter[str] = Counter()  # printed at teardown: the numbers RELIABILITY.md quotes
 
 
@@ -163,6 +273,8 @@ def check_answer(
 # Routes that answer without a key, by design: liveness, readiness (booleans only; its model
 # probes are shared and rate-bounded, see the /ready test) and FastAPI's API documentation.
 PUBLIC = {("GET", "/health"), ("GET", "/ready")}
+
+
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
@@ -304,21 +416,6 @@ def test_keys_never_appear_in_answers_or_logs(served, http, ray_cluster):
     FIGURES["auth: log files scanned"] = len(_log_files(ray_cluster))
 
 
-# ------------------------------------------------------------ the fixes, without Ray
-class _Raises:
-    """Stands in for a DeploymentResponse that fails with `error`."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-    def __await__(self):
-        raise self.error
-        yield  # pragma: no cover - makes this a generator
-
-    def cancel(self) -> None:
-        pass
-
-
 def _actor_died() -> BaseException:
     from ray.exceptions import ActorDiedError, ActorUnavailableError
 
@@ -348,40 +445,6 @@ def test_undeployable_model_503_has_retry_after():
     with pytest.raises(ApiError) as info:
         asyncio.run(call_with_timeout(_Raises(error), 5, "model 'm'", 1))
     assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
-
-
-def test_ingress_is_sized_so_model_queues_overflow_first():
-    from deployments.app import ingress_options
-    from deployments.config import INGRESS_HEADROOM
-
-    config = ServeAppConfig.model_validate(
-        {
-            "models": [
-                {"model": "a", "max_ongoing_requests": 4, "max_queued_requests": 8},
-                {"model": "b", "autoscale": (1, 3), "max_queued_requests": 100},
-            ]
-        }
-    )
-    capacity = (4 * 1 + 8) + (64 * 3 + 100)
-    assert config.models_capacity() == capacity
-    assert ingress_options(config)["max_ongoing_requests"] == capacity + INGRESS_HEADROOM
-    explicit = config.model_copy(
-        update={"ingress": config.ingress.model_copy(update={"max_ongoing_requests": 7})}
-    )
-    assert ingress_options(explicit)["max_ongoing_requests"] == 7  # honoured (with a warning)
-
-
-def test_declared_decompression_bomb_is_413_not_400():
-    """PIL refuses to open images past ~179 Mpx (DecompressionBombError); that was answered as
-    400 "not an image PIL can read". A 400 Mpx PNG is 50 KB on the wire."""
-    from deployments.config import MediaPolicy
-    from deployments.errors import ApiError
-    from deployments.inputs import MediaSlot, check_image
-
-    slot = MediaSlot(0, "image", (), "data:", is_url=False, is_image=True)
-    with pytest.raises(ApiError) as info:
-        check_image(_image(20_000, 20_000, "1"), slot, MediaPolicy())
-    assert (info.value.status, info.value.code) == (413, "media_too_large")
 
 
 # --------------------------------------------------------------------- named edge cases
@@ -452,6 +515,8 @@ SCALARS = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=20)
 )
+
+
 JSON_VALUES = st.recursive(
     SCALARS,
     lambda children: (
@@ -459,16 +524,24 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=12,
 )
+
+
 HUGE_TEXT = st.builds(
     lambda char, count: char * count,
     st.sampled_from(["a", "é", "語", "😀", " ", "\x00", "word "]),
     st.integers(0, 200_000),
 )
+
+
 ODD_TEXT = st.text(
     alphabet=st.characters(codec=None, categories=["Cs", "Cc", "Cf", "Zs", "Mn", "So"]),
     max_size=30,
 )  # lone surrogates, controls, format characters, combining marks, symbols
+
+
 TEXT = st.text(max_size=60) | ODD_TEXT | HUGE_TEXT
+
+
 ITEM = (
     TEXT
     | st.fixed_dictionaries(
@@ -483,6 +556,8 @@ ITEM = (
     )
     | JSON_VALUES
 )
+
+
 BODIES = st.fixed_dictionaries(
     {},
     optional={
@@ -501,6 +576,8 @@ BODIES = st.fixed_dictionaries(
         "extra": JSON_VALUES,
     },
 )
+
+
 # Mostly-valid bodies too, so the fuzz also reaches the model (valid shapes, odd content).
 NEAR_VALID = st.fixed_dictionaries(
     {
@@ -614,8 +691,14 @@ def test_schemathesis_from_the_apps_openapi(served, openapi_operations, data):
 
 # ------------------------------------------------------------------------ VL media
 VL_APP = "serve-reliability-vl"
+
+
 VL_PREFIX = "/relvl"
+
+
 MAX_PIXELS = 4_000_000
+
+
 VL_HIDDEN = 128  # the tiny VL model's hidden size
 
 
@@ -644,14 +727,6 @@ def served_vl(ray_cluster, tiny_vl_model_dir: Path):
 
 def data_uri(data: bytes, mime: str = "application/octet-stream") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def _image(width: int, height: int, mode: str = "RGB", fmt: str = "PNG") -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height)).save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def _animated_gif() -> bytes:
@@ -688,10 +763,10 @@ def _media(name: str) -> bytes:
     """Media for the VL cases, built on first use (PyAV only when a VL test runs)."""
     builders = {
         # 400 Mpx declared, 50 MB decoded, ~50 KB on the wire
-        "bomb": lambda: _image(20_000, 20_000, "1"),
-        "under-limit": lambda: _image(2_000, 1_999),  # just under MAX_PIXELS: decoded, resized
-        "1x1": lambda: _image(1, 1),
-        "1x400": lambda: _image(1, 400),
+        "bomb": lambda: image_bytes(20_000, 20_000, "1"),
+        "under-limit": lambda: image_bytes(2_000, 1_999),  # just under MAX_PIXELS: decoded, resized
+        "1x1": lambda: image_bytes(1, 1),
+        "1x400": lambda: image_bytes(1, 400),
         "gif": _animated_gif,
         "png": lambda: png_bytes(64, 48),
         "avi-0": lambda: _video(0, "avi"),
@@ -699,8 +774,8 @@ def _media(name: str) -> bytes:
         "avi-3": lambda: _video(3, "avi"),
         "mkv-0": lambda: _video(0, "matroska"),
         "mp4-0": lambda: _video(0, "mp4"),
-        "cmyk-jpeg": lambda: _image(16, 16, "CMYK", "JPEG"),
-        "16-bit": lambda: _image(16, 16, "I;16"),
+        "cmyk-jpeg": lambda: image_bytes(16, 16, "CMYK", "JPEG"),
+        "16-bit": lambda: image_bytes(16, 16, "I;16"),
     }
     return builders[name]()
 
