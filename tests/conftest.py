@@ -32,7 +32,23 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "requires_vl: needs the [vl] extra; skipped without it")
 
 
+def cuda_missing() -> str | None:
+    """Why tests marked `gpu` cannot run here, or None when torch sees a CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return f"needs a CUDA device (torch {torch.__version__} sees none); run `python -m pytest -m gpu` on a GPU machine"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # CPU CI collects the `gpu` tests and skips them, saying why (not a silent deselect).
+    if any("gpu" in item.keywords for item in items):
+        reason = cuda_missing()
+        if reason is not None:
+            for item in items:
+                if "gpu" in item.keywords:
+                    item.add_marker(pytest.mark.skip(reason=reason))
     reason = vl_extra_missing()
     if reason is None:
         return
