@@ -26,8 +26,7 @@ def plan_batches(
     max_padding_ratio: float = DEFAULT_MAX_PADDING_RATIO,
 ) -> list[list[int]]:
     """Indices into `lengths`, grouped into batches, longest first."""
-    if max_batch_tokens < 1:
-        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    assert max_batch_tokens >= 1, max_batch_tokens  # a TokenBudget's, never below 1
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
@@ -59,8 +58,7 @@ def plan_packed_batches(
     """Indices into `lengths`, each batch holding at most `max_batch_tokens` real tokens (an
     input longer than that is a batch of its own). Each batch takes the longest inputs left while
     they fit, then fills the room left with the shortest ones, so budgets end up nearly full."""
-    if max_batch_tokens < 1:
-        raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+    assert max_batch_tokens >= 1, max_batch_tokens  # a TokenBudget's, never below 1
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
     low, high = 0, len(order) - 1  # next longest / next shortest not yet planned

@@ -66,8 +66,8 @@ class Embedder:
     def __init__(self, preparer: Preparer, backend: Backend, max_batch_tokens: int | None = None):
         if max_batch_tokens is None:
             max_batch_tokens = default_batch_tokens(backend)
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        # Checked where it enters (`LoadOptions`, which from_pretrained / from_options build).
+        assert max_batch_tokens >= 1, max_batch_tokens
         self.preparer = preparer
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
@@ -212,9 +212,20 @@ class Embedder:
         """The prompt applied when a call gives no instruction, prompt or prompt_name."""
         return self.info.default_prompt_name
 
-    def validate_dim(self, dim: int | None) -> int:
-        """The output dimension for `dim` (None = full size); a ValueError names the valid range."""
-        return self.preparer.validate_dim(dim)
+    def validate_dim(self, dim: int | None, name: str = "dim") -> int:
+        """The output dimension for `dim` (None = full size); a `DimensionError` names the valid
+        range and the value by its caller's field `name` (`Preparer.validate_dim`)."""
+        return self.preparer.validate_dim(dim, name)
+
+    def apply_dim(self, vectors: torch.Tensor, dim: int | None) -> torch.Tensor:
+        """(N, H) pooled vectors, or this model's own vectors at any width >= `dim`, -> (N, dim)
+        float32 on their device (None: all of their width): the Matryoshka slice, then
+        L2-normalisation when the model normalises (`pooling.truncate_and_normalize`). The one
+        place a dimension is applied: `embed_prepared`'s forwards use it, and so does the server
+        for the rows of a batch embedded at full size (normalising before the slice changes
+        nothing, as normalising only scales a row). `dim` is trusted: `validate_dim` checks it
+        where it enters."""
+        return truncate_and_normalize(vectors, dim, self.info.normalize)
 
     # ------------------------------------------------------------------ stages
     def prepare_each(self, inputs: Sequence[Any], *args: Any, **kwargs: Any) -> list[PrepareResult]:
@@ -232,8 +243,8 @@ class Embedder:
         return pool(hidden, attention_mask, self.info.pooling_mode)
 
     def postprocess(self, pooled: torch.Tensor, dim: int | None) -> torch.Tensor:
-        """(B, H) -> (B, dim) float32 CPU: Matryoshka slice, then L2-normalise."""
-        return truncate_and_normalize(pooled, dim, self.info.normalize).cpu()
+        """(B, H) -> (B, dim) float32 CPU: Matryoshka slice, then L2-normalise (`apply_dim`)."""
+        return self.apply_dim(pooled, dim).cpu()
 
     def embed_prepared(
         self,
@@ -252,7 +263,16 @@ class Embedder:
             raise ValueError(
                 f"errors={errors!r} is invalid; valid values are: {', '.join(ITEM_ERRORS)}"
             )
-        out_dim = self.validate_dim(dim)
+        return self._embed_checked(prepared, self.validate_dim(dim), errors, show_progress_bar)
+
+    def _embed_checked(
+        self,
+        prepared: Sequence[PreparedInput],
+        out_dim: int,
+        errors: str,
+        show_progress_bar: bool,
+    ) -> EmbeddingOutput:
+        """`embed_prepared` once its arguments are checked (`embed` checks them first too)."""
         lengths = [item.num_tokens for item in prepared]
         if not prepared:
             return EmbeddingOutput(torch.empty((0, out_dim), dtype=torch.float32), 0, lengths)
@@ -263,7 +283,7 @@ class Embedder:
                 prepared,
                 out_dim,
                 self.info.pooling_mode,
-                lambda pooled: truncate_and_normalize(pooled, out_dim, self.info.normalize),
+                lambda pooled: self.apply_dim(pooled, out_dim),
                 self.budget,
                 progress=bar.update if bar is not None else None,
             )
@@ -304,8 +324,8 @@ class Embedder:
         prepared = self.prepare(
             inputs, instruction, truncate, prompt=prompt, prompt_name=prompt_name
         )
-        output = self.embed_prepared(
-            prepared, dim, show_progress_bar=want_progress(show_progress_bar, len(prepared))
+        output = self._embed_checked(
+            prepared, out_dim, "raise", want_progress(show_progress_bar, len(prepared))
         )
         if precision == "float32":
             return output
@@ -409,9 +429,7 @@ def load_backend(options: LoadOptions, model_dir: os.PathLike, impl: InputPrepar
     torch_device = resolve_device(options.device)
     torch_dtype = resolve_dtype(options.dtype, torch_device)
     attn = resolve_attention(options.attn_implementation)
-    mode = resolve_forward_mode(
-        options.forward_mode, impl.info, torch_device, torch_dtype, attn
-    )
+    mode = resolve_forward_mode(options.forward_mode, impl.info, torch_device, torch_dtype, attn)
     backend = _load_backend(model_dir, impl, torch_device, torch_dtype, attn, mode)
     backend.attn_implementation = attn
     if options.compile:

@@ -44,8 +44,7 @@ class TokenBudget:
     """Tokens per forward: `maximum` until an OOM, then half the failed batch, recovering slowly."""
 
     def __init__(self, maximum: int):
-        if maximum < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {maximum}")
+        assert maximum >= 1, maximum  # max_batch_tokens, checked by `LoadOptions`
         self.maximum = maximum
         self.current = maximum
         self._successes = 0

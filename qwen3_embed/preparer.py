@@ -39,21 +39,21 @@ class Preparer:
         revision: str | None = None,
         media_options: MediaOptions | None = None,
     ) -> Preparer:
-        """`media_options` (VL only) says where images/videos may come from and how big they may be."""
-        source_text = os.fspath(source)
-        model_dir = resolve_model_dir(source_text, revision)
-        require_task(source_text, model_dir, "embed")  # a reranker is refused, naming Reranker
-        info = read_model_info(model_dir, lookup(source_text))
-        return cls.from_model_dir(source_text, model_dir, info, max_length, media_options)
+        """`media_options` (VL only) says where images/videos may come from and how big they may be.
+        `max_length` and `revision` are checked by `LoadOptions`' rules, as every loader's are."""
+        options = LoadOptions(model=os.fspath(source), revision=revision, max_length=max_length)
+        return cls.from_options(options, media_options)
 
     @classmethod
     def from_options(
         cls, options: LoadOptions, media_options: MediaOptions | None = None
     ) -> Preparer:
         """The tokenizer / processor of the model `options` describe (no weights)."""
-        return cls.from_pretrained(
-            options.model, options.max_length, options.revision, media_options
-        )
+        source_text = options.model
+        model_dir = resolve_model_dir(source_text, options.revision)
+        require_task(source_text, model_dir, "embed")  # a reranker is refused, naming Reranker
+        info = read_model_info(model_dir, lookup(source_text))
+        return cls.from_model_dir(source_text, model_dir, info, options.max_length, media_options)
 
     @classmethod
     def from_model_dir(
@@ -64,8 +64,8 @@ class Preparer:
         max_length: int | None,
         media_options: MediaOptions | None = None,
     ) -> Preparer:
-        if max_length is not None and max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        # Checked where it enters: `LoadOptions` (from_pretrained and from_options build one).
+        assert max_length is None or max_length >= 1, max_length
         impl = _load_input_preparer(model_dir, info, media_options)
         return cls(impl, source, model_dir, max_length or info.max_length)
 
@@ -73,9 +73,11 @@ class Preparer:
     def info(self) -> ModelInfo:
         return self.impl.info
 
-    def validate_dim(self, dim: int | None) -> int:
-        """The output dimension for `dim` (None = full size); a ValueError names the valid range.
-        Needs no weights, so a batch job's driver checks it before starting any worker."""
+    def validate_dim(self, dim: int | None, name: str = "dim") -> int:
+        """The output dimension for `dim` (None = full size); a `DimensionError` (a ValueError)
+        names the valid range, and the value as its caller's field `name` calls it (the HTTP
+        API's `dimensions`). Needs no weights, so a batch job's driver checks it before
+        starting any worker."""
         info = self.info
         if dim is None:
             return info.hidden_size
@@ -85,7 +87,7 @@ class Preparer:
             or not info.min_dim <= dim <= info.hidden_size
         ):
             raise DimensionError(
-                f"dim={dim!r} is invalid for this model; valid values are integers in "
+                f"{name}={dim!r} is invalid for this model; valid values are integers in "
                 f"[{info.min_dim}, {info.hidden_size}]"
             )
         return dim
@@ -131,9 +133,9 @@ class Preparer:
         that prompt when a call gives none of the three, as in sentence-transformers."""
         instruction = check_instruction(instruction)
         resolved = self.resolve_prompt(instruction, prompt, prompt_name)
+        if max_length is not None and max_length < 1:  # this call's own limit (ours is checked)
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
         limit = self.max_length if max_length is None else max_length
-        if limit < 1:
-            raise ValueError(f"max_length must be >= 1, got {limit}")
         results = self.impl.prepare_items(
             list(inputs), instruction, truncate, limit, prompt=resolved
         )

@@ -61,8 +61,8 @@ class Reranker:
     ):
         if max_batch_tokens is None:
             max_batch_tokens = default_batch_tokens(backend)
-        if max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        # Checked where it enters (`LoadOptions`, which from_pretrained / from_options build).
+        assert max_batch_tokens >= 1, max_batch_tokens
         self.preparer = preparer
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens

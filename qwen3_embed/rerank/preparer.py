@@ -79,12 +79,10 @@ class RerankPreparer:
         task: str | None = None,
     ) -> RerankPreparer:
         """`task="rerank"` declares a checkpoint whose task cannot be told (see qwen3_embed.task);
-        `media_options` (VL only) says where media may come from and how large they may be."""
-        source_text = os.fspath(source)
-        model_dir = resolve_model_dir(source_text, revision)
-        require_task(source_text, model_dir, "rerank", task)
-        info = read_reranker_info(source_text, model_dir)
-        return cls.from_model_dir(source_text, model_dir, info, max_length, media_options)
+        `media_options` (VL only) says where media may come from and how large they may be;
+        `max_length` and `revision` are checked by `LoadOptions`' rules, as every loader's are."""
+        options = LoadOptions(model=os.fspath(source), revision=revision, max_length=max_length)
+        return cls.from_options(options, media_options, task)
 
     @classmethod
     def from_options(
@@ -94,9 +92,11 @@ class RerankPreparer:
         task: str | None = None,
     ) -> RerankPreparer:
         """The tokenizer / processor of the reranker `options` describe (no weights)."""
-        return cls.from_pretrained(
-            options.model, options.max_length, options.revision, media_options, task
-        )
+        source_text = options.model
+        model_dir = resolve_model_dir(source_text, options.revision)
+        require_task(source_text, model_dir, "rerank", task)
+        info = read_reranker_info(source_text, model_dir)
+        return cls.from_model_dir(source_text, model_dir, info, options.max_length, media_options)
 
     @classmethod
     def from_model_dir(
@@ -107,8 +107,8 @@ class RerankPreparer:
         max_length: int | None,
         media_options: MediaOptions | None = None,
     ) -> RerankPreparer:
-        if max_length is not None and max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        # Checked where it enters: `LoadOptions` (from_pretrained and from_options build one).
+        assert max_length is None or max_length >= 1, max_length
         if info.family == "vl":
             from .vl import VLRerankPreparer  # imported lazily: needs the [vl] extra
 
@@ -152,9 +152,9 @@ class RerankPreparer:
         this call. Call-level mistakes (pairs not a list, a blank instruction) raise."""
         pairs = check_pairs(pairs)
         instruction = check_instruction(instruction) or self.default_instruction
+        if max_length is not None and max_length < 1:  # this call's own limit (ours is checked)
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
         limit = self.max_length if max_length is None else max_length
-        if limit < 1:
-            raise ValueError(f"max_length must be >= 1, got {limit}")
         results = self.impl.prepare_pairs(pairs, instruction, truncate, limit)
         return [
             result.at(index) if isinstance(result, InputError) else result

@@ -51,6 +51,21 @@ def test_load_options_validate_every_knob_at_once():
         ReplicaOptions(num_replicas=0)
 
 
+@pytest.mark.parametrize("loader", ["Embedder", "Reranker", "Preparer", "RerankPreparer"])
+@pytest.mark.parametrize("knob", ["max_length", "max_batch_tokens"])
+def test_public_loaders_check_each_knob_by_its_rule_before_any_work(loader, knob, tmp_path):
+    """max_length and max_batch_tokens are checked once, where they enter (every public loader
+    builds `LoadOptions`), before the model is even looked for; inside, the core trusts them."""
+    import qwen3_embed
+
+    if knob == "max_batch_tokens" and loader.endswith("Preparer"):
+        pytest.skip("a preparer has no forward passes")
+    load = getattr(qwen3_embed, loader).from_pretrained
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(InvalidOptionsError, match=f"{knob} must be an integer >= 1, got 0"):
+        load(missing, **{knob: 0})
+
+
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["job", "dataset-stage", "serve-model"])
 def test_every_config_holds_each_knob_under_one_name(index):
     config_class = _configs()[index]
