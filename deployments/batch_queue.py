@@ -24,6 +24,11 @@ tokenising it, and is refused at once when the queue (waiting requests plus rese
 full; the reservation becomes the real count at `submit`. Tokenisation happens between the two,
 on the replica's prepare threads, so the next batch is prepared while the current one runs on
 the device thread.
+
+Units: every token count here is in the model's tokens. A waiting request counts its real
+tokens (`queued_tokens`, and the batch budget `max_batch_tokens`); a reservation counts an upper
+bound of them (`token_bound`, `reserved_token_bound`), never fewer than it will have.
+`max_queued_tokens` bounds the sum of both, so it may refuse a little early, never late.
 """
 
 from __future__ import annotations
@@ -43,18 +48,20 @@ Result = TypeVar("Result")
 
 @dataclass(frozen=True)
 class QueueLimits:
+    """The queue's bounds, taken from values already checked where they entered (the
+    replica's `ModelConfig` / `BatchingConfig`, the core's `LoadOptions`): trusted here."""
+
     max_batch_requests: int  # requests per batch
     max_batch_tokens: int  # real tokens per batch (a lone request may exceed it)
     max_wait_s: float  # how long an under-full batch may wait for company (0: never)
-    max_queued_requests: int  # waiting, not yet in a running batch
+    max_queued_requests: int  # waiting or being prepared, not yet in a running batch
+    # Tokens waiting (real counts) plus tokens being prepared (their admission upper bounds).
     max_queued_tokens: int
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_requests", "max_batch_tokens", "max_queued_requests"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_queued_tokens < 1 or self.max_wait_s < 0:
-            raise ValueError(f"invalid queue limits {self}")
+        assert min(self.max_batch_requests, self.max_batch_tokens) >= 1, self
+        assert min(self.max_queued_requests, self.max_queued_tokens) >= 1, self
+        assert self.max_wait_s >= 0, self
 
 
 class QueueFull(Qwen3EmbedError):
@@ -68,9 +75,9 @@ class Reservation:
     `release` gives it back (idempotent): `submit` does so when the request enters the queue,
     and the replica when preparing fails or the caller goes away."""
 
-    def __init__(self, owner: ContinuousBatcher[Any, Any], tokens: int) -> None:
+    def __init__(self, owner: ContinuousBatcher[Any, Any], token_bound: int) -> None:
         self._owner: ContinuousBatcher[Any, Any] | None = owner
-        self.tokens = tokens
+        self.token_bound = token_bound  # at least the request's real tokens (not yet counted)
 
     def release(self) -> None:
         if self._owner is not None:
@@ -90,7 +97,7 @@ class BatchInfo:
 @dataclass
 class _Waiting(Generic[Item, Result]):
     item: Item
-    tokens: int
+    tokens: int  # real tokens (tokenised)
     enqueued_at: float
     future: asyncio.Future[tuple[Result, BatchInfo]] = field(repr=False)
 
@@ -107,9 +114,9 @@ class ContinuousBatcher(Generic[Item, Result]):
         self._run_batch = run_batch
         self.limits = limits
         self._queue: deque[_Waiting[Item, Result]] = deque()
-        self._queued_tokens = 0
+        self._queued_tokens = 0  # real tokens of the waiting requests
         self._reserved_requests = 0
-        self._reserved_tokens = 0
+        self._reserved_token_bound = 0  # upper bounds of the requests being prepared
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
@@ -120,53 +127,55 @@ class ContinuousBatcher(Generic[Item, Result]):
 
     @property
     def queued_tokens(self) -> int:
+        """Real tokens of the requests waiting for a batch."""
         return self._queued_tokens
 
     @property
-    def reserved_tokens(self) -> int:
-        """Tokens reserved by requests still being prepared."""
-        return self._reserved_tokens
+    def reserved_token_bound(self) -> int:
+        """Upper bound of the tokens of the requests still being prepared (their reservations)."""
+        return self._reserved_token_bound
 
     def set_limits(self, limits: QueueLimits) -> None:
         """Takes effect from the next batch (reconfigure at run time)."""
         self.limits = limits
         self._wakeup.set()
 
-    def reserve(self, tokens: int) -> Reservation:
-        """Room for a request of at most `tokens` tokens that is about to be prepared, or
-        `QueueFull` at once when the waiting requests and reservations leave too little (a
-        request always fits an empty queue)."""
-        self._check_room(tokens, self._reserved_requests, self._reserved_tokens)
+    def reserve(self, token_bound: int) -> Reservation:
+        """Room for a request about to be prepared, of at most `token_bound` tokens (an upper
+        bound of its real count), or `QueueFull` at once when the waiting requests and
+        reservations leave too little (a request always fits an empty queue)."""
+        self._check_room(token_bound, self._reserved_requests, self._reserved_token_bound)
         self._reserved_requests += 1
-        self._reserved_tokens += tokens
-        return Reservation(self, tokens)
+        self._reserved_token_bound += token_bound
+        return Reservation(self, token_bound)
 
     def _release(self, reservation: Reservation) -> None:
         self._reserved_requests -= 1
-        self._reserved_tokens -= reservation.tokens
+        self._reserved_token_bound -= reservation.token_bound
 
-    def _check_room(self, tokens: int, reserved_requests: int, reserved_tokens: int) -> None:
+    def _check_room(self, tokens: int, reserved_requests: int, reserved_token_bound: int) -> None:
+        """`tokens`: the newcomer's real count (`submit`) or its upper bound (`reserve`)."""
         waiting = len(self._queue) + reserved_requests
         if waiting and (
             waiting >= self.limits.max_queued_requests
-            or self._queued_tokens + reserved_tokens + tokens > self.limits.max_queued_tokens
+            or self._queued_tokens + reserved_token_bound + tokens > self.limits.max_queued_tokens
         ):
             raise QueueFull(
                 f"the model's queue is full ({len(self._queue)} requests, "
                 f"{self._queued_tokens} tokens waiting; {reserved_requests} requests, "
-                f"{reserved_tokens} tokens being prepared)"
+                f"at most {reserved_token_bound} tokens being prepared)"
             )
 
     async def submit(
         self, item: Item, tokens: int, reservation: Reservation | None = None
     ) -> tuple[Result, BatchInfo]:
-        """`reservation`: the room `reserve` took for this request, which it now takes (the
-        request was admitted then, so it is not checked again); without one, the bounds are
-        checked here."""
+        """`tokens`: the item's real count. `reservation`: the room `reserve` took for this
+        request, which it now takes (the request was admitted then, so it is not checked
+        again); without one, the bounds are checked here."""
         if reservation is not None:
             reservation.release()
         else:
-            self._check_room(tokens, self._reserved_requests, self._reserved_tokens)
+            self._check_room(tokens, self._reserved_requests, self._reserved_token_bound)
         loop = asyncio.get_running_loop()
         waiting = _Waiting(item, tokens, time.monotonic(), loop.create_future())
         self._queue.append(waiting)

@@ -173,7 +173,7 @@ class ModelServer:
             "max_queued_tokens": limits.max_queued_tokens,
             "queued_requests": self._batcher.queued_requests,
             "queued_tokens": self._batcher.queued_tokens,
-            "reserved_tokens": self._batcher.reserved_tokens,
+            "reserved_token_bound": self._batcher.reserved_token_bound,
             "tokens_per_s": self._queue_sizer.tokens_per_s,
         }
 
@@ -183,13 +183,14 @@ class ModelServer:
 
         arrived = time.monotonic()
         try:
-            dim = self.embedder.validate_dim(job.dimensions)
+            # The API's field is `dimensions` (the core's argument is `dim`): the answer says so.
+            dim = self.embedder.validate_dim(job.dimensions, "dimensions")
         except DimensionError as error:
             return EmbedFailure.from_error(error, "dimensions")
         # Admission before the expensive work: room for an upper bound of the request's tokens,
         # or 429 at once, before any tokenising or decoding.
         try:
-            reservation = self._batcher.reserve(self._admission_tokens(job))
+            reservation = self._batcher.reserve(self._admission_token_bound(job))
         except QueueFull as error:
             return self._queue_full(error)
         try:
@@ -231,8 +232,9 @@ class ModelServer:
             retry_after_s=self.config.retry_after_s,
         )
 
-    def _admission_tokens(self, job: EmbedJob) -> int:
-        """An upper bound of the tokens the job's items will have, from their lengths alone."""
+    def _admission_token_bound(self, job: EmbedJob) -> int:
+        """An upper bound of the tokens the job's items will have, from their lengths alone
+        (`token_upper_bound`): what admission reserves in the queue before tokenising."""
         cap = job.max_tokens or self.embedder.max_length
         return sum(
             token_upper_bound(item, job.instruction, self._prompt_tokens, cap) for item in job.items
@@ -290,16 +292,14 @@ class ModelServer:
     def _embed_mixed(self, batch: list[_Pending]) -> list[np.ndarray | EmbedFailure]:
         """One `embed_prepared` call for the whole batch, whatever dimensions its requests ask:
         the core sorts all inputs by length and packs them under the token budget. With one
-        dimension (the usual case) the core slices it; with several, the batch is embedded at
-        full size once and each request's rows are sliced to its dimension and re-normalised
-        (the core's own `truncate_and_normalize`): normalize(truncate(normalize(x))) equals
-        normalize(truncate(x)), since normalising only scales a row.
+        dimension (the usual case) the core applies it; with several, the batch is embedded at
+        full size once and each request's rows are brought to its dimension by the core's one
+        MRL step, `Embedder.apply_dim` (slice, then re-normalise: normalize(truncate(
+        normalize(x))) equals normalize(truncate(x)), since normalising only scales a row).
 
         An input that runs out of device memory even alone fails its own request (413, naming
         the input and its token count); the core has already embedded every other input, so the
         neighbouring requests of the batch succeed."""
-        from qwen3_embed.pooling import truncate_and_normalize
-
         items = [item for pending in batch for item in pending.prepared]
         dims = {pending.dim for pending in batch}
         shared_dim = next(iter(dims)) if len(dims) == 1 else None
@@ -316,7 +316,7 @@ class ModelServer:
                 vectors.append(EmbedFailure.from_error(error))
                 continue
             if shared_dim is None and pending.dim != rows.shape[1]:
-                rows = truncate_and_normalize(rows, pending.dim, self.embedder.info.normalize)
+                rows = self.embedder.apply_dim(rows, pending.dim)
             vectors.append(rows.numpy().copy())  # own buffer: only this request's rows travel
         return vectors
 

@@ -117,8 +117,7 @@ class RerankServer:
     @property
     def max_batch_tokens(self) -> int:
         # The core's budget (its device default when the config leaves it unset).
-        budget = getattr(self.reranker, "max_batch_tokens", None) or self.config.max_batch_tokens
-        return int(budget or 16_384)
+        return self.reranker.max_batch_tokens
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         batching = BatchingConfig.model_validate(user_config or {})
@@ -162,7 +161,7 @@ class RerankServer:
             "max_queued_tokens": limits.max_queued_tokens,
             "queued_requests": self._batcher.queued_requests,
             "queued_tokens": self._batcher.queued_tokens,
-            "reserved_tokens": self._batcher.reserved_tokens,
+            "reserved_token_bound": self._batcher.reserved_token_bound,
             "tokens_per_s": self._queue_sizer.tokens_per_s,
         }
 
@@ -172,7 +171,7 @@ class RerankServer:
         # Admission before the expensive work: room for an upper bound of the pairs' tokens, or
         # 429 at once, before any tokenising or decoding.
         try:
-            reservation = self._batcher.reserve(self._admission_tokens(job))
+            reservation = self._batcher.reserve(self._admission_token_bound(job))
         except QueueFull as error:
             return self._queue_full(error)
         try:
@@ -213,7 +212,7 @@ class RerankServer:
             retry_after_s=self.config.retry_after_s,
         )
 
-    def _admission_tokens(self, job: RerankJob) -> int:
+    def _admission_token_bound(self, job: RerankJob) -> int:
         """An upper bound of the tokens the job's pairs will have, from their lengths alone (the
         embedding replicas' rule, `token_upper_bound`, over both sides of each pair)."""
         cap = job.max_length or self.reranker.max_length

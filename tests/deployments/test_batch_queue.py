@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from deployments.batch_queue import ContinuousBatcher, QueueFull, QueueLimits
+from deployments.config import BatchingConfig, ModelConfig
 from deployments.render import render_embeddings
 from deployments.schemas import embeddings_response
 
@@ -209,11 +210,15 @@ def test_a_failing_batch_fails_its_requests_only():
     asyncio.run(scenario())
 
 
-def test_limits_are_validated_and_changed_at_run_time():
-    with pytest.raises(ValueError):
-        limits(max_batch_requests=0)
-    with pytest.raises(ValueError):
-        limits(max_wait_s=-1)
+def test_limits_are_checked_where_they_enter_and_changed_at_run_time():
+    # The queue trusts its limits: the configs they come from refuse bad values.
+    with pytest.raises(ValueError, match="max_batch_size"):
+        BatchingConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="batch_wait_ms"):
+        BatchingConfig(batch_wait_ms=-1)
+    for name in ("max_queued_tokens", "max_ongoing_requests", "max_batch_tokens"):
+        with pytest.raises(ValueError, match=name):
+            ModelConfig(model="m", **{name: 0})
 
     async def scenario() -> Device:
         device = Device(run_s=0.05)
@@ -275,7 +280,9 @@ def test_one_batch_with_mixed_dimensions_equals_the_core_per_dimension(tiny_text
         calls.append((len(items), dim))
         return original(items, dim, errors=errors)
 
-    replica.embedder = SimpleNamespace(embed_prepared=counting, info=tiny_text_embedder.info)
+    replica.embedder = SimpleNamespace(
+        embed_prepared=counting, apply_dim=tiny_text_embedder.apply_dim
+    )
     vectors = EmbeddingModel.func_or_class._embed_mixed(replica, batch)
     assert calls == [(7, None)]  # one call for the whole batch, at full size
     for (texts, dim), rows in zip(requests, vectors, strict=True):

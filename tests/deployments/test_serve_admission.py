@@ -62,11 +62,11 @@ def test_token_upper_bound_is_never_below_the_real_count(tiny_text_model_dir):
         for text in texts:
             job = EmbedJob((text,), instruction, None, False)
             (prepared,) = server.embedder.prepare([text], instruction, False, None)
-            assert server._admission_tokens(job) >= prepared.num_tokens, (text, instruction)
+            assert server._admission_token_bound(job) >= prepared.num_tokens, (text, instruction)
     # Truncated, or with a per-request token limit: never counted beyond what may enter.
     long = EmbedJob(("word " * 50_000,), None, None, True)
-    assert server._admission_tokens(long) == server.embedder.max_length
-    assert server._admission_tokens(EmbedJob(("word " * 500,), None, None, True, 16)) == 16
+    assert server._admission_token_bound(long) == server.embedder.max_length
+    assert server._admission_token_bound(EmbedJob(("word " * 500,), None, None, True, 16)) == 16
 
 
 def test_over_budget_burst_gets_429_before_the_tokenizer_runs(
@@ -106,7 +106,7 @@ def test_over_budget_burst_gets_429_before_the_tokenizer_runs(
     for index in admitted:
         expected = tiny_text_embedder.embed([texts[index]]).embeddings.numpy()
         assert float(np.max(np.abs(dict(finished)[index].embeddings - expected))) <= TOL
-    assert server.stats()["reserved_tokens"] == 0 and server.stats()["queued_tokens"] == 0
+    assert server.stats()["reserved_token_bound"] == 0 and server.stats()["queued_tokens"] == 0
 
 
 def test_a_long_text_request_does_not_hold_up_a_short_one(tiny_text_model_dir):
@@ -197,7 +197,7 @@ def test_a_media_request_whose_caller_went_away_stops_between_items(
         # The item being decoded finishes; the next ones are never started.
         await asyncio.get_running_loop().run_in_executor(server._media_pool._executor, lambda: None)
         # Room for the next request: its reservation was given back.
-        assert server.stats()["reserved_tokens"] == 0
+        assert server.stats()["reserved_token_bound"] == 0
 
     asyncio.run(scenario())
     assert counter.items == 1, counter.items
