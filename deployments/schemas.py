@@ -151,7 +151,7 @@ _ERROR_STATUSES = {
 def embeddings_openapi(request: type[BaseModel] = EmbeddingRequest) -> dict[str, Any]:
     """OpenAPI for POST /v1/embeddings (and /tokenize), whose handlers read the raw body (to
     bound its size before parsing) so FastAPI cannot derive it: the request schema and the
-    error answers, for clients and for schema-driven tests (tests/deployments/test_serve_reliability.py
+    error answers, for clients and for schema-driven tests (tests/deployments/test_ingress.py
     fuzzes from it)."""
     error = {"content": {"application/json": {"schema": ERROR_BODY_SCHEMA}}}
     return {
