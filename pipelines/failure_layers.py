@@ -6,15 +6,16 @@ Outermost first; each layer only sees what the layers inside it let through.
 | # | Layer (where) | Catches | How often / bound | Leaves in `_errors/` |
 |---|---------------|---------|-------------------|----------------------|
 | 0 | Ray Data's own retries (its defaults, kept) | a dead worker process: a prepare task, a replica (SIGKILL, the OOM killer, a segfault, preemption) | a task is retried and a replica restarted with its batches run again, without limit (`max_retries=-1`, `max_restarts=-1`, `max_task_retries=-1`) | nothing |
-| 1 | crash bound (`ledger.CrashGuard`, the run's ledger actor) | a batch in progress when its replica died (begun, never finished) | after `REPLICA_CRASHES_PER_BATCH` (2) deaths the batch goes row by row; a row in progress at 2 more deaths alone is written off | `replica_crashed`: "the embedding replica died 2 times while this row was being embedded alone ..." |
-| 2 | stage attempts (`attempts_then_rows`) | any exception raised by a block's prepare or embed call, except `StageBroken` | the block `STAGE_ATTEMPTS` (3) times, then each row once alone; all rows of a multi-row block failing alone, or `StageBroken`, is raised: the job fails loudly | `prepare_failed` / `embed_failed`: "<stage> failed on this row alone after 3 attempts on its block: <Type>: <message>" |
+| 1 | crash bound (`ledger.CrashGuard`, the run's ledger actor) | a batch in progress when its replica died (begun, never finished); replicas only, not prepare tasks | after `REPLICA_CRASHES_PER_BATCH` (2) deaths the batch goes row by row; a row in progress at 2 more deaths alone is written off | `replica_crashed`: "the embedding replica died 2 times while this row was being embedded alone ..." |
+| 2 | stage attempts (`attempts_then_rows`) | any exception raised by a block's prepare or embed call, except `StageBroken` | the block `STAGE_ATTEMPTS` (3) times, then each row once alone; when every row of a multi-row block fails alone, or on `StageBroken`, it raises: the job fails loudly | `prepare_failed` / `embed_failed`: "<stage> failed on this row alone after 3 attempts on its block: <Type>: <message>" |
 | 3 | item fallback (`items_alone_after_failure`, in `EmbedWorker._embed`) | any exception of one forward call over a block's distinct inputs (not OOM: the core handles it) | the call once, then each input once alone; all inputs of a multi-row call failing alone raises `StageBroken` (a broken replica, not bad rows) | `embed_failed`: "<Type>: <message>" |
 | 4 | OOM split (the core: `qwen3_embed.runner`, `qwen3_embed.oom`) | out of device memory (`torch.OutOfMemoryError`, allocator errors of other devices) | the batch halved, again and again; the token budget drops to half the failed batch and grows back by 1/8 after 16 clean forwards; an input alone gets one retry after the cache is freed | `input_too_large_for_device`: "input has N tokens and ran out of device memory even when embedded alone; ..." |
 
 Which layers each way of running has (the compositions below are the wiring):
 
-- `qwen3-embed run` (`job.py`): prepare 0, 2 (`prepare_layers`); embed 0, 1, 2, 3, 4
-  (`embed_layers`).
+- `qwen3-embed embed` (`job.py`): prepare 0, 2 (`prepare_layers`); embed 0, 1, 2, 3, 4
+  (`embed_layers`). A prepare task that kills its process on every try (a decoder crash on one
+  file, say) has no layer 1: Ray retries it without bound.
 - `embed_dataset`: the same without 1 (a user's dataset has no row ids of the job's to key its
   batches by, see `dataset_stage`): a row that kills every replica is retried by Ray forever.
 - `qwen3-embed rerank` (`rerank_job.py`): 0, 1, 4 (`rerank_layers`). No 2 and 3: the core's
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +54,6 @@ FailedRows = Callable[[pa.Table, str, str], pa.Table]
 # Layer 3's forward: inputs -> ((N, ...) results, {position: (reason, code)} for the inputs the
 # core failed on alone, e.g. `input_too_large_for_device`).
 Forward = Callable[[Sequence[Any]], tuple[np.ndarray, dict[int, tuple[str, str]]]]
-Item = TypeVar("Item")
 
 
 class StageBroken(Qwen3EmbedError, RuntimeError):
