@@ -71,10 +71,8 @@ logger = logging.getLogger(__name__)
 # How a job's ids were chosen (the manifest's `ids.source`).
 ID_GIVEN, ID_DEFAULT, ID_DERIVED, ID_KEPT = "given", "default", "derived", "kept"
 
-# Replica deaths: Ray Data's defaults (restart a dead replica, retry its batches, without limit)
-# stay; the bound against a batch that kills every replica it reaches is the run's ledger
-# (see `ledger`): such a batch goes row by row, and the row that keeps killing replicas becomes
-# a `replica_crashed` error row.
+# Failures around the forward (replica deaths, raising blocks, OOM): the layers and their bounds
+# are `failure_layers`; this job starts the run's ledger, their crash bound, and kills it at the end.
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ its forward pass and `finish`-ed after, and a batch begun more often than finish
 progress when its replica died. After `REPLICA_CRASHES_PER_BATCH` such deaths the batch is
 embedded row by row, and a row that was in progress at as many deaths becomes an error row
 (`replica_crashed`) instead of costing another replica. A one-off kill or preemption never
-writes a row off.
+writes a row off. This is layer 1 of `failure_layers`, whose docstring shows it among the others.
 
 The replicas also report when they finished loading and their first batch, so the summary can
 say where a small job's time went.
@@ -25,11 +25,12 @@ from typing import Any
 
 import pyarrow as pa
 
+# The bound is a policy of the failure layers (see `failure_layers`), kept there with the others;
+# re-exported (`X as X`) under its old address.
+from .failure_layers import REPLICA_CRASHES_PER_BATCH as REPLICA_CRASHES_PER_BATCH
 from .rows import CODE_REPLICA_CRASHED
 
 logger = logging.getLogger(__name__)
-
-REPLICA_CRASHES_PER_BATCH = 2  # deaths of a batch's replicas before it is split into rows
 LEDGER_NAMESPACE = "qwen3-embed"
 
 

@@ -8,7 +8,7 @@
 
 The embedding job's machinery is reused: input discovery and storage (`discovery`, `storage`),
 atomic part files named by their ids (`layout`), the ledger that bounds replica deaths per batch
-(`ledger`), the manifest written at the start (claiming OUTPUT: a stale writer stops, see
+(`ledger`; the replica's failure layers are `failure_layers`'s `rerank_layers`), the manifest written at the start (claiming OUTPUT: a stale writer stops, see
 `sink.StaleWriterError`) and at the end with counts read back from OUTPUT's files, and the
 count check. Resume is by query: a query with rows in a part file is done whole (see
 `rerank_sink`), so a rerun after a kill scores exactly the queries that are not.

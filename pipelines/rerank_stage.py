@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
 from qwen3_embed.options import LoadOptions
 
+from .failure_layers import rerank_layers
 from .ledger import CrashGuard
 from .rows import GROUP_SCHEMA, SCORED_SCHEMA, STATUS_ERROR, STATUS_OK
 
@@ -149,16 +150,18 @@ class RerankWorker:
         self.guard.replica_ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return self.guard.run(
-            table,
+        # The failure layers of a reranker replica (see `failure_layers`: 0, 1 and the core's 4).
+        return rerank_layers(
+            self.guard,
             lambda block: score_groups(block, self.reranker, self.settings),
+            table,
             _crashed_groups,
-            lambda block: STATUS_OK in block.column("status").to_pylist(),
         )
 
 
 def _crashed_groups(groups: pa.Table, reason: str, code: str) -> pa.Table:
-    """Every pair of `groups` as an error (the ledger wrote the group off)."""
+    """Every pair of `groups` as an error (a failure layer, the ledger's crash bound, wrote the
+    group off); groups already skipped or failed keep their status."""
     out = []
     for row in groups.to_pylist():
         count = len(row["document_ids"] or [])

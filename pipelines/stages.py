@@ -10,16 +10,11 @@ on a table without Ray, and Ray Data moves them between processes without conver
 outside those schemas pass through both stages unchanged, row for row (error rows included):
 that is how `dataset_stage.embed_dataset` carries a user's own columns to its output.
 
-Both run each block through `run_guarded`: a block whose stage raises is tried again (up to
-`STAGE_ATTEMPTS` times), then row by row, and a row that still fails alone becomes an error row
-(`prepare_failed` / `embed_failed`) with the exception as its reason, so one bad block never
-fails the job nor leaves a gap. When every row of a block fails alone, the stage itself is broken
-(a dead device, a bug on every input): the exception is raised and the job fails loudly instead
-of writing good rows off as failed.
-
-Out-of-memory never reaches that guard: the core splits the forward and lowers its budget, and
-an input too large for the device even alone comes back as that row's error
-(`input_too_large_for_device`, its token count named) while its neighbours are embedded.
+Failures around them are handled by the layers of `failure_layers` (its docstring has the
+table): the stage's attempts and row-by-row fallback around both stages' blocks, and around the
+replica's the run's crash bound and, inside, the item-by-item fallback of its forward and the
+core's out-of-memory split. Each layer that gives up on a row writes it through `_failed_rows`:
+an error row with its reason and code, never a gap.
 """
 
 from __future__ import annotations
@@ -33,16 +28,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from qwen3_embed.errors import Qwen3EmbedError
 from qwen3_embed.options import LoadOptions
 from qwen3_embed.precision import PrecisionSpec
 
+# Re-exported (`X as X`): the stage's attempts and `StageBroken` are known by these names here.
+from .failure_layers import STAGE_ATTEMPTS as STAGE_ATTEMPTS
+from .failure_layers import StageBroken as StageBroken
+from .failure_layers import (
+    attempts_then_rows,
+    embed_layers,
+    items_alone_after_failure,
+    prepare_layers,
+)
 from .ledger import CrashGuard
 from .media_fetch import FetchFailed, fetch_reference
 from .rows import (
-    CODE_EMBED_FAILED,
     CODE_MEDIA_UNAVAILABLE,
-    CODE_PREPARE_FAILED,
     CODE_READ_ERROR,
     PREPARED_SCHEMA,
     READ_SCHEMA,
@@ -56,8 +57,6 @@ from .rows import (
 )
 
 logger = logging.getLogger(__name__)
-
-STAGE_ATTEMPTS = 3  # tries of a whole block before it is split into rows
 
 
 def with_passthrough(out: pa.Table, source: pa.Table) -> pa.Table:
@@ -97,57 +96,17 @@ class EmbedSettings:
 
 
 # ------------------------------------------------------------------------------- guard
-class StageBroken(Qwen3EmbedError, RuntimeError):
-    """Every item of a batch failed alone: the stage (say, a replica's device) is broken, not the
-    items. Raised, never written off as error rows."""
-
-    code = "stage_broken"
-
-
 def run_guarded(
     stage: str, call: Callable[[pa.Table], pa.Table], table: pa.Table, schema: pa.Schema, code: str
 ) -> pa.Table:
-    """`call(table)`, tried `STAGE_ATTEMPTS` times; then row by row, where a row that raises alone
-    becomes an error row (`code`, the exception as its reason). Raises when the stage is broken:
-    `StageBroken` at once (never retried), or every row of a multi-row block failing alone."""
-    failure: Exception | None = None
-    for attempt in range(1, STAGE_ATTEMPTS + 1):
-        try:
-            return call(table)
-        except StageBroken:
-            # The call already tried the block and each item alone: a retry would only repeat
-            # those (N + 1) doomed forwards.
-            raise
-        except Exception as error:  # noqa: BLE001 - retried, then narrowed to rows below
-            failure = error
-            logger.warning(
-                "%s failed on a block of %d rows (attempt %d of %d): %s: %s",
-                stage,
-                table.num_rows,
-                attempt,
-                STAGE_ATTEMPTS,
-                type(error).__name__,
-                error,
-            )
-    pieces, failed = [], 0
-    for index in range(table.num_rows):
-        row = table.slice(index, 1)
-        try:
-            pieces.append(call(row))
-        except Exception as error:  # noqa: BLE001 - recorded as this row's error
-            failed += 1
-            reason = (
-                f"{stage} failed on this row alone after {STAGE_ATTEMPTS} attempts on its block: "
-                f"{type(error).__name__}: {error}"
-            )
-            pieces.append(_failed_rows(row, schema, reason, code))
-    if table.num_rows > 1 and failed == table.num_rows:
-        raise failure  # type: ignore[misc]
-    logger.warning(
-        "%s: %d of %d rows failed alone and became error rows", stage, failed, table.num_rows
+    """`failure_layers.attempts_then_rows` writing its error rows in `schema`."""
+    return attempts_then_rows(
+        stage,
+        call,
+        table,
+        lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
+        code,
     )
-    # By name: a failed row lacks the flag columns a stage adds (see `rows.TRUNCATED_COLUMN`).
-    return pa.concat_tables(pieces, promote_options="default")
 
 
 def _failed_rows(table: pa.Table, schema: pa.Schema, reason: str, code: str) -> pa.Table:
@@ -192,12 +151,11 @@ def _preparer(load: LoadOptions):
 def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
     """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows); other
     columns (the caller's, and the job's provenance, see `fragments`) travel on."""
-    return run_guarded(
-        "prepare",
+    schema = prepared_schema(settings.chunking)
+    return prepare_layers(
         lambda block: _prepare_block(block, settings),
         table,
-        prepared_schema(settings.chunking),
-        CODE_PREPARE_FAILED,
+        lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
     )
 
 
@@ -392,11 +350,11 @@ class EmbedWorker:
     def __call__(self, table: pa.Table) -> pa.Table:
         schema = embedded_schema(self.dim, self.precision.name)
         # Other columns travel on (`with_passthrough`), the job's provenance among them.
-        return self.guard.run(
+        return embed_layers(
+            self.guard,
+            self._embed_block,
             table,
-            lambda block: run_guarded("embed", self._embed_block, block, schema, CODE_EMBED_FAILED),
             lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
-            lambda block: STATUS_OK in block.column("status").to_pylist(),
         )
 
     def _embed_block(self, table: pa.Table) -> pa.Table:
@@ -455,47 +413,16 @@ class EmbedWorker:
     def _embed(
         self, prepared: Sequence[Any], rows: int | None = None
     ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
-        """Vectors for `prepared`, and {position: (reason, code)} for items the model failed on.
-
-        Out-of-memory is the core's business: it splits the forward, lowers its budget, and
-        reports an item that does not fit even alone (`input_too_large_for_device`, its token
-        count named) while embedding the rest; those reports become this item's error row.
-        Any other failing batch is retried item by item so that one pathological input fails
-        alone. If every item of a multi-item batch fails alone too, the replica itself is broken:
-        raise, and let Ray retry or fail the job loudly."""
-        if not prepared:
-            return np.zeros((0, self.dim), dtype=np.float32), {}
-        try:
-            return self._embed_collecting(prepared)
-        except Exception as batch_error:  # noqa: BLE001 - narrowed below, item by item
-            logger.warning(
-                "batch of %d failed (%s); retrying item by item", len(prepared), batch_error
-            )
-            self._release_device_memory()
-            vectors = np.zeros((len(prepared), self.dim), dtype=np.float32)
-            failures: dict[int, tuple[str, str]] = {}
-            for position, item in enumerate(prepared):
-                try:
-                    vector, failed = self._embed_collecting([item])
-                except Exception as item_error:  # noqa: BLE001 - recorded as this row's error
-                    failures[position] = (
-                        f"{type(item_error).__name__}: {item_error}",
-                        CODE_EMBED_FAILED,
-                    )
-                    self._release_device_memory()
-                    continue
-                if failed:
-                    failures[position] = failed[0]
-                else:
-                    vectors[position] = vector[0]
-            # `rows`: the call's rows before identical ones were merged; as many rows failing
-            # alone as before merging tells the same broken replica.
-            if (rows or len(prepared)) > 1 and len(failures) == len(prepared):
-                raise StageBroken(
-                    f"every item of a batch of {len(prepared)} failed alone: "
-                    f"{type(batch_error).__name__}: {batch_error}"
-                ) from batch_error
-            return vectors, failures
+        """Vectors for `prepared`, and {position: (reason, code)} for items the model failed on:
+        the core's forward (out-of-memory split inside it) through the item-by-item fallback of
+        `failure_layers` (`rows`: the call's rows before identical ones were merged)."""
+        return items_alone_after_failure(
+            self._embed_collecting,
+            prepared,
+            lambda count: np.zeros((count, self.dim), dtype=np.float32),
+            rows,
+            self._release_device_memory,
+        )
 
     def _embed_collecting(
         self, prepared: Sequence[Any]
