@@ -44,17 +44,31 @@ from .dataset_stage import gpus_per_replica
 from .datasource import CorpusDatasource
 from .discovery import InputSet, discover
 from .fragments import fragment_key, read_groups
+from .identity import (
+    ID_DEFAULT,
+    ID_DERIVED,
+    ModelFacts,
+    job_identity,
+    job_input_fingerprint,
+    model_path,
+    read_settings,
+    rerun_id_column,
+)
 from .layout import ERRORS_DIR, TMP_DIR, schema_metadata
 from .ledger import start_ledger
-from .manifest import JobResult, finished_manifest, nothing_to_do_manifest, write_manifest
+from .manifest import (
+    JobResult,
+    common_block,
+    finished_manifest,
+    nothing_to_do_manifest,
+    write_manifest,
+)
 from .map_stages import MapStage, StageResources, apply_stages, embed_stage, prepare_stage
-from .noop import previous_id_column, read_settings
 from .owner import Heartbeat, OutputBusyError, live_writer, writer_record
 from .progress import ProgressReporter, estimate_rows
 from .readers import DEFAULT_ID_COLUMN, ReadSpec, has_column
 from .resume import (
     check_output,
-    input_fingerprint,
     nothing_to_do,
     output_fingerprint,
     part_files,
@@ -67,9 +81,6 @@ from .stages import EmbedSettings, EmbedWorker, PrepareSettings, prepare_batch
 from .storage import ATOMIC_PUT_FILESYSTEMS, Location, read_bytes, resolve
 
 logger = logging.getLogger(__name__)
-
-# How a job's ids were chosen (the manifest's `ids.source`).
-ID_GIVEN, ID_DEFAULT, ID_DERIVED, ID_KEPT = "given", "default", "derived", "kept"
 
 # Failures around the forward (replica deaths, raising blocks, OOM): the layers and their bounds
 # are `failure_layers`; this job starts the run's ledger, their crash bound, and kills it at the end.
@@ -114,16 +125,10 @@ class JobPlan:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What makes two jobs' vectors comparable; a non-empty OUTPUT must match it."""
-        return {
-            "model": self.model,
-            "dim": self.dim,
-            "instruction": self.config.instruction,
-            "normalized": self.normalized,
-            "precision": self.config.precision,
-            "chunking": self.config.chunking,
-            "keep_columns": list(self.config.keep_columns) or None,
-        }
+        """What makes two jobs' vectors comparable; a non-empty OUTPUT must match it (one
+        definition for this and the CLI's first look, `noop`: `identity.job_identity`)."""
+        facts = ModelFacts(self.model, self.family, self.dim, self.normalized)
+        return job_identity(self.config, facts)
 
 
 def plan_job(config: JobConfig) -> JobPlan:
@@ -141,10 +146,12 @@ def plan_job(config: JobConfig) -> JobPlan:
         )
     storage = config.storage_options_dict
     inputs = discover(config.input, config.format, storage)
-    model = os.path.abspath(config.model) if os.path.isdir(config.model) else config.model
+    model = model_path(config.model)
     preparer = Preparer.from_pretrained(model, config.max_length, config.revision)  # no weights
     info = preparer.info
-    dim = preparer.validate_dim(config.dim)  # the core's rule, checked without loading weights
+    # The core's dim rule, checked without loading weights; the facts the first look reads too.
+    facts = ModelFacts.of(model, info, config.dim)
+    dim = facts.dim
     _check_inputs_fit(inputs, info.family, config)
     if config.chunk_tokens is not None:  # the core's rule too: a text model, room for text
         check_settings(preparer, config.chunk_tokens, config.chunk_overlap, config.instruction)
@@ -158,7 +165,7 @@ def plan_job(config: JobConfig) -> JobPlan:
                 f"OUTPUT {output.uri()} lies inside the input folder {inputs.prefix}{folder}: a rerun would read "
                 "the vectors back as input; put OUTPUT elsewhere"
             )
-    plan = JobPlan(config, model, inputs, output, info.family, dim, info.normalize, kept=kept)
+    plan = JobPlan(config, model, inputs, output, facts.family, dim, facts.normalized, kept=kept)
     previous = check_output(output, plan.identity)
     busy = live_writer(previous)
     if busy is not None:
@@ -261,15 +268,12 @@ def _check_writable(output: Location) -> None:
 def _choose_ids(
     config: JobConfig, inputs: InputSet, previous: dict[str, Any] | None
 ) -> tuple[str | None, str]:
-    """(id column or None for derived ids, how it was chosen). Without `--id-column`, a job
-    resuming an OUTPUT keeps the ids that OUTPUT was started with (other ids would embed every
-    row again, twice in OUTPUT); a new one takes `id` when the first table file has it."""
-    if config.derived_ids:
-        return None, ID_DERIVED
-    if config.id_column is not None:
-        return config.id_column, ID_GIVEN
-    if previous is not None:
-        return previous_id_column(previous), ID_KEPT
+    """(id column or None for derived ids, how it was chosen): as `identity.rerun_id_column`
+    says (the flags, else the ids OUTPUT was started with); a new OUTPUT takes `id` when the
+    first table file has it."""
+    chosen = rerun_id_column(config, previous)
+    if chosen is not None:
+        return chosen
     if {"txt", "images", "videos"} & set(inputs.formats()):
         return None, ID_DERIVED  # such files have no columns: every id is derived
     for file in inputs.files[:3]:  # the first that can tell (one may be empty or unreadable)
@@ -280,9 +284,16 @@ def _choose_ids(
 
 
 def _input_fingerprint(plan: JobPlan) -> str | None:
-    root = plan.inputs.prefix + plan.inputs.root
-    settings = read_settings(plan.config, root, plan.family, id_column=plan.id_column)
-    return input_fingerprint(plan.inputs.files, settings)
+    return job_input_fingerprint(plan.config, plan.inputs, plan.family, plan.id_column)
+
+
+def nothing_left(plan: JobPlan) -> bool:
+    """The full path's "nothing to do" (the CLI's first look, `noop`, decides it the same way):
+    OUTPUT's last run completed with every input row, and neither the inputs nor OUTPUT's files
+    changed since; `plan_job` has checked the identity."""
+    return plan.previous is not None and nothing_to_do(
+        plan.previous, _input_fingerprint(plan), plan.output
+    )
 
 
 def run_embedding_job(
@@ -294,14 +305,9 @@ def run_embedding_job(
 
     When the last run over OUTPUT completed and neither the inputs nor OUTPUT changed since,
     there is nothing to do: the manifest is updated to say so, and no cluster is touched."""
-    from qwen3_embed import __version__
-
     phases = dict(phases or {})
     # The caller's phases (its imports and checks) count in the run's wall time.
     started = time.monotonic() - sum(phases.values())
-    started_at = datetime.fromtimestamp(time.time() - sum(phases.values()), timezone.utc).isoformat(
-        timespec="seconds"
-    )
     if not isinstance(config, JobPlan):
         mark = time.monotonic()
         config = plan_job(config)
@@ -310,14 +316,9 @@ def run_embedding_job(
     config, inputs, output, dim = plan.config, plan.inputs, plan.output, plan.dim
     identity = plan.identity
     fingerprint = _input_fingerprint(plan)
-    run_id = uuid.uuid4().hex
-    common = {
-        "run_id": run_id,
-        "config": config.to_dict(),
-        "producer": f"qwen3-embed {__version__}",
-        "started_at": started_at,
-    }
-    if plan.previous is not None and nothing_to_do(plan.previous, fingerprint, output):
+    common = common_block(config.to_dict(), time.monotonic() - started)
+    run_id = common["run_id"]
+    if nothing_left(plan):
         manifest = nothing_to_do_manifest(
             plan.previous, common, time.monotonic() - started, _rounded(phases)
         )

@@ -8,6 +8,8 @@ with the counts). Counts of rows in OUTPUT come from its committed files, not fr
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,23 @@ from .storage import Location, write_bytes_atomically
 if TYPE_CHECKING:
     from .resume import OutputScan
     from .sink import WriteTally
+
+
+def common_block(
+    config: dict[str, Any], seconds_ago: float = 0.0, run_id: str | None = None
+) -> dict[str, Any]:
+    """What every manifest of a run starts with (embedding job, its "nothing to do" rerun, rerank
+    job): the run's id (a new one unless given), its config, the producer, and when it started
+    (`seconds_ago`: the time the caller already spent, e.g. its imports and checks)."""
+    from qwen3_embed import __version__
+
+    started_at = datetime.fromtimestamp(time.time() - seconds_ago, timezone.utc)
+    return {
+        "run_id": run_id or uuid.uuid4().hex,
+        "config": config,
+        "producer": f"qwen3-embed {__version__}",
+        "started_at": started_at.isoformat(timespec="seconds"),
+    }
 
 
 def write_manifest(output: Location, manifest: dict[str, Any]) -> None:

@@ -20,9 +20,7 @@ import dataclasses
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -32,9 +30,10 @@ import ray
 
 from .dataset_stage import gpus_per_replica
 from .discovery import InputSet, discover
+from .identity import model_path
 from .layout import ERRORS_DIR, TMP_DIR
 from .ledger import start_ledger
-from .manifest import write_manifest
+from .manifest import common_block, write_manifest
 from .rerank_config import TABLE_FORMATS, RerankJobConfig
 from .rerank_groups import pairs_to_group, to_groups, with_query_key
 from .rerank_output import (
@@ -68,6 +67,9 @@ class RerankPlan:
 
     @property
     def identity(self) -> dict[str, Any]:
+        """What makes two rerank jobs' OUTPUTs one (compared by `identity.identity_differences`,
+        as the embedding job's): the model as `identity.model_path` names it, the instruction,
+        and in place of a text column, dim and precision the rerank job's own fields."""
         config = self.config
         return {
             "model": self.model,
@@ -106,7 +108,7 @@ def plan_rerank_job(config: RerankJobConfig) -> RerankPlan:
         raise ValueError(
             f"rerank reads tables (parquet, jsonl, csv); the inputs include {', '.join(unsupported)} files"
         )
-    model = os.path.abspath(config.model) if os.path.isdir(config.model) else config.model
+    model = model_path(config.model)
     load = dataclasses.replace(config.load_options(), model=model)
     preparer = RerankPreparer.from_options(load)  # refuses an embedding checkpoint, by name
     schema = _schema(inputs)
@@ -155,13 +157,11 @@ def run_rerank_job(config: RerankJobConfig | RerankPlan) -> dict[str, Any]:
     """Run (or resume) the job; returns the final manifest (also OUTPUT/_manifest.json)."""
     from ray.data import ActorPoolStrategy, DataContext
 
-    from qwen3_embed import __version__
-
     started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     plan = config if isinstance(config, RerankPlan) else plan_rerank_job(config)
     config, output = plan.config, plan.output
-    run_id = uuid.uuid4().hex
+    common = common_block(config.to_dict(), time.monotonic() - started)
+    run_id = common["run_id"]
     started_local = _connect_ray(config)
     gpus = gpus_per_replica(config.gpus_per_replica, started_local)
     if output.fs.type_name not in ATOMIC_PUT_FILESYSTEMS:
@@ -170,10 +170,7 @@ def run_rerank_job(config: RerankJobConfig | RerankPlan) -> dict[str, Any]:
     base = {
         "kind": "rerank",
         "status": "running",
-        "run_id": run_id,
-        "producer": f"qwen3-embed {__version__}",
-        "started_at": started_at,
-        "config": config.to_dict(),
+        **common,
         "identity": plan.identity,
         "model": plan.model,
         "family": plan.family,

@@ -11,33 +11,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .layout import ERRORS_DIR, MANIFEST_FILE, TMP_DIR, is_part_file
+from .identity import identity_differences
+from .layout import ERRORS_DIR, is_part_file
 from .rerank_sink import RerankTally, pair_key
-from .resume import OutputMismatchError, id_digests, read_manifest
+from .resume import OutputMismatchError, id_digests, output_entries, read_manifest
 from .storage import Location, list_files
 
 
 def check_rerank_output(output: Location, identity: dict[str, Any]) -> dict[str, Any] | None:
-    info = output.fs.get_file_info(output.path)
-    if info.type == pafs.FileType.NotFound:
+    """Refuse an OUTPUT that is a file, holds files not ours, or was written by another job
+    (another kind, or any field of `identity` different); returns its manifest, if any."""
+    names = output_entries(output)  # the embedding job's folder rules
+    if names is None:
         return None
-    if info.type != pafs.FileType.Directory:
-        raise OutputMismatchError(f"OUTPUT {output.uri()} is a file; it must be a folder")
-    names = {
-        entry.base_name
-        for entry in output.fs.get_file_info(pafs.FileSelector(output.path, recursive=False))
-    }
-    foreign = sorted(
-        n for n in names if not (is_part_file(n) or n in (ERRORS_DIR, MANIFEST_FILE, TMP_DIR))
-    )
-    if foreign:
-        raise OutputMismatchError(
-            f"OUTPUT {output.uri()} holds files this job did not write ({', '.join(foreign[:5])}); "
-            "choose an empty or new folder"
-        )
     manifest = read_manifest(output)
     if manifest is None:
         if any(is_part_file(n) for n in names) or ERRORS_DIR in names:
@@ -45,12 +33,7 @@ def check_rerank_output(output: Location, identity: dict[str, Any]) -> dict[str,
                 f"OUTPUT {output.uri()} holds part files without a manifest; refusing to add to it"
             )
         return None
-    existing = manifest.get("identity") or {}
-    differences = [
-        f"{key} {existing.get(key)!r} (this job: {identity[key]!r})"
-        for key in identity
-        if existing.get(key) != identity[key]
-    ]
+    differences = identity_differences(manifest.get("identity") or {}, identity)
     if manifest.get("kind") != "rerank" or differences:
         raise OutputMismatchError(
             f"OUTPUT {output.uri()} holds the output of a different job"

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from qwen3_embed.errors import Qwen3EmbedError
 
 from .fragments import done_fragments, needs_id_check, parse_provenance
+from .identity import IDENTITY_DEFAULTS, identity_differences
 from .layout import ERRORS_DIR, MANIFEST_FILE, TMP_DIR, identity_from_metadata, is_part_file
 from .rows import FRAGMENT_COLUMN, FRAGMENT_ROWS_COLUMN, STATUS_SKIPPED
 from .storage import Location, list_files, read_bytes
@@ -244,15 +245,26 @@ def output_fingerprint(output: Location) -> str:
     return hashlib.blake2b(json.dumps(entries).encode(), digest_size=16).hexdigest()
 
 
+# What a "nothing to do" rerun copies from the last run's manifest (see
+# `manifest.nothing_to_do_manifest`, `JobResult`), with `output`: without them OUTPUT is
+# counted again by a full run.
+COUNT_FIELDS = ("rows_in", "rows_embedded", "rows_failed", "tokens", "duplicate_ids")
+
+
 def nothing_to_do(previous: dict | None, inputs: str | None, output: Location) -> bool:
     """True when the last run over OUTPUT completed with every input row in it, and neither the
-    inputs nor OUTPUT's files changed since: a rerun would read every row only to skip it."""
+    inputs nor OUTPUT's files changed since: a rerun would read every row only to skip it. The
+    caller has checked the job's identity (`check_output`)."""
     if not previous or inputs is None:
         return False
+    recorded = previous.get("inputs")
     return (
         previous.get("status") == "complete"
         and previous.get("consistent") is True
-        and previous.get("inputs", {}).get("fingerprint") == inputs
+        and all(type(previous.get(name)) is int for name in COUNT_FIELDS)
+        and isinstance(previous.get("output"), str)
+        and isinstance(recorded, dict)
+        and recorded.get("fingerprint") == inputs
         and previous.get("output_fingerprint") == output_fingerprint(output)
     )
 
@@ -264,16 +276,42 @@ class OutputMismatchError(Qwen3EmbedError, ValueError):
     code = "output_mismatch"
 
 
+# Manifest fields that are JSON objects when present (the checks read into them).
+MANIFEST_OBJECTS = ("identity", "config", "inputs", "ids")
+
+
 def read_manifest(output: Location) -> dict | None:
+    """OUTPUT's `_manifest.json`, or None when there is none. A damaged one (not JSON, not an
+    object, or one of `MANIFEST_OBJECTS` not an object) is refused: it cannot say which job
+    wrote OUTPUT."""
     location = output.child(MANIFEST_FILE)
     if location.fs.get_file_info(location.path).type != pafs.FileType.File:
         return None
-    return json.loads(read_bytes(location))
+    try:
+        manifest = json.loads(read_bytes(location))
+    except ValueError as error:  # also bytes that are not UTF-8
+        problem = f"is not JSON ({error})"
+    else:
+        if not isinstance(manifest, dict):
+            problem = f"holds a JSON {type(manifest).__name__}, not an object"
+        else:
+            wrong = [
+                key
+                for key in MANIFEST_OBJECTS
+                if manifest.get(key) is not None and not isinstance(manifest[key], dict)
+            ]
+            if not wrong:
+                return manifest
+            problem = f"has {', '.join(repr(key) for key in wrong)} that are not JSON objects"
+    raise OutputMismatchError(
+        f"OUTPUT {output.uri()}: its {MANIFEST_FILE} {problem}, so which job wrote OUTPUT is "
+        "unknown; restore the file, or use a new OUTPUT folder"
+    )
 
 
-def check_output(output: Location, identity: dict[str, object]) -> dict | None:
-    """Refuse a non-empty OUTPUT written by a different job (model, dim, instruction,
-    normalisation or precision), or holding files that are not ours. Returns the existing manifest, if any."""
+def output_entries(output: Location) -> set[str] | None:
+    """The names in OUTPUT (None when it does not exist yet), after refusing an OUTPUT that is a
+    file or holds files no job of ours writes (shared by the embedding and rerank jobs)."""
     info = output.fs.get_file_info(output.path)
     if info.type == pafs.FileType.NotFound:
         return None
@@ -291,6 +329,15 @@ def check_output(output: Location, identity: dict[str, object]) -> dict | None:
             f"OUTPUT {output.uri()} is not empty and holds files this job did not write ({', '.join(foreign[:5])}); "
             "choose an empty or new folder"
         )
+    return names
+
+
+def check_output(output: Location, identity: dict[str, object]) -> dict | None:
+    """Refuse a non-empty OUTPUT written by a different job (any field of `identity`, see
+    `identity.job_identity`), or holding files that are not ours. Returns the existing manifest,
+    if any."""
+    if output_entries(output) is None:
+        return None
     manifest = read_manifest(output)
     existing = manifest.get("identity") if manifest else None
     if existing is None:
@@ -305,21 +352,7 @@ def check_output(output: Location, identity: dict[str, object]) -> dict | None:
                 "cannot tell which job wrote them, so refusing to add to it"
             )
     if existing is not None:
-        # An OUTPUT from before `precision` existed holds float32 vectors.
-        existing = {"precision": "float32", **existing}
-        differences = [
-            f"{key} {existing.get(key)!r} (this job: {identity[key]!r})"
-            for key in (
-                "model",
-                "dim",
-                "instruction",
-                "normalized",
-                "precision",
-                "chunking",
-                "keep_columns",
-            )
-            if key in identity and existing.get(key) != identity[key]
-        ]
+        differences = identity_differences(existing, identity, IDENTITY_DEFAULTS)
         if differences:
             raise OutputMismatchError(
                 f"OUTPUT {output.uri()} already holds embeddings from a different job: {'; '.join(differences)}. "

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UnsupportedModelError
+from .errors import DimensionError, UnsupportedModelError
 from .registry import DEFAULT_MAX_LENGTH, FAMILY_MIN_DIM, WEB_SEARCH_INSTRUCTION, ModelSpec
 from .vocabulary import Family, PoolingMode
 
@@ -35,6 +35,23 @@ class ModelInfo:
     # the one sentence-transformers applies when a call names none. Not hashed: a dict.
     prompts: dict[str, str] = field(default_factory=dict, hash=False)
     default_prompt_name: str | None = None
+
+    def output_dim(self, dim: int | None, name: str = "dim") -> int:
+        """The output dimension for `dim` (None = full size); a DimensionError names the valid
+        range and the value as its caller's field `name` calls it. The one MRL rule:
+        `Preparer.validate_dim` and the batch job's first look call it."""
+        if dim is None:
+            return self.hidden_size
+        if (
+            isinstance(dim, bool)
+            or not isinstance(dim, int)
+            or not self.min_dim <= dim <= self.hidden_size
+        ):
+            raise DimensionError(
+                f"{name}={dim!r} is invalid for this model; valid values are integers in "
+                f"[{self.min_dim}, {self.hidden_size}]"
+            )
+        return dim
 
 
 @dataclass(frozen=True)

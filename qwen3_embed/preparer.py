@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .contracts import InputPreparer, PreparedInput, PrepareResult
-from .errors import DimensionError, InputError
+from .errors import InputError
 from .model_info import ModelInfo, read_model_info
 from .options import LoadOptions
 from .prompts import check_instruction, resolve_prompt
@@ -77,20 +77,8 @@ class Preparer:
         """The output dimension for `dim` (None = full size); a `DimensionError` (a ValueError)
         names the valid range, and the value as its caller's field `name` calls it (the HTTP
         API's `dimensions`). Needs no weights, so a batch job's driver checks it before
-        starting any worker."""
-        info = self.info
-        if dim is None:
-            return info.hidden_size
-        if (
-            isinstance(dim, bool)
-            or not isinstance(dim, int)
-            or not info.min_dim <= dim <= info.hidden_size
-        ):
-            raise DimensionError(
-                f"{name}={dim!r} is invalid for this model; valid values are integers in "
-                f"[{info.min_dim}, {info.hidden_size}]"
-            )
-        return dim
+        starting any worker. The rule is `ModelInfo.output_dim`."""
+        return self.info.output_dim(dim, name)
 
     @property
     def prompts(self) -> dict[str, str]:

@@ -25,13 +25,19 @@ def is_url(source: str) -> bool:
     return "://" in source
 
 
-def resolve_model_dir(source: str | os.PathLike, revision: str | None = None) -> Path:
+def resolve_model_dir(
+    source: str | os.PathLike, revision: str | None = None, *, local_only: bool = False
+) -> Path:
     """A local directory holding `config.json` for `source`.
 
     - an existing local directory is used as it is;
     - a URL (`s3://`, `gs://`, `memory://`, ...) is copied once into the cache, keyed by URL;
     - anything else is a hub id, resolved through `huggingface_hub` (which honours
       `HF_HUB_OFFLINE` and its own cache).
+
+    `local_only`: copy and download nothing (a cheap look, e.g. the batch job's "nothing to do"
+    check): a URL's copy already in the cache, a hub id's snapshot already in the hub's cache,
+    else FileNotFoundError.
     """
     text = os.fspath(source)
     local = Path(text).expanduser()
@@ -40,12 +46,14 @@ def resolve_model_dir(source: str | os.PathLike, revision: str | None = None) ->
             raise FileNotFoundError(f"model directory {local} has no config.json")
         return local
     if is_url(text):
-        return _copy_from_fsspec(text)
+        return _copy_from_fsspec(text, local_only)
     if looks_like_path(text):
         raise FileNotFoundError(
             f"no such local directory: model directory {text!r} does not exist "
             f"(relative paths are resolved against the working directory, {os.getcwd()})"
         )
+    if local_only:
+        return _hub_cache_dir(text, revision)
     return _download_from_hub(text, revision)
 
 
@@ -65,13 +73,15 @@ def looks_like_path(source: str) -> bool:
 _HUB_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 
 
-def _copy_from_fsspec(url: str) -> Path:
+def _copy_from_fsspec(url: str, local_only: bool = False) -> Path:
     import fsspec
 
     target = cache_root() / "fsspec" / hashlib.sha256(url.encode()).hexdigest()[:24]
     done_marker = target / ".complete"
     if done_marker.exists():
         return target
+    if local_only:
+        raise FileNotFoundError(f"{url} has no complete copy in the cache ({target}) yet")
     fs, root = fsspec.core.url_to_fs(url)
     if not fs.exists(f"{root.rstrip('/')}/config.json"):
         raise FileNotFoundError(f"{url} has no config.json")
@@ -93,4 +103,17 @@ def _download_from_hub(model_id: str, revision: str | None) -> Path:
     except Exception as error:  # the hub raises many types for "unreachable" / "not cached"
         raise OSError(
             HUB_OFFLINE_HINT.format(source=model_id) + f" ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _hub_cache_dir(model_id: str, revision: str | None) -> Path:
+    """The snapshot of `model_id` already in the hub's local cache; no network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, revision=revision, local_files_only=True))
+    except Exception as error:  # the hub raises several types for "not cached"
+        raise FileNotFoundError(
+            f"{model_id!r} is not in the Hugging Face hub's local cache "
+            f"({type(error).__name__}: {error})"
         ) from error

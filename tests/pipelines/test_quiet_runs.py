@@ -305,12 +305,15 @@ def test_cli_filter_covers_children_and_keeps_crash_output(tmp_path):
     assert raw.returncode != 0 and "AssertionError" in raw.stderr  # off: install() says so
 
 
-def test_cli_first_look_decides_nothing_to_do_without_ray_or_torch(tmp_path):
+def test_cli_first_look_decides_nothing_to_do_without_ray_or_torch(
+    tmp_path, tiny_text_model_dir, tiny_text_model_noeos_dir
+):
     """`pipelines.noop` (the CLI's first look) imports neither Ray nor torch, and answers only
     for the same model, dim and instruction over unchanged inputs and OUTPUT."""
     from pipelines.config import JobConfig
+    from pipelines.identity import read_settings
     from pipelines.manifest import write_manifest
-    from pipelines.noop import finish_if_nothing_to_do, read_settings
+    from pipelines.noop import finish_if_nothing_to_do
 
     probe = "import sys, pipelines.noop; assert not {'ray', 'torch'} & set(sys.modules)"
     subprocess.run(
@@ -319,10 +322,9 @@ def test_cli_first_look_decides_nothing_to_do_without_ray_or_torch(tmp_path):
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    corpus, out, model = tmp_path / "in.jsonl", tmp_path / "out", tmp_path / "model"
+    corpus, out, model = tmp_path / "in.jsonl", tmp_path / "out", tiny_text_model_dir
     corpus.write_text('{"text": "one"}\n')
     out.mkdir()
-    model.mkdir()
     pq.write_table(
         pa.table({"id": ["e"], "error": ["x"], "code": ["c"]}, schema=ERRORS_SCHEMA),
         out / part_name(["e"]),
@@ -353,7 +355,9 @@ def test_cli_first_look_decides_nothing_to_do_without_ray_or_torch(tmp_path):
     assert finish_if_nothing_to_do(config, {}) is None  # the last run did not complete
     write_manifest(resolve(str(out)), done)
     other_dim = JobConfig(input=str(corpus), output=str(out), model=str(model), dim=32)
-    other_model = JobConfig(input=str(corpus), output=str(out), model=str(tmp_path))
+    other_model = JobConfig(
+        input=str(corpus), output=str(out), model=str(tiny_text_model_noeos_dir)
+    )
     assert finish_if_nothing_to_do(other_dim, {}) is None
     assert finish_if_nothing_to_do(other_model, {}) is None
     result = finish_if_nothing_to_do(config, {"imports": 0.25})
