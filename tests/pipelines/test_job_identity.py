@@ -273,3 +273,31 @@ def test_a_manifest_without_its_counts_is_redone(finished, tmp_path, caplog):
     del manifest["rows_in"]
     (output / "_manifest.json").write_text(json.dumps(manifest))
     assert decisions(same(finished, output=str(output)), caplog)[:2] == ("not done", REDO)
+
+
+def test_a_hub_model_is_read_from_the_hub_cache_alone(finished, tmp_path, monkeypatch, caplog):
+    """A job named by hub id: the first look reads the model's files from the hub's cache (no
+    download, no network) and decides as the full job does; a model not in the cache is left
+    to the full checks, with the reason logged."""
+    import huggingface_hub.constants as hub
+
+    model_id = "tester/tiny-embedding"
+    repo = tmp_path / "hub" / "models--tester--tiny-embedding"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(finished["model"], repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # the full job must not reach out either
+    output = tmp_path / "out"
+    shutil.copytree(finished["output"], output)
+    manifest = manifest_of(output)
+    manifest["identity"]["model"] = manifest["model"] = model_id
+    (output / "_manifest.json").write_text(json.dumps(manifest))
+    config = same(finished, output=str(output), model=model_id)
+    assert decisions(config, caplog)[:2] == (NOOP, NOOP)
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipelines.noop"):
+        assert finish_if_nothing_to_do(config, {}) is None
+    assert "not in the Hugging Face hub's local cache" in caplog.text

@@ -152,8 +152,12 @@ def test_nothing_to_do_needs_unchanged_inputs_and_output(tmp_path):
         "consistent": True,
         "inputs": {"fingerprint": fingerprint},
         "output_fingerprint": output_fingerprint(output),
+        "output": str(out),
+        **{"rows_in": 1, "rows_embedded": 0, "rows_failed": 1, "tokens": 0, "duplicate_ids": 0},
     }
     assert fingerprint and nothing_to_do(previous, fingerprint, output)
+    for count in ("rows_in", "tokens"):  # a manifest that cannot vouch for OUTPUT's counts
+        assert not nothing_to_do({**previous, count: None}, fingerprint, output)
     assert not nothing_to_do({**previous, "status": "running"}, fingerprint, output)
     assert not nothing_to_do({**previous, "consistent": False}, fingerprint, output)
     assert not nothing_to_do(previous, None, output)  # a modification time was unknown
