@@ -115,10 +115,15 @@ def render() -> str:
         *_table("`qwen3-embed embed` (JobConfig)", JobConfig, flags=embed),
         *_table("`qwen3-embed rerank` (RerankJobConfig)", RerankJobConfig, flags=rerank),
         *_table("`embed_dataset` (EmbedStageConfig)", EmbedStageConfig),
-        *_table("`qwen3-embed serve`: each model (ModelConfig, `models[]`)", ModelConfig,
-                flags=serve),  # fmt: skip
-        *_table("`qwen3-embed serve`: batching (`models[].batching`)", BatchingConfig,
-                "batching.", serve),  # fmt: skip
+        *_table(
+            "`qwen3-embed serve`: each model (ModelConfig, `models[]`)", ModelConfig, flags=serve
+        ),
+        *_table(
+            "`qwen3-embed serve`: batching (`models[].batching`)",
+            BatchingConfig,
+            "batching.",
+            serve,
+        ),
         *_table("`qwen3-embed serve`: request limits (`limits`)", RequestLimits, "limits."),
         *_table("`qwen3-embed serve`: media (`media`)", MediaPolicy, "media.", serve),
         *_table("`qwen3-embed serve`: API keys (`auth`)", AuthConfig, "auth.", serve),

@@ -101,7 +101,10 @@ def test_readme_has_the_two_quick_start_commands():
     blocks = shell_blocks(README.split("## Quick start", 1)[1].split("\n## ", 1)[0])
     assert "qwen3-embed embed" in blocks[0] and "bash .ci/run" in "".join(blocks)
     (test_command,) = [
-        line for block in blocks for line in block.splitlines() if line.startswith("python -m pytest")
+        line
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("python -m pytest")
     ]
     assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
 
@@ -149,9 +152,13 @@ def test_relative_links_and_anchors_resolve(page):
             continue  # http(s), mailto: not checked offline
         path, _, anchor = target.partition("#")
         file = (here / path).resolve() if path else REPO / page
-        if not file.exists():
-            broken.append(target)
-        elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text()):
+        missing_anchor = (
+            file.exists()
+            and bool(anchor)
+            and file.suffix == ".md"
+            and anchor not in _anchors(file.read_text())
+        )
+        if not file.exists() or missing_anchor:
             broken.append(target)
     assert broken == [], f"{page}: broken links {broken}"
 
