@@ -437,3 +437,12 @@ def _wait_for_line(server: subprocess.Popen, log_path: Path, line: str, timeout_
             raise AssertionError(f"the server exited early:\n{log_path.read_text()[-4000:]}")
         time.sleep(1)
     raise AssertionError(f"no {line!r} after {timeout_s} s:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_every_file_a_page_names_exists(page):
+    """Tests and modules move (issue #29 split the theme test files): a page that names a file
+    names one that is there."""
+    named = set(re.findall(r"\b((?:tests|qwen3_embed|pipelines|deployments|benchmarks)/[\w/]+\.py)\b",
+                           PAGES[page]))  # fmt: skip
+    assert sorted(path for path in named if not (REPO / path).exists()) == []
