@@ -1,4 +1,4 @@
-"""The markdown table the README shows, with each target and whether it was met."""
+"""The markdown table benchmarks/README.md shows, with each target and whether it was met."""
 
 from __future__ import annotations
 

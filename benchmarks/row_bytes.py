@@ -9,7 +9,7 @@ tiny random checkpoint's tokenizer: token counts are that tokenizer's, bytes per
 figure that carries over), and the embed stage's blocks at the given widths (built in the
 stage's schema: a vector per row is `4 x dim` bytes whatever the model). Sizes are Arrow's
 `Table.nbytes`, which is what a block occupies in the object store (plus a small header).
-VL rows are not measured here: a prepared image is its resized uint8 pixels (see the README).
+VL rows are not measured here: a prepared image is its resized uint8 pixels (see docs/batch-job.md).
 
 Output bytes per row for each `--precision` (`output_precision_bytes`): OUTPUT's part files as
 the job's sink writes them (its `output_schema`, the core's `quantize` on unit vectors drawn at

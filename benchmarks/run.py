@@ -1,7 +1,7 @@
 """`python -m benchmarks.run [--quick] [--device cpu|cuda] [--only NAME,...]`
 
 Measures this project against its peers on the same machine in the same run, and writes
-`benchmarks/results/<name>.json` plus `<name>.md` (the table the README shows).
+`benchmarks/results/<name>.json` plus `<name>.md` (the table benchmarks/README.md shows).
 
 `--device cuda` runs the GPU forward benchmark (`benchmarks.gpu`, which needs no Ray) unless
 `--only` says otherwise; it writes `benchmarks/results/gpu.json` + `gpu.md` itself.

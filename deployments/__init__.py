@@ -9,6 +9,6 @@ Modules, one job each: `config` (the typed ServeAppConfig), `schemas` (request/r
 SSRF-safe URL fetching), `protocol` (ingress <-> model messages), `metrics`, `ingress`,
 `model_deployment`, `rerank_schemas` + `rerank_routes` + `rerank_protocol` + `rerank_deployment`
 (the rerank API and its replicas), `app` (the builder: `deployments.app:build_app`), `cli` (`qwen3-embed serve`).
-See deployments/README.md. Nothing here is imported by `qwen3_embed`, and importing this package
+See docs/serving.md. Nothing here is imported by `qwen3_embed`, and importing this package
 loads neither Ray nor torch.
 """

@@ -20,7 +20,7 @@ HTTP_PROXIES: tuple[str, ...] = get_args(HttpProxy)
 
 # Ray Serve's own latency switches: three of its RAY_SERVE_THROUGHPUT_OPTIMIZED preset (the rest
 # of that preset changes logging and inter-replica transport, which this app does not need).
-# Measured on 2 cores, one A/B run each (README, online serving): split layout 1-client p50 67 -> 52 ms.
+# Measured on 2 cores, one A/B run each (benchmarks/README.md, online serving): split layout 1-client p50 67 -> 52 ms.
 LATENCY_SWITCHES: Mapping[str, str] = {
     # User code runs on the replica's own event loop, not a second thread: one thread hop less
     # per request. Safe for this app: its blocking steps (tokenising, the forward, rendering a
@@ -40,7 +40,7 @@ HAPROXY: Mapping[str, str] = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 # Ports HAProxy mode opens besides --port, fixed by default in Ray 2.60 (a fallback proxy actor on
 # 8500, HAProxy's stats page on 8404 and its Prometheus metrics on 9101): a private Ray takes free
 # ones instead, so two servers on one machine do not collide. The stats and metrics ports listen
-# on all interfaces (Ray's HAProxy template; README, Limits).
+# on all interfaces (Ray's HAProxy template; docs/limits.md).
 HAPROXY_PORT_VARIABLES: tuple[str, ...] = (
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
     "RAY_SERVE_HAPROXY_STATS_PORT",

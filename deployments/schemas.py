@@ -70,7 +70,7 @@ class EmbeddingRequest(BaseModel):
         False,
         description="truncate over-long inputs instead of answering 400 (extension)",
     )
-    # vLLM's fields (deployments/chat.py checks them; README "Requests from vLLM clients").
+    # vLLM's fields (deployments/chat.py checks them; docs/serving.md "Requests from vLLM clients").
     truncate_prompt_tokens: StrictInt | None = Field(
         None,
         description=(

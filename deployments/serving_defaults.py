@@ -23,7 +23,7 @@ _RESIZE_STEP = 0.05
 
 def serving_load_options(options: Any) -> Any:
     """The `LoadOptions` a replica loads with: as given, except `forward_mode: auto` on a CPU for
-    a model that can run packed, which serves packed. Measured on 2 cores (README, Benchmarks,
+    a model that can run packed, which serves packed. Measured on 2 cores (benchmarks/README.md,
     online serving): requests of mixed lengths batched by the replica ran 1.3-3x faster per
     text packed than padded (a padded batch pads every text to its longest). On a GPU `auto`
     stays the core's choice (packed where its varlen kernel runs)."""

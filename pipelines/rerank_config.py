@@ -65,7 +65,10 @@ class RerankJobConfig(LoadFields, ReplicaFields, ReadableConfig):
         description=f"queries per replica call (default {DEFAULT_GROUPS_PER_CALL})",
     )
     rows_per_file: int = Field(
-        1024, ge=1, strict=True, description="queries per output file (at least; see the README)"
+        1024,
+        ge=1,
+        strict=True,
+        description="queries per output file (at least; see docs/rerank.md)",
     )
     storage_options: tuple[tuple[str, Any], ...] = Field(
         (), description="options for non-local filesystems (as for `qwen3-embed embed`)"

@@ -10,7 +10,7 @@ half-finished work is simply redone.
 Ids are compared by 128-bit BLAKE2b digests kept in one sorted numpy array: 16 bytes per row
 read by id, shared zero-copy through Ray's object store by every read task, looked up with a binary
 search. (Ray Data's own `CheckpointConfig` keeps a second copy of the ids elsewhere and offers
-exactly-once only for its built-in file sinks; see the README.)
+exactly-once only for its built-in file sinks; see docs/batch-job.md, "Resume".)
 """
 
 from __future__ import annotations

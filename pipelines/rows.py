@@ -33,7 +33,7 @@ RowErrorCode = Literal[
     "embed_failed",
     "replica_crashed",
 ]
-# Code -> what it means, for the README's table and for anyone reading `_errors/`. The core's
+# Code -> what it means, for docs/batch-job.md's table and for anyone reading `_errors/`. The core's
 # input codes (`qwen3_embed.vocabulary.INPUT_ERROR_CODES`) are among them: a row the core refuses
 # keeps the core's code (tests/pipelines/test_row_vocabulary.py holds both lists to this).
 ROW_ERROR_CODES: dict[RowErrorCode, str] = {

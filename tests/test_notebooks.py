@@ -24,6 +24,40 @@ MODEL_FOR = {
 EXTRA_MODELS = {"05_rerank.ipynb": {"QWEN3_EMBED_RERANKER": "tiny_text_reranker_dir"}}
 
 
+# Run first in each kernel: every figure shown must be readable without the code beside it
+# (issue #29): a title (its own or the figure's), axis labels where the axes are drawn (a label
+# on one of the axes that share y is enough), a label on every colour bar.
+FIGURE_CHECK = """
+import matplotlib.pyplot as _plt
+
+_unreadable_figures = []
+_plt_show = _plt.show
+
+
+def _check_figures_then_show(*args, **kwargs):
+    for number in _plt.get_fignums():
+        figure = _plt.figure(number)
+        suptitle = figure._suptitle.get_text() if figure._suptitle is not None else ""
+        for axes in figure.axes:
+            if axes.get_label() == "<colorbar>":
+                if not (axes.get_ylabel() or axes.get_xlabel()):
+                    _unreadable_figures.append(f"figure {number}: a colour bar without a label")
+                continue
+            if not (axes.get_title() or suptitle):
+                _unreadable_figures.append(f"figure {number}: axes without a title")
+            if not axes.axison:
+                continue  # a picture: no axes to label
+            if not axes.get_xlabel():
+                _unreadable_figures.append(f"figure {number}: no x label")
+            if not any(other.get_ylabel() for other in axes.get_shared_y_axes().get_siblings(axes)):
+                _unreadable_figures.append(f"figure {number}: no y label")
+    return _plt_show(*args, **kwargs)
+
+
+_plt.show = _check_figures_then_show
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -52,6 +86,10 @@ def test_notebook_runs_in_a_real_kernel(name, request, monkeypatch, tmp_path):
     monkeypatch.setenv("QWEN3_EMBED_PORT", str(_free_port()))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(FIGURE_CHECK))
+    notebook.cells.append(
+        nbformat.v4.new_code_cell("assert not _unreadable_figures, _unreadable_figures")
+    )
     client = NotebookClient(
         notebook,
         timeout=600,

@@ -1,7 +1,9 @@
-"""The README stays true: every command block says whether a test runs it as written
+"""The README and the pages it links stay true: every command block of every page (README,
+docs/, CONTRIBUTING, CHANGELOG, benchmarks/README) says whether a test runs it as written
 (`# tested: KEY`) or what it needs that CI has not (`# needs: ...`); every `qwen3-embed` command
-parses with the real argument parser; the offline quick start, the offline server and the HTTP
-client examples run as written."""
+parses with the real argument parser; the options tables name every flag; relative links and
+their anchors resolve; the offline quick start, the offline server and the HTTP client examples
+run as written."""
 
 from __future__ import annotations
 
@@ -23,6 +25,26 @@ from qwen3_embed.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+# Every documentation page whose blocks are tested or marked (cluster_configs/README.md has a
+# test of its own: tests/cluster/test_cluster_configs.py).
+PAGES = {
+    path.relative_to(REPO).as_posix(): path.read_text()
+    for path in [
+        REPO / "README.md",
+        REPO / "CONTRIBUTING.md",
+        REPO / "CHANGELOG.md",
+        REPO / "benchmarks" / "README.md",
+        *sorted((REPO / "docs").glob("*.md")),
+    ]
+}
+ALL_PAGES = "\n".join(PAGES.values())
+
+
+def page_with(marker: str) -> str:
+    """The one page that holds `marker` (a table's title, a section's first words)."""
+    holders = [text for text in PAGES.values() if marker in text]
+    assert len(holders) == 1, f"{marker!r} is on {len(holders)} pages, expected one"
+    return holders[0]
 
 
 def shell_blocks(text: str) -> list[str]:
@@ -51,8 +73,8 @@ TESTED_BY = {
 
 
 def tagged(key: str) -> list[str]:
-    blocks = [block for block in command_blocks(README) if block.startswith(f"# tested: {key} ")]
-    assert blocks, f"no README block is tagged '# tested: {key}'"
+    blocks = [block for block in command_blocks(ALL_PAGES) if block.startswith(f"# tested: {key} ")]
+    assert blocks, f"no documentation block is tagged '# tested: {key}'"
     return blocks
 
 
@@ -75,32 +97,86 @@ def qwen3_embed_commands(text: str) -> list[list[str]]:
 
 
 def test_readme_has_the_two_quick_start_commands():
-    blocks = shell_blocks(README.split("## Quick start", 1)[1])
+    """The main batch job first, then CI; and the test command is the one `.ci/run` runs."""
+    blocks = shell_blocks(README.split("## Quick start", 1)[1].split("\n## ", 1)[0])
     assert "qwen3-embed embed" in blocks[0] and "bash .ci/run" in "".join(blocks)
+    (test_command,) = [
+        line
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith("python -m pytest")
+    ]
+    assert test_command in (REPO / ".ci" / "run").read_text().splitlines()
 
 
-def test_every_command_block_is_tested_or_says_what_it_needs():
-    for block in command_blocks(README):
+def test_the_readme_is_a_front_page():
+    """Issue #29: what it is, install, quick start, one example per way to run it, links; the
+    reference lives in docs/."""
+    assert len(README.splitlines()) <= 450
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_every_command_block_is_tested_or_says_what_it_needs(page):
+    for block in command_blocks(PAGES[page]):
         first = block.splitlines()[0]
         tested = re.fullmatch(r"# tested: (\S+)( .*)?", first)
         assert tested or first.startswith("# needs: "), (
-            f"README block without '# tested: KEY' or '# needs: ...' first line:\n{block}"
+            f"{page} block without '# tested: KEY' or '# needs: ...' first line:\n{block}"
         )
         if tested:
             assert tested.group(1) in TESTED_BY, f"unknown test key in {first!r}"
 
 
-@pytest.mark.parametrize("argv", qwen3_embed_commands(README), ids=lambda argv: " ".join(argv)[:60])
-def test_every_readme_command_parses(argv):
+def test_every_tested_key_is_on_a_page():
+    for key in TESTED_BY:
+        tagged(key)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    return {_slug(heading) for heading in re.findall(r"^#+ (.+)$", prose, flags=re.M)}
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_relative_links_and_anchors_resolve(page):
+    prose = re.sub(r"```.*?```", "", PAGES[page], flags=re.DOTALL)
+    here = (REPO / page).parent
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked offline
+        path, _, anchor = target.partition("#")
+        file = (here / path).resolve() if path else REPO / page
+        missing_anchor = (
+            file.exists()
+            and bool(anchor)
+            and file.suffix == ".md"
+            and anchor not in _anchors(file.read_text())
+        )
+        if not file.exists() or missing_anchor:
+            broken.append(target)
+    assert broken == [], f"{page}: broken links {broken}"
+
+
+@pytest.mark.parametrize(
+    "argv", qwen3_embed_commands(ALL_PAGES), ids=lambda argv: " ".join(argv)[:60]
+)
+def test_every_documented_command_parses(argv):
     args = build_parser(argv).parse_args(argv)
     assert callable(args.handler)
 
 
 @pytest.mark.parametrize("command", ["embed", "serve"])
 def test_the_options_table_names_every_flag(command):
-    """The README's "`qwen3-embed <command>` options" table names every flag --help shows (and
-    no flag the command no longer has)."""
-    table = README.split(f"**`qwen3-embed {command}` options**", 1)[1].split("\n\n", 2)[1]
+    """The "`qwen3-embed <command>` options" table (docs/batch-job.md, docs/serving.md) names
+    every flag --help shows (and no flag the command no longer has)."""
+    title = f"**`qwen3-embed {command}` options**"
+    table = page_with(title).split(title, 1)[1].split("\n\n", 2)[1]
     documented = {
         flag for flag in re.findall(r"`(--[a-z][a-z0-9-]*)", table) if not flag.startswith("--no-")
     }
@@ -149,7 +225,7 @@ def test_python_api_blocks_run(tmp_path, monkeypatch):
     assert "torch.Size([1, 32])" in result.stdout
     hub_block = next(
         block
-        for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+        for block in re.findall(r"```python\n(.*?)```", ALL_PAGES, flags=re.DOTALL)
         if "Embedder.from_pretrained(" in block and "Qwen3-Embedding-0.6B" in block
     )
     namespace: dict = {}
@@ -176,7 +252,7 @@ def test_reranker_blocks_run(tmp_path, monkeypatch):
     assert "(2,)" in result.stdout
     hub_block = next(
         block
-        for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+        for block in re.findall(r"```python\n(.*?)```", ALL_PAGES, flags=re.DOTALL)
         if "Reranker.from_pretrained(" in block and "Qwen3-Reranker-0.6B" in block
     )
     text_dir = make_tiny_model(tmp_path / "tiny-text-reranker", task="rerank")
@@ -203,7 +279,7 @@ def test_notebook_conventions_block_runs(tmp_path):
     model_dir = make_tiny_text_model(tmp_path / "tiny", hidden_size=TINY_TEXT_HIDDEN_SIZE)
     block = next(
         block
-        for block in re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+        for block in re.findall(r"```python\n(.*?)```", ALL_PAGES, flags=re.DOTALL)
         if 'prompt_name="query"' in block
     )
     namespace: dict = {}
@@ -361,3 +437,12 @@ def _wait_for_line(server: subprocess.Popen, log_path: Path, line: str, timeout_
             raise AssertionError(f"the server exited early:\n{log_path.read_text()[-4000:]}")
         time.sleep(1)
     raise AssertionError(f"no {line!r} after {timeout_s} s:\n{log_path.read_text()[-4000:]}")
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_every_file_a_page_names_exists(page):
+    """Tests and modules move (issue #29 split the theme test files): a page that names a file
+    names one that is there."""
+    named = set(re.findall(r"\b((?:tests|qwen3_embed|pipelines|deployments|benchmarks)/[\w/]+\.py)\b",
+                           PAGES[page]))  # fmt: skip
+    assert sorted(path for path in named if not (REPO / path).exists()) == []

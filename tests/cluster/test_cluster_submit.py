@@ -1,4 +1,4 @@
-"""What the README tells a cluster user to type, run once against a real head: `ray
+"""What docs/cluster.md tells a cluster user to type, run once against a real head: `ray
 get-auth-token --generate` and `ray start --head` on 127.0.0.1 (free ports, its own temp dir and
 HOME so its token is its own), then
 
@@ -57,10 +57,10 @@ def head(tmp_path_factory):
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         RAY_USAGE_STATS_ENABLED="0",
-        # The Serve YAML reads API keys from the nodes' environment (README: "on every node").
+        # The Serve YAML reads API keys from the nodes' environment (docs/cluster.md: "on every node").
         QWEN3_EMBED_API_KEYS="key1",
     )
-    # As the README says: make the cluster's token first, so the head starts with token
+    # As docs/cluster.md says: make the cluster's token first, so the head starts with token
     # authentication (`ray start --head` turns it on when a token exists, as it does on any
     # machine where a local `ray.init()` has run once).
     generated = _run(["ray", "get-auth-token", "--generate"], env)

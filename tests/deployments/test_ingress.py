@@ -10,7 +10,7 @@ The contract every fuzz case checks: the status is one the API documents for bad
 never 5xx and never a hang; an error body is OpenAI's `{"error": {message, type, param, code}}`;
 a 200 body has one well-formed row per input. Loops and example counts are bounded; hypothesis
 runs derandomized (the same examples on every run, no example database), so CI is repeatable.
-The figures quoted in RELIABILITY.md are printed at the end of the module (`pytest -s`).
+The figures quoted in docs/reliability.md are printed at the end of the module (`pytest -s`).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ MODEL_CALL_TIMEOUT_S = 20
 INPUT_STATUSES = {200, 400, 404, 413}
 
 
-FIGURES: Counter[str] = Counter()  # printed at teardown: the numbers RELIABILITY.md quotes
+FIGURES: Counter[str] = Counter()  # printed at teardown: the numbers docs/reliability.md quotes
 
 
 def _fuzz_settings(examples: int) -> settings:

@@ -423,7 +423,7 @@ def test_prometheus_metrics_exported(http, ray_cluster):
     assert (
         http.post("/v1/embeddings", json={"model": "tiny", "input": "metrics"}).status_code == 200
     )
-    # The names the README lists, as Prometheus sees them (Ray's `ray_` prefix, histograms as
+    # The names docs/serving.md lists, as Prometheus sees them (Ray's `ray_` prefix, histograms as
     # their `_bucket` series), at the start of a sample line.
     wanted = [
         "ray_qwen3_embed_requests_total{",
@@ -735,13 +735,13 @@ def test_error_param_names_the_field_at_fault(http, route, body, param, words):
 
 
 def test_readme_generic_client_blocks_run_as_written(served, tiny_text_embedder):
-    """The README's LangChain and LlamaIndex blocks, as written but for the server's address,
+    """docs/serving.md's LangChain and LlamaIndex blocks, as written but for the server's address,
     name and key: their document vectors are the core's documents, their query vectors the
-    core's queries. LlamaIndex's newline replacement, which the README warns about, is shown to
+    core's queries. LlamaIndex's newline replacement, which docs/serving.md warns about, is shown to
     matter (the query prompt sent as text through it is not the query vector)."""
     import re
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
     blocks = [
         block
         for block in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)

@@ -96,7 +96,7 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
         assert environment.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "0"
         # Served on 127.0.0.1: every port of the private Ray (HTTP: proxy, dashboard, metrics
         # export, Prometheus ports, agents; and gRPC) listens on loopback only, but one that
-        # Ray hard-codes and the README names: each Serve replica's inter-deployment gRPC
+        # Ray hard-codes and docs/serving.md names: each Serve replica's inter-deployment gRPC
         # server on [::]:0 (ray/serve/_private/replica.py).
         listening = _listening_sockets(proc)
         assert port in {address.port for _, _, address in listening}

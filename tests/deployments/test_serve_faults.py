@@ -12,7 +12,7 @@ replicas with the tiny text checkpoint, many concurrent httpx clients.
   none hangs past the configured timeout; requests sent during the outage wait for the new
   replica; /ready and correct answers are back within a bounded time.
 
-The figures quoted in RELIABILITY.md are printed at the end of the module (`pytest -s`).
+The figures quoted in docs/reliability.md are printed at the end of the module (`pytest -s`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ checkpoints: corrupt and empty input files, an embedding replica killed mid-job,
 raise (or die) on chosen blocks. Every test ends on the same check: every input id is in OUTPUT
 exactly once, as a vector or as an error row with its reason, and the manifest's counts add up.
 
-The figures quoted in RELIABILITY.md ("Batch job") are the constants and assertions here.
+The figures quoted in docs/reliability.md ("Batch job") are the constants and assertions here.
 The killed driver is tested in test_pipeline_cli.py (`test_killed_driver_then_rerun...`).
 """
 
@@ -505,7 +505,7 @@ def test_workers_raising_or_dying_on_a_block(ray_cluster, tiny_text_model_dir, t
     )
     assert done.returncode == 0, done.stderr[-4000:]
     fired = {name: sum(1 for m in os.listdir(marks) if m.startswith(name + ".")) for name in FAULTS}
-    print("faults fired:", fired)  # figures for RELIABILITY.md (pytest -s)
+    print("faults fired:", fired)  # figures for docs/reliability.md (pytest -s)
     # Flaky blocks: two failed tries, the third succeeds. Crashes: one dead process each, then a
     # retried task (prepare) or a restarted replica (embed). Poison: the block's tries, then the
     # row alone (at least once more).

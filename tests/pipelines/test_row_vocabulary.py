@@ -1,6 +1,6 @@
 """Closed vocabularies are spelt once (issue 17 item 4): the core's Literals in
 `qwen3_embed.vocabulary`; the batch rows' statuses, error codes and every schema in
-`pipelines/rows.py`; the README's error-code table is that table."""
+`pipelines/rows.py`; docs/batch-job.md's error-code table is that table."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def test_statuses_codes_and_row_schemas_are_defined_only_in_rows():
     assert offenders == [], "define these in pipelines/rows.py: " + ", ".join(offenders)
 
 
-def test_the_readme_error_code_table_is_the_row_table():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_the_documented_error_code_table_is_the_row_table():
+    readme = (REPO / "docs" / "batch-job.md").read_text(encoding="utf-8")
     table = readme.split("**Error codes** of `_errors/` rows", 1)[1].split("\n\n", 2)[1]
     listed = dict(re.findall(r"^\| `([a-z_]+)` \| (.+) \|$", table, flags=re.M))
     assert listed == rows.ROW_ERROR_CODES
