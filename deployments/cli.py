@@ -1,7 +1,8 @@
 """`qwen3-embed serve`: run the Serve application in the foreground until Ctrl-C.
 
-Imported by `qwen3_embed.cli` only when `serve` is on the command line. Ray is imported inside
-`run`, never at module top, so `qwen3-embed --help` stays fast.
+Registered with `qwen3-embed` as the entry point `serve` of the group `qwen3_embed.commands`
+(pyproject.toml), so the core CLI imports it only when `serve` is on the command line. Ray is
+imported inside `run`, never at module top, so `qwen3-embed --help` stays fast.
 """
 
 from __future__ import annotations

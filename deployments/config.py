@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from qwen3_embed.option_fields import LoadFields, ReplicaFields
+from qwen3_embed_layers.config_base import LoadFields, ReplicaFields
 
 MiB = 1024 * 1024
 # Auto-sized ingress: slots beyond what the models can hold (see IngressConfig.max_ongoing_requests).

@@ -11,7 +11,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from qwen3_embed.option_fields import InvalidConfigError
 from qwen3_embed.options import (
     DEPRECATED_NAMES,
     InvalidOptionsError,
@@ -19,6 +18,7 @@ from qwen3_embed.options import (
     ReplicaOptions,
     rules,
 )
+from qwen3_embed_layers.config_base import InvalidConfigError
 
 KNOBS = {**rules(LoadOptions), **rules(ReplicaOptions)}
 

@@ -1,9 +1,17 @@
-"""The knobs of `qwen3_embed.options` as pydantic fields, for the layers' configs.
+"""The layers' configs' one base: frozen pydantic models, the core's knobs as fields, one error.
 
-The batch job's `JobConfig`, the Dataset stage's `EmbedStageConfig` and Serve's `ModelConfig`
-inherit `LoadFields` and `ReplicaFields`, so a knob has one name, default, rule and help text in
-all of them. `describe` renders a pydantic error in the words `Rule.problem` uses, so a refused
-value reads the same whichever config refused it.
+Every config of the batch jobs (`JobConfig`, `RerankJobConfig`, the Dataset stages'
+`EmbedStageConfig` and `RerankStageConfig`) and of the Serve app (`ServeAppConfig` and its
+sections, `ModelConfig` among them) derives from `FrozenConfig`: immutable, unknown keys refused,
+old knob names accepted with a FutureWarning. The ones users build from keyword arguments, YAML
+or flags are `ReadableConfig`s: a refused value raises `InvalidConfigError` ("invalid <what>:
+field rule; field rule"), naming every refused field, in the words `qwen3_embed.options.Rule`
+uses, instead of pydantic's multi-line ValidationError. `LoadFields` and `ReplicaFields` are
+the core's `LoadOptions` / `ReplicaOptions` knobs as fields, so a knob has one name, default,
+rule and help text everywhere.
+
+Lives outside the core (which imports neither pydantic nor the layers) and outside either
+layer (neither imports the other).
 """
 
 from __future__ import annotations
@@ -14,7 +22,13 @@ from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from .options import InvalidOptionsError, LoadOptions, ReplicaOptions, rename_deprecated, rules
+from qwen3_embed.options import (
+    InvalidOptionsError,
+    LoadOptions,
+    ReplicaOptions,
+    rename_deprecated,
+    rules,
+)
 
 
 class InvalidConfigError(InvalidOptionsError):
