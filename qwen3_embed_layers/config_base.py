@@ -32,28 +32,23 @@ from qwen3_embed.options import (
 
 
 class InvalidConfigError(InvalidOptionsError):
-    """A job or stage config refused on construction; the message names each field and rule."""
+    """A config refused on construction; the message names each refused field and its rule."""
 
     code = "invalid_config"
 
 
 class FrozenConfig(BaseModel):
-    """Immutable, and a misspelt key is an error rather than a silently ignored setting. Old
-    names of renamed knobs are accepted with a FutureWarning."""
+    """Immutable, and a misspelt key is an error rather than a silently ignored setting."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_knobs(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            return rename_deprecated(values, cls.__name__)
-        return values
 
 
 class ReadableConfig(FrozenConfig):
     """Raises `InvalidConfigError` ("invalid <what>: field rule; ...") instead of pydantic's
-    multi-line ValidationError, for configs users build from keyword arguments and YAML."""
+    multi-line ValidationError, whether built from keyword arguments (`Config(...)`) or from a
+    mapping (`Config.model_validate(yaml)`). A ReadableConfig inside another is validated as part
+    of the outer one, so the outer error names the inner fields by path
+    (`models[0].max_batch_tokens must be ...`)."""
 
     what: ClassVar[str] = "config"
 
@@ -61,13 +56,29 @@ class ReadableConfig(FrozenConfig):
         try:
             super().__init__(**values)
         except ValidationError as error:
-            raise InvalidConfigError(
-                f"invalid {self.what}: {describe(error, type(self))}"
-            ) from None
+            raise refused(error, type(self)) from None
+
+    # pydantic calls a model's own __init__ when it validates it nested in another model (and
+    # the error would then lose its path); this marker, the one BaseModel.__init__ carries, says
+    # that this __init__ only wraps the standard one, so nested validation skips it.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as error:
+            raise refused(error, cls) from None
 
     def replace(self, **changes: Any) -> Any:
         """A copy with `changes`, validated like a new config (pydantic's `model_copy` is not)."""
         return type(self)(**{**dict(self), **changes})
+
+
+def refused(error: ValidationError, model: type[BaseModel]) -> InvalidConfigError:
+    """`error` as one line naming every refused field: "invalid <what>: rule; rule"."""
+    what = getattr(model, "what", "config")
+    return InvalidConfigError(f"invalid {what}: {describe(error, model)}")
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -94,28 +105,64 @@ def _fields(cls: type) -> dict[str, Any]:
     return fields
 
 
-class _HoldsLoadOptions(FrozenConfig):
+class _HoldsKnobs(FrozenConfig):
+    """A config holding the core's knobs takes their old names too, with a FutureWarning."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_knobs(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            return rename_deprecated(values, cls.__name__)
+        return values
+
+
+class _HoldsLoadOptions(_HoldsKnobs):
     def load_options(self) -> LoadOptions:
         """The `LoadOptions` this config holds (what its replicas load with)."""
         return LoadOptions.pick(self)
 
 
 LoadFields = create_model("LoadFields", __base__=_HoldsLoadOptions, **_fields(LoadOptions))
-ReplicaFields = create_model("ReplicaFields", __base__=FrozenConfig, **_fields(ReplicaOptions))
+ReplicaFields = create_model("ReplicaFields", __base__=_HoldsKnobs, **_fields(ReplicaOptions))
 
 
 def describe(error: ValidationError, model: type[BaseModel]) -> str:
-    return "; ".join(_describe_one(item, model) for item in error.errors())
+    items = error.errors()
+    # A list whose refused items leave it too short after validation: the items say why.
+    inner = {item["loc"][:-1] for item in items} | {item["loc"][:-2] for item in items}
+    return "; ".join(
+        _describe_one(item, model)
+        for item in items
+        if not (item["type"] == "too_short" and item["loc"] in inner)
+    )
+
+
+def _path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """A pydantic location as the user writes it (`models[0].max_batch_tokens`), and its field
+    names (`["models", "max_batch_tokens"]`); pydantic's own markers (union members, literal
+    choices, validator names) are left out."""
+    shown, names = "", []
+    for part in loc:
+        if isinstance(part, int):
+            shown += f"[{part}]"
+        elif not str(part).startswith(("function-", "literal[")):
+            shown += f".{part}" if shown else str(part)
+            names.append(str(part))
+    return shown, names
 
 
 def _describe_one(item: dict[str, Any], model: type[BaseModel]) -> str:
-    name = ".".join(
-        str(part) for part in item["loc"] if not str(part).startswith(("function-", "literal["))
-    )
+    name, names = _path(item["loc"])
     name = name or "config"
     kind, value, context = item["type"], item.get("input"), item.get("ctx") or {}
     if kind == "value_error":
-        return str(context.get("error", item["msg"])).removeprefix("Value error, ")
+        message = str(context.get("error", item["msg"])).removeprefix("Value error, ")
+        if not names:
+            return message  # a rule of the whole config: its message names the fields
+        leaf = names[-1]
+        if message.startswith(leaf):
+            return name + message[len(leaf) :]  # the field's rule, under its full path
+        return message if leaf in message else f"{name}: {message}"
     if kind == "missing":
         return f"{name} is required"
     if kind == "extra_forbidden":
@@ -127,7 +174,9 @@ def _describe_one(item: dict[str, Any], model: type[BaseModel]) -> str:
         return f"{name} must be true or false"
     if kind in ("string_type", "string_too_short", "string_pattern_mismatch"):
         return f"{name} must be a non-empty string"
-    noun = _noun(model, name.split(".")[0])
+    if kind == "too_short":
+        return f"{name} must hold at least {context.get('min_length', 1)} item(s)"
+    noun = _noun(model, names)
     if kind in ("greater_than_equal", "greater_than"):
         sign = ">=" if kind == "greater_than_equal" else ">"
         bound = context.get("ge", context.get("gt"))
@@ -137,7 +186,34 @@ def _describe_one(item: dict[str, Any], model: type[BaseModel]) -> str:
     return f"{name}: {item['msg']}"
 
 
-def _noun(model: type[BaseModel], name: str) -> str:
-    info = model.model_fields.get(name)
-    kinds = set(get_args(info.annotation)) | {info.annotation} if info is not None else set()
+def _noun(model: type[BaseModel], names: list[str]) -> str:
+    """ "an integer" or "a number", from the annotation of the field at `names` (followed into
+    nested configs)."""
+    annotation: Any = None
+    current: type[BaseModel] | None = model
+    for name in names:
+        info = current.model_fields.get(name) if current is not None else None
+        if info is None:
+            return "a number"
+        annotation, current = info.annotation, _model_in(info.annotation)
+    kinds = _leaf_types(annotation)
     return "an integer" if int in kinds and float not in kinds else "a number"
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    args = get_args(annotation)
+    if not args:
+        return {annotation}
+    return set().union(*(_leaf_types(arg) for arg in args if arg is not Ellipsis))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config class an annotation holds (`ModelConfig`, `tuple[ModelConfig, ...]`, ...)."""
+    return next(
+        (
+            kind
+            for kind in _leaf_types(annotation)
+            if isinstance(kind, type) and issubclass(kind, BaseModel)
+        ),
+        None,
+    )
