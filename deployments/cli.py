@@ -1,7 +1,8 @@
 """`qwen3-embed serve`: run the Serve application in the foreground until Ctrl-C.
 
-Imported by `qwen3_embed.cli` only when `serve` is on the command line. Ray is imported inside
-`run`, never at module top, so `qwen3-embed --help` stays fast.
+Registered with `qwen3-embed` as the entry point `serve` of the group `qwen3_embed.commands`
+(pyproject.toml), so the core CLI imports it only when `serve` is on the command line. Ray is
+imported inside `run`, never at module top, so `qwen3-embed --help` stays fast.
 """
 
 from __future__ import annotations
@@ -14,28 +15,27 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from qwen3_embed.options import LoadOptions, ReplicaOptions, add_flags, help_with_default, rules
+from qwen3_embed.options import LoadOptions, ReplicaOptions, add_flags, rules
+from qwen3_embed_layers.config_base import ReadableConfig
 
 from .config import (
     AuthConfig,
     BatchingConfig,
-    IngressConfig,
     MediaPolicy,
     ModelConfig,
     ServeAppConfig,
+    ServerConfig,
 )
-from .ray_env import HTTP_PROXIES, apply_environment, serve_environment
+from .ray_env import apply_environment, serve_environment
 
 logger = logging.getLogger("qwen3_embed.serve")
-
-DEFAULT_APP_NAME = "qwen3-embed"
-DEFAULT_REQUEST_TIMEOUT_S = 60.0
 
 
 def _autoscale(text: str) -> tuple[int, int]:
@@ -50,8 +50,163 @@ def _autoscale(text: str) -> tuple[int, int]:
         ) from None
 
 
+@dataclass(frozen=True)
+class FieldFlag:
+    """A flag of `qwen3-embed serve` that sets one config field, generated from it (as the batch
+    job's flags are): its type, choices and default are the field's, its help the field's
+    description unless the command line words it otherwise (`help`), then the field's default.
+    Not given, it is None and the config's own default applies."""
+
+    config: type[ReadableConfig]
+    field: str
+    flag: str | None = None  # default: --field-name
+    metavar: str | None = None
+    help: str | None = None
+    default_note: str = ""  # said after the default: where it comes from
+    type: Callable[[str], Any] | None = None  # for values the annotation cannot parse
+
+    @property
+    def default(self) -> Any:
+        return self.config.model_fields[self.field].get_default(call_default_factory=True)
+
+    def add_to(self, group: Any) -> None:
+        info = self.config.model_fields[self.field]
+        kinds = {kind for kind in _kinds(info.annotation) if kind is not type(None)}
+        kwargs: dict[str, Any] = {"dest": self.field, "default": None}
+        shown = self.default
+        if kinds == {bool}:
+            kwargs["action"] = "store_true"  # off unless given
+            shown = None
+        elif get_origin(info.annotation) is tuple and self.type is None:
+            kwargs["action"] = "append"  # repeatable: one value per use
+            shown = None
+        elif self.type is not None:
+            kwargs["type"] = self.type
+        elif kinds <= {int, float} and kinds:
+            kwargs["type"] = float if float in kinds else int
+        choices = [get_args(kind) for kind in _literals(info.annotation)]
+        if choices:
+            kwargs["choices"] = choices[0]
+        if self.metavar is not None:
+            kwargs["metavar"] = self.metavar
+        text = self.help if self.help is not None else info.description or ""
+        if shown is not None:
+            value = f"{shown:g}" if isinstance(shown, float) else shown
+            text = f"{text} (default: {value}{self.default_note})"
+        group.add_argument(self.flag or f"--{self.field.replace('_', '-')}", help=text, **kwargs)
+
+    def given(self, args: argparse.Namespace) -> Any:
+        """The value given on the command line, as the field takes it; None when not given."""
+        value = getattr(args, self.field, None)
+        return tuple(value) if isinstance(value, list) else value
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    args = get_args(annotation)
+    if not args or get_origin(annotation) is Literal:
+        return {annotation}
+    return set().union(*(_kinds(arg) for arg in args if arg is not Ellipsis))
+
+
+def _literals(annotation: Any) -> list[Any]:
+    return [kind for kind in _kinds(annotation) if get_origin(kind) is Literal]
+
+
+def _flags(config: type[ReadableConfig], *fields: Any) -> tuple[FieldFlag, ...]:
+    """FieldFlags of `config`: a field name, or (name, {FieldFlag's other arguments})."""
+    return tuple(
+        FieldFlag(config, field)
+        if isinstance(field, str)
+        else FieldFlag(config, field[0], **field[1])
+        for field in fields
+    )
+
+
+# Every flag that sets a config field, by argument group, in --help's order. The server's own
+# settings (ServerConfig) hold beside --app-config; every other flag describes the app.
+SERVER_HTTP = _flags(ServerConfig, "host", "port", "route_prefix", "request_timeout_s")
+SERVER_PROXY = _flags(ServerConfig, "http_proxy")
+SERVER_RAY = _flags(ServerConfig, "address", "num_cpus", "num_gpus", "app_name")
+AUTH = _flags(
+    AuthConfig,
+    (
+        "api_key_env",
+        {
+            "metavar": "VAR",
+            "help": "environment variable holding the accepted API key(s), comma-separated "
+            "(default: no keys, open API)",
+        },
+    ),
+    ("api_key_file", {"metavar": "PATH", "help": "file with one accepted API key per line"}),
+)
+MEDIA = _flags(
+    MediaPolicy,
+    (
+        "allow_url_fetch",
+        {
+            "help": "let VL inputs name http(s) media URLs (fetched with SSRF checks); needs "
+            "--url-allowed-host"
+        },
+    ),
+    (
+        "url_allowed_hosts",
+        {
+            "flag": "--url-allowed-host",
+            "metavar": "HOST",
+            "help": "host media URLs may name ('name', '*.domain' or '*'); repeatable",
+        },
+    ),
+)
+AUTOSCALE = FieldFlag(
+    ModelConfig,
+    "autoscale",
+    metavar="MIN:MAX",
+    help="autoscale replicas per model",
+    type=_autoscale,
+)
+DELAYS = _flags(
+    ModelConfig,
+    (
+        "upscale_delay_s",
+        {
+            "metavar": "S",
+            "help": "with --autoscale: seconds of high load before replicas are added",
+            "default_note": ", Serve's",
+        },
+    ),
+    (
+        "downscale_delay_s",
+        {
+            "metavar": "S",
+            "help": "with --autoscale: seconds of low load before replicas are removed",
+            "default_note": ", Serve's",
+        },
+    ),
+)
+BATCHING = _flags(
+    BatchingConfig,
+    ("max_batch_size", {"metavar": "B", "help": "requests per dynamic batch"}),
+    (
+        "batch_wait_ms",
+        {
+            "metavar": "W",
+            "help": "longest an under-full batch waits for company, in ms; 0 = start at once "
+            "when idle",
+        },
+    ),
+)
+QUEUES = _flags(
+    ModelConfig,
+    ("max_ongoing_requests", {"metavar": "N"}),
+    ("max_queued_requests", {"metavar": "N"}),
+)
+FIELD_FLAGS = (
+    *SERVER_HTTP, *SERVER_PROXY, *AUTH, *MEDIA, AUTOSCALE, *DELAYS, *BATCHING, *QUEUES, *SERVER_RAY
+)  # fmt: skip
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    defaults_batching = BatchingConfig()
+    """Adds the `serve` command to `qwen3-embed`."""
     parser = subparsers.add_parser(
         "serve",
         help="serve models over an OpenAI-compatible /v1/embeddings API and rerankers at /v1/rerank and /score (Ray Serve, foreground)",
@@ -60,6 +215,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "API keys are read from an environment variable or a file, never from the command line."
         ),
     )
+    # The served models: lists, one value per model (the config holds one ModelConfig each).
     source = parser.add_argument_group("models")
     source.add_argument(
         "--model",
@@ -110,18 +266,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_flags(source, LoadOptions, skip=("model",))
 
     http = parser.add_argument_group("HTTP")
-    http.add_argument(
-        "--host", default="127.0.0.1", help="address the HTTP proxy binds (default: 127.0.0.1)"
-    )
-    http.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
-    http.add_argument("--route-prefix", default="/", help="URL prefix of the app (default: /)")
-    http.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=DEFAULT_REQUEST_TIMEOUT_S,
-        help=f"end-to-end HTTP timeout of the Serve proxy (default: {DEFAULT_REQUEST_TIMEOUT_S:g})",
-    )
-    layout = http.add_mutually_exclusive_group()
+    for flag in SERVER_HTTP:
+        flag.add_to(http)
+    layout = http.add_mutually_exclusive_group()  # IngressConfig.colocate, from the model count
     layout.add_argument(
         "--split-ingress",
         action="store_true",
@@ -138,129 +285,55 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="the default with one --model (kept for scripts that name it): the model replicas "
         "serve the HTTP routes themselves; refused with several --model",
     )
-    http.add_argument(
-        "--http-proxy",
-        choices=HTTP_PROXIES,
-        default="ray",
-        help="what answers HTTP on --port: `ray`, Ray Serve's Python proxy actor; `haproxy`, Ray "
-        "2.60's HAProxy mode (experimental in Ray): HAProxy forwards straight to the ingress "
-        "replicas' own HTTP servers, a few ms less per request. Only for the private Ray started "
-        "here (a cluster sets RAY_SERVE_ENABLE_HA_PROXY=1 at `ray start`). In that mode a request "
-        "in flight on an ingress replica that dies gets a bare 500 or a closed connection, and "
-        "Ctrl-C takes ~35 s (Ray drains the replicas) (default: ray)",
-    )
-    http.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="environment variable holding the accepted API key(s), comma-separated (default: no keys, open API)",
-    )
-    http.add_argument(
-        "--api-key-file", metavar="PATH", help="file with one accepted API key per line"
-    )
-    http.add_argument(
-        "--allow-url-fetch",
-        action="store_true",
-        help="let VL inputs name http(s) media URLs (fetched with SSRF checks); needs --url-allowed-host",
-    )
-    http.add_argument(
-        "--url-allowed-host",
-        action="append",
-        default=[],
-        metavar="HOST",
-        help="host media URLs may name ('name', '*.domain' or '*'); repeatable",
-    )
+    for flag in (*SERVER_PROXY, *AUTH, *MEDIA):
+        flag.add_to(http)
 
     scale = parser.add_argument_group("replicas and batching")
     replicas = scale.add_mutually_exclusive_group()
     add_flags(replicas, ReplicaOptions, only=("num_replicas",))
-    replicas.add_argument(
-        "--autoscale", type=_autoscale, metavar="MIN:MAX", help="autoscale replicas per model"
-    )
-    upscale_delay = ModelConfig.model_fields["upscale_delay_s"].default
-    downscale_delay = ModelConfig.model_fields["downscale_delay_s"].default
-    scale.add_argument(
-        "--upscale-delay-s",
-        type=float,
-        default=upscale_delay,
-        metavar="S",
-        help="with --autoscale: seconds of high load before replicas are added "
-        f"(default: {upscale_delay:g}, Serve's)",
-    )
-    scale.add_argument(
-        "--downscale-delay-s",
-        type=float,
-        default=downscale_delay,
-        metavar="S",
-        help="with --autoscale: seconds of low load before replicas are removed "
-        f"(default: {downscale_delay:g}, Serve's)",
-    )
+    AUTOSCALE.add_to(replicas)
+    for flag in DELAYS:
+        flag.add_to(scale)
     add_flags(scale, ReplicaOptions, skip=("num_replicas",))
-    scale.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=defaults_batching.max_batch_size,
-        metavar="B",
-        help=f"requests per dynamic batch (default: {defaults_batching.max_batch_size})",
-    )
-    scale.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=defaults_batching.batch_wait_ms,
-        metavar="W",
-        help=f"longest an under-full batch waits for company, in ms; 0 = start at once when idle (default: {defaults_batching.batch_wait_ms:g})",
-    )
-    for name in ("max_ongoing_requests", "max_queued_requests"):
-        field = ModelConfig.model_fields[name]
-        scale.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=int,
-            default=field.default,
-            metavar="N",
-            help=help_with_default(field.description or "", field.default),
-        )
+    for flag in (*BATCHING, *QUEUES):
+        flag.add_to(scale)
 
     ray_group = parser.add_argument_group("Ray")
-    ray_group.add_argument(
-        "--address",
-        help="Ray cluster to join (default: $RAY_ADDRESS if set, else start a private local Ray)",
-    )
-    ray_group.add_argument(
-        "--num-cpus", type=int, help="CPUs of the local Ray started here (default: all)"
-    )
-    ray_group.add_argument(
-        "--num-gpus", type=int, help="GPUs of the local Ray started here (default: all)"
-    )
-    ray_group.add_argument(
-        "--app-name", default=DEFAULT_APP_NAME, help=f"Serve app name (default: {DEFAULT_APP_NAME})"
-    )
+    for flag in SERVER_RAY:
+        flag.add_to(ray_group)
     parser.set_defaults(handler=run)
     return parser
 
 
-# Flags about the server itself, which hold with --app-config too; every other flag describes the
-# app, which the file then describes instead.
-SERVER_FLAGS = frozenset(
-    {
-        "app_config", "host", "port", "route_prefix", "request_timeout_s", "http_proxy",
-        "address", "num_cpus", "num_gpus", "app_name", "handler",
-    }
-)  # fmt: skip
+def _given(args: argparse.Namespace, config: type[ReadableConfig]) -> dict[str, Any]:
+    """The fields of `config` whose flags were given (the others keep the config's defaults)."""
+    values = {flag.field: flag.given(args) for flag in FIELD_FLAGS if flag.config is config}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def server_config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The server's own flags (they hold beside --app-config too)."""
+    return ServerConfig.model_validate(_given(args, ServerConfig))
 
 
 def _app_flags_given(args: argparse.Namespace) -> list[str]:
-    """The app flags set to something other than their defaults (as --flag names)."""
+    """The flags given that describe the app (every flag but the server's own), as --flag names."""
     root = argparse.ArgumentParser()
-    add_parser(root.add_subparsers())
-    defaults = vars(root.parse_args(["serve"]))
+    parser = add_parser(root.add_subparsers())
+    server = {*ServerConfig.model_fields, "app_config", "help"}
+    named: dict[str, str] = {}
+    for action in parser._actions:  # the first (visible) spelling of each destination
+        if action.dest not in server and action.option_strings:
+            named.setdefault(action.dest, action.option_strings[0])
     return [
-        f"--{name.replace('_', '-')}"
-        for name, default in defaults.items()
-        if name not in SERVER_FLAGS and getattr(args, name, default) != default
+        flag for dest, flag in named.items() if getattr(args, dest, None) not in (None, [], False)
     ]
 
 
 def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
-    """The flags (or --app-config) as one validated ServeAppConfig; ValueError when inconsistent."""
+    """The flags (or --app-config) as one validated ServeAppConfig. A refused value raises
+    `InvalidConfigError` in the words a YAML app config with the same values gets; ValueError
+    when the flags contradict each other."""
     if args.app_config:
         if args.model or args.reranker_model:
             raise ValueError(
@@ -303,40 +376,39 @@ def config_from_args(args: argparse.Namespace) -> ServeAppConfig:
         )
         for i, model in enumerate(args.reranker_model)
     ]
-    # Knobs left unset take ModelConfig's defaults (the core's).
-    knobs = {
+    # What every model gets: the knobs and model fields given (the others: ModelConfig's
+    # defaults, the core's), and the batching given.
+    shared = {
         name: getattr(args, name)
         for name in (*rules(LoadOptions), *rules(ReplicaOptions))
         if name != "model" and getattr(args, name) is not None
     }
-    models = tuple(
-        ModelConfig(
-            model=model,
-            served_model_name=name,
-            task=task,
-            **knobs,
-            autoscale=args.autoscale,
-            upscale_delay_s=args.upscale_delay_s,
-            downscale_delay_s=args.downscale_delay_s,
-            batching=BatchingConfig(
-                max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms
-            ),
-            max_ongoing_requests=args.max_ongoing_requests,
-            max_queued_requests=args.max_queued_requests,
-            calibration_ranges=model_ranges,
-        )
+    shared.update(_given(args, ModelConfig))
+    batching = _given(args, BatchingConfig)
+    if batching:
+        shared["batching"] = batching
+    models = [
+        {
+            "model": model,
+            **({"served_model_name": name} if name is not None else {}),
+            "task": task,
+            **shared,
+            **({"calibration_ranges": model_ranges} if model_ranges is not None else {}),
+        }
         for model, name, task, model_ranges in served
-    )
-    return ServeAppConfig(
-        models=models,
-        auth=AuthConfig(api_key_env=args.api_key_env, api_key_file=args.api_key_file),
-        media=MediaPolicy(
-            allow_url_fetch=args.allow_url_fetch, url_allowed_hosts=tuple(args.url_allowed_host)
-        ),
-        ingress=IngressConfig(
-            model_call_timeout_s=max(1.0, args.request_timeout_s - 5.0),
-            colocate=colocate_ingress(args),
-        ),
+    ]
+    server = server_config_from_args(args)
+    # One mapping validated at once, as a YAML app config is: a refused value reads the same.
+    return ServeAppConfig.model_validate(
+        {
+            "models": models,
+            "auth": _given(args, AuthConfig),
+            "media": _given(args, MediaPolicy),
+            "ingress": {
+                "model_call_timeout_s": server.model_call_timeout_s(),
+                "colocate": colocate_ingress(args),
+            },
+        }
     )
 
 
@@ -394,11 +466,12 @@ def _serve_run_reconnect_notice_dropped() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    address = args.address or os.environ.get("RAY_ADDRESS")
     try:
+        server = server_config_from_args(args)
+        address = server.address or os.environ.get("RAY_ADDRESS")
         config = config_from_args(args)
         _check_keys_here(config)
-        if address and args.http_proxy == "haproxy":
+        if address and server.http_proxy == "haproxy":
             raise ValueError(
                 "--http-proxy haproxy applies to the private Ray started here; a cluster "
                 "(--address or $RAY_ADDRESS) enables it with RAY_SERVE_ENABLE_HA_PROXY=1 in "
@@ -406,9 +479,9 @@ def run(args: argparse.Namespace) -> int:
             )
         # Before `from ray import serve` below, which reads Serve's settings from the environment.
         private_ray_env = (
-            {} if address else apply_environment(serve_environment(args.http_proxy, args.host))
+            {} if address else apply_environment(serve_environment(server.http_proxy, server.host))
         )
-    except (ValueError, OSError) as error:  # pydantic's ValidationError is a ValueError
+    except (ValueError, OSError) as error:  # InvalidConfigError is a ValueError
         print(f"qwen3-embed serve: {error}", file=sys.stderr)
         return 2
 
@@ -436,8 +509,8 @@ def run(args: argparse.Namespace) -> int:
         # "local": a private Ray for this process, never someone else's cluster on the machine.
         ray.init(
             address="local",
-            num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus,
+            num_cpus=server.num_cpus,
+            num_gpus=server.num_gpus,
             logging_level=logging.WARNING,
         )
     try:
@@ -446,14 +519,16 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, request_stop)
         serve.start(
             http_options={
-                "host": args.host,
-                "port": args.port,
-                "request_timeout_s": args.request_timeout_s,
+                "host": server.host,
+                "port": server.port,
+                "request_timeout_s": server.request_timeout_s,
             }
         )
         with _serve_run_reconnect_notice_dropped():
-            serve.run(build_application(config), name=args.app_name, route_prefix=args.route_prefix)
-        base = f"http://{args.host}:{args.port}{args.route_prefix.rstrip('/')}"
+            serve.run(
+                build_application(config), name=server.app_name, route_prefix=server.route_prefix
+            )
+        base = f"http://{server.host}:{server.port}{server.route_prefix.rstrip('/')}"
         names = ", ".join(model.name for model in config.models)
         serving.set()
         routes = ", ".join(
@@ -476,7 +551,7 @@ def run(args: argparse.Namespace) -> int:
             # one goes with ray.shutdown(). Not serve.shutdown(): its controller kills itself
             # inside its own graceful_shutdown call, and the raylet then logs that call as
             # failed ("Task ServeController.graceful_shutdown failed ...") on every clean exit.
-            serve.delete(args.app_name)
+            serve.delete(server.app_name)
         finally:
             ray.shutdown()
         logger.info("stopped in %.1fs", time.monotonic() - started)

@@ -3,7 +3,14 @@
 `ServeAppConfig` is what the app builder (`deployments.app:build_app`) takes as `args` in a Serve
 config YAML and what `qwen3-embed serve` builds from its flags. It is validated once, here, and
 then passed (frozen) to the deployments; no raw dicts travel between layers. Every field has a
-description and a default that is safe for a public endpoint.
+description and a default that is safe for a public endpoint. `ServerConfig` holds what the
+command itself runs (the HTTP proxy, the Ray it joins or starts), not the app.
+
+Each config is a `ReadableConfig` (`qwen3_embed_layers.config_base`), the batch job's base too:
+frozen, unknown keys refused, and a refused value raises `InvalidConfigError` naming every
+refused field by its path ("invalid serve app config: models[0].max_batch_tokens must be an
+integer >= 1, got 0"), whether it came from YAML, keyword arguments or `qwen3-embed serve`'s
+flags (which are generated from these fields: `deployments.cli`).
 """
 
 from __future__ import annotations
@@ -12,23 +19,22 @@ import ipaddress
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from qwen3_embed.option_fields import LoadFields, ReplicaFields
+from qwen3_embed_layers.config_base import LoadFields, ReadableConfig, ReplicaFields
+
+from .ray_env import HttpProxy
 
 MiB = 1024 * 1024
 # Auto-sized ingress: slots beyond what the models can hold (see IngressConfig.max_ongoing_requests).
 INGRESS_HEADROOM = 256
 
 
-class _Frozen(BaseModel):
-    # extra="forbid": a misspelt key in a YAML file is an error, not a silently ignored setting.
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class BatchingConfig(_Frozen):
+class BatchingConfig(ReadableConfig):
     """The model deployment's `user_config`: changed at run time without reloading the weights
     (`reconfigure` passes it to the replica's continuous-batching queue)."""
+
+    what = "serve batching config"
 
     max_batch_size: int = Field(
         32,
@@ -46,10 +52,12 @@ class BatchingConfig(_Frozen):
     )
 
 
-class ModelConfig(LoadFields, ReplicaFields):
+class ModelConfig(LoadFields, ReplicaFields, ReadableConfig):
     """One served model: how to load it (the core's `LoadOptions` knobs: model, revision, device,
     dtype, max_length, max_batch_tokens, forward_mode, attn_implementation, compile) and how its
     deployment (replicas, batching, queue) runs."""
+
+    what = "serve model config"
 
     served_model_name: str | None = Field(
         None, min_length=1, description="the name clients send as `model` (default: `model` itself)"
@@ -131,8 +139,10 @@ class ModelConfig(LoadFields, ReplicaFields):
         return value
 
 
-class RequestLimits(_Frozen):
+class RequestLimits(ReadableConfig):
     """Per-request limits, checked before any device time is spent."""
+
+    what = "serve limits config"
 
     max_request_bytes: int = Field(32 * MiB, ge=1, description="HTTP body size (413 beyond)")
     max_inputs_per_request: int = Field(2048, ge=1, description="items in `input` (400 beyond)")
@@ -146,7 +156,7 @@ class RequestLimits(_Frozen):
     )
 
 
-class MediaPolicy(_Frozen):
+class MediaPolicy(ReadableConfig):
     """Where images and videos may come from and how large they may be (VL models only).
 
     Base64 data URIs are always accepted; http(s) URLs only with `allow_url_fetch`, only to hosts
@@ -154,6 +164,8 @@ class MediaPolicy(_Frozen):
     or reserved addresses unless a network is listed in `url_allowed_networks`. Local paths and
     file:// URLs are always refused.
     """
+
+    what = "serve media config"
 
     max_media_bytes: int = Field(
         20 * MiB, ge=1, description="bytes of one image or video, decoded (413 beyond)"
@@ -207,9 +219,11 @@ class MediaPolicy(_Frozen):
         return self
 
 
-class AuthConfig(_Frozen):
+class AuthConfig(ReadableConfig):
     """Bearer API keys, read by the ingress replica itself so they never travel in deployment
     arguments, the Serve config or a command line. With neither source set, the API is open."""
+
+    what = "serve auth config"
 
     api_key_env: str | None = Field(
         None,
@@ -224,8 +238,10 @@ class AuthConfig(_Frozen):
         return bool(self.api_key_env or self.api_key_file)
 
 
-class IngressConfig(_Frozen):
+class IngressConfig(ReadableConfig):
     """The HTTP ingress deployment."""
+
+    what = "serve ingress config"
 
     num_replicas: int = Field(1, ge=1, description="ingress replicas")
     cpus_per_replica: float = Field(0.25, ge=0, description="CPUs reserved per ingress replica")
@@ -272,8 +288,10 @@ class IngressConfig(_Frozen):
     )
 
 
-class ServeAppConfig(_Frozen):
+class ServeAppConfig(ReadableConfig):
     """Everything `build_app` needs: the models and the policies of the endpoint."""
+
+    what = "serve app config"
 
     models: tuple[ModelConfig, ...] = Field(
         ..., min_length=1, description="served models, routed by `model`"
@@ -318,3 +336,42 @@ class ServeAppConfig(_Frozen):
     @classmethod
     def from_args(cls, args: ServeAppConfig | dict[str, Any]) -> ServeAppConfig:
         return args if isinstance(args, cls) else cls.model_validate(args)
+
+
+class ServerConfig(ReadableConfig):
+    """How `qwen3-embed serve` runs the app: its HTTP proxy and the Ray it joins or starts (a
+    Serve config YAML says these in its own `http_options`). Not part of the app: they hold
+    beside `--app-config` too."""
+
+    what = "serve command config"
+
+    host: str = Field("127.0.0.1", description="address the HTTP proxy binds")
+    port: int = Field(8000, description="HTTP port")
+    route_prefix: str = Field("/", description="URL prefix of the app")
+    request_timeout_s: float = Field(60.0, description="end-to-end HTTP timeout of the Serve proxy")
+    http_proxy: HttpProxy = Field(
+        "ray",
+        description="what answers HTTP on --port: `ray`, Ray Serve's Python proxy actor; "
+        "`haproxy`, Ray 2.60's HAProxy mode (experimental in Ray): HAProxy forwards straight to "
+        "the ingress replicas' own HTTP servers, a few ms less per request. Only for the private "
+        "Ray started here (a cluster sets RAY_SERVE_ENABLE_HA_PROXY=1 at `ray start`). In that "
+        "mode a request in flight on an ingress replica that dies gets a bare 500 or a closed "
+        "connection, and Ctrl-C takes ~35 s (Ray drains the replicas)",
+    )
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join (default: $RAY_ADDRESS if set, else start a private "
+        "local Ray)",
+    )
+    num_cpus: int | None = Field(
+        None, description="CPUs of the local Ray started here (default: all)"
+    )
+    num_gpus: int | None = Field(
+        None, description="GPUs of the local Ray started here (default: all)"
+    )
+    app_name: str = Field("qwen3-embed", description="Serve app name")
+
+    def model_call_timeout_s(self) -> float:
+        """The ingress -> model timeout under the proxy's: 5 s less (504 before the proxy's
+        own timeout), at least 1 s."""
+        return max(1.0, self.request_timeout_s - 5.0)

@@ -14,6 +14,8 @@ import numpy as np
 
 from qwen3_embed.vocabulary import Family
 
+from .api_answers import api_answer
+
 
 @dataclass(frozen=True)
 class EmbedJob:
@@ -59,10 +61,8 @@ class EmbedFailure:
 
     @classmethod
     def from_error(cls, error: Any, param: str | None = None) -> EmbedFailure:
-        """A core error -> the API's answer for its code (`qwen3_embed.errors.API_ANSWERS`);
+        """A core error -> the API's answer for its code (`api_answers.API_ANSWERS`);
         `param` (default: `error_param`) names the request field at fault."""
-        from qwen3_embed.errors import api_answer  # torch-free
-
         answer = api_answer(error)
         return cls(answer.status, str(error), answer.code, param or error_param(error))
 

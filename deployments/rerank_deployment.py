@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from .api_answers import api_answer
 from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
@@ -296,8 +297,6 @@ def pair_token_bound(pair: Sequence[Any], instruction: str, prompt_tokens: int, 
 
 def _pair_failure(error: Any, param: str) -> EmbedFailure:
     """A core error about one pair -> the API's answer, naming the pair as the client sent it."""
-    from qwen3_embed.errors import api_answer
-
     answer = api_answer(error)
     return EmbedFailure(answer.status, f"{param}: {error.reason}", answer.code, param)
 

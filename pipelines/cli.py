@@ -33,15 +33,24 @@ DESCRIPTION = (
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Called by `qwen3_embed.cli` to add the `embed` command."""
+    """Adds the `embed` command to `qwen3-embed` (the entry point `embed` of the group
+    `qwen3_embed.commands`, declared in pyproject.toml)."""
     parser = subparsers.add_parser(
         "embed",
         help="embed a corpus into a parquet dataset with a Ray Data job",
         description=DESCRIPTION,
     )
     add_arguments(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run_command)
     return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`run`, as a command runs it: Ray Data's benign error line kept off stderr."""
+    from .stderr_filter import install
+
+    install()  # before Ray starts any thread
+    return run(args)
 
 
 def _flag(parser: argparse.ArgumentParser, flag: str, field: str, **kwargs: Any) -> None:
@@ -179,8 +188,4 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    from qwen3_embed.stderr_filter import install
-
-    install()  # before Ray starts any thread: keeps Ray Data's benign error line off stderr
-    return run(args)
+    return run_command(parser.parse_args(argv))

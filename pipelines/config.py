@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
 from qwen3_embed.options import help_with_default, rename_deprecated
 from qwen3_embed.precision import PRECISIONS, RANGED_PRECISIONS
+from qwen3_embed_layers.config_base import LoadFields, ReadableConfig, ReplicaFields
 
 INPUT_FORMATS = ("auto", "parquet", "jsonl", "csv", "txt", "images", "videos")
 # Rows embedded before the main pass to find int8 / uint8 ranges (per-dimension min and max).

@@ -31,8 +31,8 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from qwen3_embed.chunking import check_settings
-from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
 from qwen3_embed.precision import PRECISIONS, RANGED_PRECISIONS, PrecisionSpec, check_ranges
+from qwen3_embed_layers.config_base import LoadFields, ReadableConfig, ReplicaFields
 
 from .config import DEFAULT_BATCH_ROWS, DEFAULT_EMBED_ROWS, storage_option_pairs
 from .map_stages import StageResources, apply_stages, embed_stage, prepare_stage

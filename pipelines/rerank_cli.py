@@ -31,7 +31,8 @@ def _config_class() -> Any:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Called by `qwen3_embed.cli` to add the `rerank` command."""
+    """Adds the `rerank` command to `qwen3-embed` (the entry point `rerank` of the group
+    `qwen3_embed.commands`, declared in pyproject.toml)."""
     parser = subparsers.add_parser(
         "rerank",
         help="rerank (query, document) pairs of a table with a Ray Data job",
@@ -65,7 +66,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="options for non-local filesystems (as for embed); repeatable",
     )
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run_command)
     return parser
 
 
@@ -88,6 +89,14 @@ _HELP = {
     "num_cpus": "CPUs of a local cluster started by the job",
     "progress": "show Ray Data's progress bars (default: on)",
 }
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`run`, as the command runs it: Ray Data's benign error line kept off stderr."""
+    from .stderr_filter import install
+
+    install()  # before Ray starts any thread
+    return run(args)
 
 
 def run(args: argparse.Namespace) -> int:

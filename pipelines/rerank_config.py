@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
+from qwen3_embed_layers.config_base import LoadFields, ReadableConfig, ReplicaFields
 
 from .config import storage_option_pairs
 from .rerank_stage import DEFAULT_GROUPS_PER_CALL

@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from qwen3_embed.option_fields import LoadFields, ReadableConfig, ReplicaFields
 from qwen3_embed.options import LoadOptions
+from qwen3_embed_layers.config_base import LoadFields, ReadableConfig, ReplicaFields
 
 from .failure_layers import rerank_layers
 from .ledger import CrashGuard

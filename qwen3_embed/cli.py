@@ -1,28 +1,23 @@
 """The `qwen3-embed` command.
 
-Core commands live here; `embed` (the Ray Data job) and `serve` (the Ray Serve app) are added by
-`pipelines.cli` and `deployments.cli`, imported only when the command line names them so that
-`qwen3-embed models` never starts Ray.
+Core commands live here (`models`, `make-tiny-model`, `doctor`). The layers above add theirs
+(the batch jobs, the server) through the entry-point group `qwen3_embed.commands`
+(`qwen3_embed.plugins`): a layer is imported only when the command line names one of its
+commands (or for --help), so `qwen3-embed models` never imports Ray, and the core names no layer.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
+from .plugins import COMMANDS, LayerNotInstalledError, load, registered
 from .registry import SEED_MODELS
 from .vocabulary import FAMILIES
-
-# command name -> module that provides add_parser(subparsers) and run(args) -> int
-LAYER_COMMANDS = {
-    "embed": "pipelines.cli",
-    "rerank": "pipelines.rerank_cli",
-    "serve": "deployments.cli",
-}
 
 # Wide enough that the README's `dimensions: 256` examples run against a tiny model offline.
 TINY_TEXT_HIDDEN_SIZE = 256
@@ -76,8 +71,17 @@ def _cmd_make_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Adds `note` to its usage errors (e.g. why a layer's command is not a valid choice)."""
+
+    note = ""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(f"{message}\n{self.note}" if self.note else message)
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qwen3-embed", description="Qwen3 embeddings: batch jobs, serving, tools."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -123,23 +127,41 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     doctor.add_arguments(check)
     check.set_defaults(handler=doctor.main)
 
-    # Only import the Ray layers the command line asks for (or all of them for --help).
-    wanted = [name for name in LAYER_COMMANDS if name in argv] or (
-        list(LAYER_COMMANDS) if not argv or "-h" in argv or "--help" in argv else []
+    # Only import the layers whose commands the command line names (or all of them for --help).
+    layers = registered(COMMANDS)
+    wanted = [name for name in layers if name in argv] or (
+        list(layers) if argv_is_help(argv) else []
     )
     for name in wanted:
-        module = importlib.import_module(LAYER_COMMANDS[name])
-        module.add_parser(sub)
+        try:
+            add_parser = load(layers[name])
+        except LayerNotInstalledError as error:
+            if name in argv:
+                raise  # the command asked for cannot run: main() says why
+            sub.add_parser(name, help=f"(not available: {error})")  # --help says why
+            continue
+        add_parser(sub)
+    if not layers:
+        parser.note = parser.epilog = (
+            f"No layer commands are installed (the entry-point group {COMMANDS!r} is empty): "
+            "the batch jobs and the server come with an install of the project "
+            "(`pip install qwen3-embed`, or `pip install -e .` in a checkout)."
+        )
     return parser
+
+
+def argv_is_help(argv: Sequence[str]) -> bool:
+    return not argv or "-h" in argv or "--help" in argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
-    if args.command in LAYER_COMMANDS:
-        from .stderr_filter import install
-
-        install()  # before Ray starts any thread: keeps Ray Data's benign error line off stderr
+    try:
+        parser = build_parser(argv)
+    except LayerNotInstalledError as error:
+        print(f"qwen3-embed: error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     return int(args.handler(args) or 0)
 
 

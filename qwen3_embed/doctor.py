@@ -24,11 +24,11 @@ in a temporary folder: what it checks there is the code path, not a checkpoint.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 import warnings
@@ -67,7 +67,6 @@ TEXTS = [
     _SENTENCE * 20,
 ]
 COMPILE_BACKEND = "inductor"
-CLUSTER_MODULE = "pipelines.cluster_doctor"  # --address: a Ray task per node
 
 
 # ----------------------------------------------------------------------- facts
@@ -436,10 +435,16 @@ def doctor_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if address:
-        # Ray is a layer's dependency: its module is imported only here, by name (as the CLI's
-        # layer commands are), so the core never needs it.
-        cluster = importlib.import_module(CLUSTER_MODULE)
-        return cluster.run_on_cluster(address, doctor_kwargs(args), args.json)
+        # Ray is a layer's dependency: the batch layer registers a Ray task per node as the
+        # entry point `cluster` (`qwen3_embed.plugins`), imported only here.
+        from .plugins import CLUSTER_DOCTOR, LayerNotInstalledError, load_one
+
+        try:
+            run_on_cluster = load_one(CLUSTER_DOCTOR, "cluster", "doctor --address")
+        except LayerNotInstalledError as error:
+            print(f"qwen3-embed doctor: error: {error}", file=sys.stderr)
+            return 2
+        return run_on_cluster(address, doctor_kwargs(args), args.json)
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

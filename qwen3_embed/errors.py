@@ -1,20 +1,19 @@
 """The project's one error vocabulary.
 
 `Qwen3EmbedError` is the base of every error this project raises on purpose, in the core and in
-both layers (`deployments.errors.ApiError`, `deployments.media_fetch.FetchRefused`,
-`pipelines.stages.StageBroken`, `pipelines.sink.StaleWriterError`,
-`pipelines.resume.OutputMismatchError`); each has a stable `code`. Each also keeps the standard
-library base it always had (ValueError, ImportError, RuntimeError), so callers that only know
-those still catch it.
+both layers above it (the server's `ApiError` and `FetchRefused`, the batch job's `StageBroken`,
+`StaleWriterError` and `OutputMismatchError`, the configs' `InvalidConfigError`); each has a
+stable `code`. Each also keeps the standard library base it always had (ValueError, ImportError,
+RuntimeError), so callers that only know those still catch it.
 
-A core error's `code` is what a batch job writes in its `_errors` rows; `API_ANSWERS` is the one
-table of how the HTTP API answers it (status and OpenAI-style code), so neither layer compares
-code strings or spells statuses of its own for them.
+The core owns the codes and their vocabulary (`vocabulary.InputErrorCode`): a core error's
+`code` is what a batch job writes in its `_errors` rows. How the HTTP API answers each code
+(status and OpenAI-style code) is the Serve layer's one table (`API_ANSWERS`, beside its other
+HTTP errors), so neither layer compares code strings or spells statuses of its own for them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -100,27 +99,3 @@ class MissingExtraError(Qwen3EmbedError, ImportError):
     """An optional dependency group is needed for what was asked."""
 
     code = "missing_extra"
-
-
-@dataclass(frozen=True)
-class ApiAnswer:
-    """How the HTTP API answers an error: its status and the `error.code` of the body."""
-
-    status: int
-    code: str
-
-
-# Core error code -> the API's answer. Over-long inputs get OpenAI's own code (clients built on
-# its SDK raise BadRequestError for a 400); an input that does not fit the device even alone is
-# a 413, as a too-large body is. A code not listed is a 400 under its own name.
-API_ANSWERS: dict[str, ApiAnswer] = {
-    "invalid_input": ApiAnswer(400, "invalid_input"),
-    "input_too_long": ApiAnswer(400, "context_length_exceeded"),
-    "input_too_large_for_device": ApiAnswer(413, "input_too_large_for_device"),
-    "decode_limit_exceeded": ApiAnswer(413, "decode_limit_exceeded"),
-    "invalid_dimensions": ApiAnswer(400, "invalid_dimensions"),
-}
-
-
-def api_answer(error: Qwen3EmbedError) -> ApiAnswer:
-    return API_ANSWERS.get(error.code, ApiAnswer(400, error.code))

@@ -2,8 +2,8 @@
 
 `LoadOptions` says how to load a model (`Embedder.from_options`); `ReplicaOptions` how many
 copies run and on what. The batch job, the Ray Dataset stage and the Serve model config hold
-these fields under the same names (their pydantic models take them from here, see
-`qwen3_embed.option_fields`), and both CLIs build their flags, defaults and help from them
+these fields under the same names (their pydantic models take them from here, through the
+layers' shared config base), and the CLIs build their flags, defaults and help from them
 (`add_flags`). Nothing here imports torch or pydantic: the CLIs and a GPU machine with only the
 core's dependencies import it.
 """

@@ -24,8 +24,8 @@ DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 AttnImplementation = Literal["auto", "sdpa", "flash_attention_2", "eager"]
 ATTN_IMPLEMENTATIONS: tuple[AttnImplementation, ...] = get_args(AttnImplementation)
 
-# What an input item can break (`InputError.code`): a batch job's `_errors` row code, and through
-# `errors.API_ANSWERS` the HTTP API's answer.
+# What an input item can break (`InputError.code`): a batch job's `_errors` row code, and (through
+# the Serve layer's `API_ANSWERS` table) the HTTP API's answer.
 InputErrorCode = Literal[
     "invalid_input", "input_too_long", "input_too_large_for_device", "decode_limit_exceeded"
 ]

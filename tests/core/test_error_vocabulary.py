@@ -1,5 +1,6 @@
 """One error vocabulary: every error class the project defines derives from `Qwen3EmbedError`
-with a stable code, and the HTTP API answers core errors from one table."""
+with a stable code; the core keeps the codes, and the HTTP API answers them from one table that
+lives with Serve (`deployments.api_answers`)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ import pkgutil
 import pytest
 
 from qwen3_embed.errors import (
-    API_ANSWERS,
     DecodeLimitError,
     DimensionError,
     InputError,
     InputTooLargeForDeviceError,
     InputTooLongError,
     Qwen3EmbedError,
-    api_answer,
 )
 
-PACKAGES = ("qwen3_embed", "pipelines", "deployments")
+PACKAGES = ("qwen3_embed", "qwen3_embed_layers", "pipelines", "deployments")
 
 
 def project_exception_classes() -> list[type[BaseException]]:
@@ -43,6 +42,7 @@ def test_every_project_error_is_a_qwen3_embed_error_with_a_code():
     # The ones the layers used to define on their own.
     assert {"ApiError", "FetchRefused", "StageBroken", "StaleWriterError"} <= names, names
     assert "OutputMismatchError" in names and "MissingExtraError" in names, names
+    assert {"InvalidConfigError", "LayerNotInstalledError"} <= names, names
     for cls in classes:
         assert issubclass(cls, Qwen3EmbedError), cls
         # A class-level code, or one every instance sets (ApiError, FetchRefused, InputError).
@@ -74,6 +74,7 @@ def test_errors_keep_their_standard_library_bases():
     ],
 )
 def test_the_api_answers_core_errors_from_the_table(error, status, code):
+    from deployments.api_answers import API_ANSWERS, api_answer
     from deployments.protocol import EmbedFailure
 
     assert API_ANSWERS[error.code] == api_answer(error)
@@ -81,3 +82,12 @@ def test_the_api_answers_core_errors_from_the_table(error, status, code):
     assert (failure.status, failure.code, failure.message) == (status, code, str(error))
     # The batch job writes the core's own code in its error rows.
     assert error.code != "error"
+
+
+def test_every_input_error_code_has_an_api_answer():
+    """The core's vocabulary of input error codes and Serve's table stay in step."""
+    from deployments.api_answers import API_ANSWERS
+    from qwen3_embed.vocabulary import INPUT_ERROR_CODES
+
+    assert set(INPUT_ERROR_CODES) <= set(API_ANSWERS)
+    assert not hasattr(importlib.import_module("qwen3_embed.errors"), "API_ANSWERS")

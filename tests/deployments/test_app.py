@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from deployments.config import ModelConfig, ServeAppConfig
+from qwen3_embed_layers.config_base import InvalidConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def test_deployment_options():
         ModelConfig(model="m", autoscale=(1, 3), upscale_delay_s=1, downscale_delay_s=2.5), "x", 0
     )["autoscaling_config"]
     assert (quick["upscale_delay_s"], quick["downscale_delay_s"]) == (1, 2.5)
-    with pytest.raises(ValidationError, match="downscale_delay_s"):
+    with pytest.raises(InvalidConfigError, match="downscale_delay_s"):
         ModelConfig(model="m", downscale_delay_s=-1)
     assert "num_replicas" not in scaled and scaled["ray_actor_options"]["num_gpus"] == 0.5
     models = (ModelConfig(model="Qwen/A"), ModelConfig(model="x", served_model_name="Qwen A"))

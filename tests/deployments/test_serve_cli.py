@@ -21,7 +21,6 @@ import numpy as np
 import psutil
 import pytest
 import yaml
-from pydantic import ValidationError
 from serve_support import (
     assert_openai_error,
     free_port,
@@ -32,6 +31,7 @@ from serve_support import (
 )
 
 from deployments.ray_env import LATENCY_SWITCHES, LOOPBACK_NODE
+from qwen3_embed_layers.config_base import InvalidConfigError
 
 KEY_VAR = "QWEN3_EMBED_TEST_CLI_KEYS"
 KEY = "cli-key-abc"
@@ -260,7 +260,7 @@ def test_cli_app_config_file(tmp_path):
     served = _parse("--app-config", str(path), "--port", "9", "--http-proxy", "haproxy")
     assert config_from_args(served).models[0].name == "n"
     path.write_text(yaml.safe_dump({"models": [{"model": "m", "max_batch_sise": 1}]}))
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidConfigError, match="max_batch_sise"):
         config_from_args(_parse("--app-config", str(path)))
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from pydantic import ValidationError
 from serve_support import assert_openai_error, deployed_app, post_concurrently, start_serve_once
 
 from deployments.app import build_application
 from deployments.config import ServeAppConfig
 from deployments.ingress import BATCH_REQUESTS_HEADER, TIMING_HEADER
+from qwen3_embed_layers.config_base import InvalidConfigError
 
 APP = "serve-colocate"
 PREFIX = "/colocate"
@@ -52,7 +52,7 @@ def served(ray_cluster, tiny_text_model_dir: Path):
 
 
 def test_colocate_needs_exactly_one_model(tiny_text_model_dir: Path):
-    with pytest.raises(ValidationError, match="colocate serves one model"):
+    with pytest.raises(InvalidConfigError, match="colocate serves one model"):
         ServeAppConfig.model_validate(
             {
                 "models": [

@@ -132,7 +132,7 @@ def test_cli_on_the_sample_corpus(cluster_env, tiny_text_model_dir, tmp_path):
 
 def assert_quiet(stderr: str) -> None:
     """A successful run prints no error-level line (Ray's C++ `E` lines, Python's ERROR) and no
-    deprecation warning; Ray's benign one is filtered by the CLI (qwen3_embed.stderr_filter)."""
+    deprecation warning; Ray's benign one is filtered by the CLI (pipelines.stderr_filter)."""
     for line in stderr.splitlines():
         assert not re.match(r"^\[[^\]]* E \d+ \d+\]", line), line
         assert "core_worker.cc" not in line and "ERROR" not in line, line

@@ -23,8 +23,8 @@ from pipelines.manifest import format_summary, nothing_to_do_manifest
 from pipelines.resume import input_fingerprint, nothing_to_do, output_fingerprint
 from pipelines.rows import CODE_REPLICA_CRASHED, ERRORS_SCHEMA, PREPARED_SCHEMA
 from pipelines.stages import _failed_rows
+from pipelines.stderr_filter import forward, is_benign
 from pipelines.storage import resolve
-from qwen3_embed.stderr_filter import forward, is_benign
 
 REPO = Path(__file__).resolve().parents[2]
 # Copied from a real run of `qwen3-embed embed` on Ray 2.60 (ray-project/ray#57733).
@@ -274,7 +274,7 @@ def test_cli_filter_covers_children_and_keeps_crash_output(tmp_path):
         textwrap.dedent(
             f"""
             import os, subprocess, sys
-            from qwen3_embed.stderr_filter import install
+            from pipelines.stderr_filter import install
             assert install()
             benign = {BENIGN!r}
             subprocess.run([sys.executable, "-c",

@@ -1,4 +1,5 @@
-"""Keep one known-benign line of Ray's C++ logging off the terminal of `qwen3-embed embed`.
+"""Keep one known-benign line of Ray's C++ logging off the terminal of the batch jobs' commands
+(`qwen3-embed embed` / `rerank`, `python -m pipelines.embed_corpus`); each installs it itself.
 
 Every Ray Data job that uses an actor pool makes Ray's core worker (C++, writing straight to file
 descriptor 2) log, at *error* level:
@@ -9,7 +10,7 @@ descriptor 2) log, at *error* level:
 Ray Data itself passes object refs (its data context, the map transformer) to the constructors
 of the actors it restarts; nothing a user of this project does or can change causes or avoids
 it (ray-project/ray#57733 for Ray Data, #53727 for the underlying restart limitation, both open
-for Ray 2.60). A user reads an error-level line as a failure, so the CLI drops exactly that line
+for Ray 2.60). A user reads an error-level line as a failure, so the commands drop exactly that line
 and forwards everything else unchanged, byte for byte.
 
 Because the line comes from C++, not from Python's `sys.stderr`, the filter sits on the file
