@@ -31,7 +31,13 @@ from ray import serve
 from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
-from .prepare_pool import MEDIA_PREPARE_THREADS, TEXT_PREPARE_THREADS, Abandoned, PreparerPool
+from .prepare_pool import (
+    INLINE_PREPARE_MAX_TOKENS,
+    MEDIA_PREPARE_THREADS,
+    TEXT_PREPARE_THREADS,
+    Abandoned,
+    PreparerPool,
+)
 from .protocol import EmbedFailure, EmbedJob, EmbedReply, ModelDescription, TokenizeReply
 from .serving_defaults import QueueSizer, has_media, serving_load_options, token_upper_bound
 
@@ -93,7 +99,9 @@ class ModelServer:
         # time is what the device can do. The pools let the next requests' tokenisation overlap
         # the current batch's forward pass.
         preparer = self.embedder.preparer
-        self._text_pool = PreparerPool(preparer, TEXT_PREPARE_THREADS, "qwen3-embed-prepare")
+        self._text_pool = PreparerPool(
+            preparer, TEXT_PREPARE_THREADS, "qwen3-embed-prepare", INLINE_PREPARE_MAX_TOKENS
+        )
         self._media_pool = (
             PreparerPool(preparer, MEDIA_PREPARE_THREADS, "qwen3-embed-media")
             if self.embedder.family == "vl"
@@ -232,10 +240,11 @@ class ModelServer:
             retry_after_s=self.config.retry_after_s,
         )
 
-    def _admission_token_bound(self, job: EmbedJob) -> int:
+    def _admission_token_bound(self, job: EmbedJob, truncated: bool = True) -> int:
         """An upper bound of the tokens the job's items will have, from their lengths alone
-        (`token_upper_bound`): what admission reserves in the queue before tokenising."""
-        cap = job.max_tokens or self.embedder.max_length
+        (`token_upper_bound`): what admission reserves in the queue before tokenising;
+        `truncated=False`: before truncation (how much tokenising the job costs)."""
+        cap = (job.max_tokens or self.embedder.max_length) if truncated else _NO_TOKEN_LIMIT
         return sum(
             token_upper_bound(item, job.instruction, self._prompt_tokens, cap) for item in job.items
         )
@@ -251,8 +260,8 @@ class ModelServer:
     async def _prepare(
         self, job: EmbedJob, truncate: bool, max_tokens: int | None
     ) -> list[Any] | EmbedFailure:  # list of qwen3_embed.PreparedInput
-        """The job's items prepared on their pool (media or text), or the failure its first
-        bad item answers."""
+        """The job's items prepared on their pool (media or text; a small text job right on
+        the event loop), or the failure its first bad item answers."""
         from qwen3_embed import InputError
 
         media = self._media_pool is not None and has_media(job.items)
@@ -260,7 +269,12 @@ class ModelServer:
         assert pool is not None
         try:
             return await pool.prepare(
-                job.items, job.instruction, truncate, max_tokens, per_item=media
+                job.items,
+                job.instruction,
+                truncate,
+                max_tokens,
+                per_item=media,
+                bound_tokens=None if media else self._admission_token_bound(job, truncated=False),
             )
         except InputError as error:
             return EmbedFailure.from_error(error)
