@@ -238,3 +238,102 @@ def test_plan_refuses_keep_columns_on_text_files(tiny_text_model_dir, tmp_path):
                 keep_columns="x",
             )
         )
+
+
+@pytest.mark.slow
+def test_killed_chunked_job_then_rerun_leaves_each_chunk_once(
+    ray_cluster, tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    """A real kill: `qwen3-embed embed --chunk-tokens` as a user runs it, its process group
+    SIGKILLed once a part file is on disk and before the job ends, then the same command again.
+    Every chunk of every document is in OUTPUT exactly once, the manifest's counts are whole,
+    and a sample of chunk vectors is the core's vector of the slice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from test_pipeline_cli import ids_in
+
+    corpus = tmp_path / "long.jsonl"
+    texts = {f"doc{n:03d}": _text(n) for n in range(50)}
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts.items()))
+    expected = {
+        doc_id: chunk_text(tiny_text_embedder, text, 24, 4) for doc_id, text in texts.items()
+    }
+    total = sum(len(chunks) for chunks in expected.values())
+    assert total >= 30 * len(texts), "documents of many chunks each"
+    output = tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "qwen3-embed"), "embed", str(corpus),
+               str(output), "--model", str(tiny_text_model_dir), "--chunk-tokens", "24",
+               "--chunk-overlap", "4", "--rows-per-file", "40", "--batch-rows", "16",
+               "--no-progress"]  # fmt: skip
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    driver = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a shell job would be
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list(output.glob("part-*.parquet")):
+        assert driver.poll() is None, "the job ended before any output was written"
+        assert time.monotonic() < deadline, "no output file appeared"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    assert json.loads((output / "_manifest.json").read_text())["status"] == "running", (
+        "the job finished before it could be interrupted"
+    )
+    # The driver's Ray workers go with it; wait (bounded) until OUTPUT stops changing.
+    settled, last, deadline = 0, None, time.monotonic() + 30
+    while settled < 4 and time.monotonic() < deadline:
+        files = sorted(path.name for path in output.rglob("part-*.parquet"))
+        settled, last = (settled + 1, last) if files == last else (0, files)
+        time.sleep(0.25)
+    assert settled == 4, "OUTPUT kept changing after the driver was killed"
+    written_before = len(ids_in(output))
+    assert 0 < written_before < total
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not (output / "_errors").exists()
+    rows = read_rows(output)
+    ids = rows.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == total
+    pairs = list(
+        zip(rows.column("doc_id").to_pylist(), rows.column("chunk_index").to_pylist(), strict=True)
+    )
+    assert len(set(pairs)) == len(pairs)
+    assert sorted(pairs) == sorted(
+        (doc_id, chunk.index) for doc_id, chunks in expected.items() for chunk in chunks
+    )
+    assert all(row_id == f"{d}#{i}" for row_id, (d, i) in zip(ids, pairs, strict=True))
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["consistent"]
+    assert (manifest["documents_in"], manifest["chunks"]) == (len(texts), total)
+    run = manifest["this_run"]
+    print("chunked driver kill:", {"written_before": written_before, **run})
+    assert run["rows_skipped"] == written_before
+    assert run["rows_embedded"] == total - written_before
+
+    by_id = {row["id"]: row for row in rows.to_pylist()}
+    sample = [  # first, middle and last chunks of every 17th document
+        f"{doc_id}#{i}"
+        for doc_id in sorted(texts)[::17]
+        for i in sorted({0, len(expected[doc_id]) // 2, len(expected[doc_id]) - 1})
+    ]
+    slices = []
+    for row_id in sample:
+        row = by_id[row_id]
+        chunk = expected[row["doc_id"]][row["chunk_index"]]
+        assert (row["char_start"], row["char_end"]) == (chunk.char_start, chunk.char_end)
+        slices.append(texts[row["doc_id"]][row["char_start"] : row["char_end"]])
+    reference = tiny_text_embedder.embed(slices).embeddings.numpy()
+    got = np.array([by_id[row_id]["embedding"] for row_id in sample], dtype=np.float32)
+    assert np.abs(got - reference).max() <= 1e-5
