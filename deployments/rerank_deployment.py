@@ -34,7 +34,7 @@ from .metrics import ModelMetrics
 from .prepare_pool import MEDIA_PREPARE_THREADS, TEXT_PREPARE_THREADS, Abandoned, PreparerPool
 from .protocol import EmbedFailure, ModelDescription
 from .rerank_protocol import RerankJob, RerankReply
-from .serving_defaults import QueueSizer, has_media, token_upper_bound
+from .serving_defaults import QueueSizer, has_media, serving_load_options, token_upper_bound
 
 # No limit for the one-sided bounds below (the pair's bound is capped as a whole).
 _UNCAPPED = 2**62
@@ -75,7 +75,10 @@ class RerankServer:
         self.config = model
         self.limits = limits
         self.media = media
-        load = model.load_options()
+        # The embedding replicas' serving default: `auto` on a CPU serves a Qwen3 text model
+        # packed (the text reranker is one; its packed scores equal the padded ones, see
+        # tests/core/test_reranker_core.py). A VL reranker keeps the core's choice.
+        load = serving_load_options(model.load_options())
         # As in the embedding replicas, defence in depth: the ingress sends media as bytes only,
         # and whoever else calls this deployment must not make it read local files or fetch URLs.
         self.reranker = Reranker.from_options(
@@ -147,6 +150,8 @@ class RerankServer:
             max_batch_size=self._batching.max_batch_size,
             batch_wait_ms=self._batching.batch_wait_ms,
             max_batch_tokens=self.max_batch_tokens,
+            forward_mode=self.reranker.forward_mode,
+            attention_kernel=self.reranker.backend.attention_kernel,
             task="rerank",
         )
 

@@ -206,7 +206,11 @@ def models_response(
         if described is not None and described.task == "rerank":
             # Extensions: a reranker answers /v1/rerank and /score, its pairs up to max_length.
             card.update(
-                task="rerank", family=described.family, max_input_tokens=described.max_length
+                task="rerank",
+                family=described.family,
+                max_input_tokens=described.max_length,
+                forward_mode=described.forward_mode,
+                attention_kernel=described.attention_kernel,
             )
         elif described is not None:
             # Extensions: what a client needs to pick `dimensions` and size its inputs.

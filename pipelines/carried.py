@@ -3,7 +3,10 @@
 The job copies the named input columns into every output row (each chunk of a document gets its
 document's values). Their Arrow types come from the first table file: a parquet file's schema
 (int64 stays int64, list<string> stays a list, timestamps keep their unit and zone), a CSV's
-columns are strings, a JSON lines file's are what Arrow infers from its first records. An unknown
+columns are strings, a JSON lines file's are what Arrow infers from its first records (a later
+record whose value does not fit that type, such as 1.5 or "3" in an int64 column, is an
+`invalid_input` row of `_errors/` naming the column and the type: never a crash of the job, nor
+a value changed to fit; see `readers._misfit`). An unknown
 name, a name OUTPUT itself uses, or an input with no columns (txt, image folders) is refused with
 one line naming what the input has.
 """

@@ -105,7 +105,8 @@ class JobConfig(LoadFields, ReplicaFields, ReadableConfig):
         ge=2,
         strict=True,
         description="int8/uint8 without --calibration: rows embedded first (in input order) "
-        "whose per-dimension min and max become the ranges",
+        "whose per-dimension min and max become the ranges (with chunk_tokens: the chunks of "
+        "the first calibration_rows documents)",
     )
     format: Literal[INPUT_FORMATS] = Field(  # type: ignore[valid-type]
         "auto",

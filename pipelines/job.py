@@ -336,7 +336,11 @@ def run_embedding_job(
         plan = dataclasses.replace(
             plan,
             precision=PrecisionSpec.of(plan.precision.name, ranges),
-            calibration_source=f"the first {calibration_rows} rows embedded",
+            calibration_source=(
+                f"the first {calibration_rows} rows embedded"
+                if config.chunking is None  # chunked: the sample is the first documents' chunks
+                else f"the {calibration_rows} chunks of the first {config.calibration_rows} documents"
+            ),
         )
         phases["calibration"] = time.monotonic() - mark
     _prepare_output_folder(output)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import random
 import time
 import urllib.error
@@ -108,15 +109,28 @@ def with_retries(
 def fetch_reference(
     reference: str, storage_options: Mapping[str, Any], max_bytes: int
 ) -> str | bytes:
-    """Remote references -> bytes (with retries); local paths and data URIs unchanged."""
+    """Remote references -> bytes (with retries); data URIs unchanged; local paths unchanged
+    once they are known to be readable files (the core streams them). A local file that is
+    missing or unreadable fails here as final (`read_error`), as a 404 or a missing object does;
+    one that exists but cannot be decoded is the core's `invalid_input`, whatever the media."""
     scheme = reference.partition("://")[0].lower() if "://" in reference else ""
-    if scheme == "":
+    if scheme == "" and reference[:5].lower() == "data:":
         return reference
-    if scheme == "file":
-        return reference[len("file://") :]
+    if scheme in ("", "file"):
+        path = reference[len("file://") :] if scheme == "file" else reference
+        _check_local_file(path)
+        return path
     shown = reference if len(reference) <= 160 else "..." + reference[-157:]
     if scheme in ("http", "https"):
         return with_retries(repr(shown), lambda: fetch_http(reference, max_bytes))
     from .storage import read_bytes, resolve
 
     return with_retries(repr(shown), lambda: read_bytes(resolve(reference, dict(storage_options))))
+
+
+def _check_local_file(path: str) -> None:
+    shown = path if len(path) <= 160 else "..." + path[-157:]
+    if not os.path.isfile(path):
+        raise FetchFailed(f"no such file: {shown!r}", transient=False)
+    if not os.access(path, os.R_OK):
+        raise FetchFailed(f"permission denied: {shown!r}", transient=False)

@@ -192,6 +192,7 @@ class RowSource:
         max_frames: Any = None,
         *,
         kept: tuple[Any, ...] | None = None,
+        kept_problem: str | None = None,
     ) -> None:
         # A row without a usable id keeps the derived one, so its error row can still be found.
         row_id = self.derived_id(row)
@@ -211,6 +212,9 @@ class RowSource:
                 reason = f"id column {self.spec.id_column!r} {problem}"
                 buffer.add_error(self.derived_id(row), reason, CODE_INVALID_INPUT)
                 return
+        if kept_problem is not None:  # a carried value that its column's type cannot hold
+            buffer.add_error(row_id, kept_problem, CODE_INVALID_INPUT)
+            return
         if text is not None and not isinstance(text, str):
             reason = (
                 f"column {self.spec.text_column!r} must hold strings, got {type(text).__name__}"
@@ -479,6 +483,66 @@ def kept_array(name: str, kind: pa.DataType, values: list[Any]) -> pa.Array:
         ) from error
 
 
+def _misfit(keep: tuple[tuple[str, pa.DataType], ...], values: tuple[Any, ...]) -> str | None:
+    """Why a JSON record's carried values do not fit their columns' planned types (inferred from
+    the first records, see `carried`), or None. Arrow would refuse some (a string in an int64
+    column) and silently change others (1.5 in an int64 column becomes 1, a struct drops a key it
+    does not have), so a value fits only when it converts AND reads back equal; the row is then
+    an `invalid_input` error naming the column, never a crash of the read nor changed data."""
+    for (name, kind), value in zip(keep, values, strict=True):
+        if value is None:
+            continue
+        try:
+            converted = pa.array([value], type=kind).to_pylist()[0]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            converted = _UNCONVERTIBLE
+        if converted is _UNCONVERTIBLE or not _same_json(value, converted):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            return (
+                f"carried column {name!r} must hold {kind} values (the type inferred from the "
+                f"first records of the first input file), got {_json_type(value)} {shown}"
+            )
+    return None
+
+
+_UNCONVERTIBLE = object()
+
+
+def _same_json(value: Any, converted: Any) -> bool:
+    """Whether Arrow's reading of a JSON value is that value: equal numbers (1 and 1.0 are),
+    booleans only as booleans, lists element by element, objects key by key (a key the value
+    lacks reads as null; a key the column lacks would be lost)."""
+    if isinstance(value, dict):
+        return (
+            isinstance(converted, dict)
+            and set(value) <= set(converted)
+            and all(
+                _same_json(value.get(key), item) if key in value else item is None
+                for key, item in converted.items()
+            )
+        )
+    if isinstance(value, list):
+        return (
+            isinstance(converted, list)
+            and len(value) == len(converted)
+            and all(_same_json(a, b) for a, b in zip(value, converted, strict=True))
+        )
+    if value is None or converted is None:
+        return value is None and converted is None
+    if isinstance(value, bool) or isinstance(converted, bool):
+        return type(value) is type(converted) and value == converted
+    if isinstance(value, float) and isinstance(converted, float) and value != value:
+        return converted != converted  # NaN (Python's json reads it) stays NaN
+    numbers = isinstance(value, (int, float)) and isinstance(converted, (int, float))
+    return (numbers or type(value) is type(converted)) and value == converted
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+    return names.get(type(value), "object") if not isinstance(value, dict) else "object"
+
+
 def has_column(file: InputFile, fs: pafs.FileSystem, name: str) -> bool | None:
     """Whether a table file has column `name` (a JSON lines file: its first record has the key);
     None when the file cannot tell (unreadable, empty, not a table). Reads a footer or a line."""
@@ -612,7 +676,17 @@ def _read_jsonl(
                 continue
             record_id, text, image = (record.get(key) if key else None for key in wanted)
             kept = tuple(record.get(name) for name in kept_names(spec)) if spec.keep else None
-            source.add(buffer, row, record_id, text, image, *map(record.get, video_keys), kept=kept)
+            misfit = _misfit(spec.keep, kept) if kept else None
+            source.add(
+                buffer,
+                row,
+                record_id,
+                text,
+                image,
+                *map(record.get, video_keys),
+                kept=None if misfit else kept,
+                kept_problem=misfit,
+            )
             yield
 
 

@@ -79,6 +79,14 @@ def test_models_lists_the_embedder_and_the_rerankers(http):
     assert set(cards) == {"tiny", "rr", "vlr"}
     assert cards["rr"]["task"] == "rerank" and cards["vlr"]["family"] == "vl"
     assert "task" not in cards["tiny"] and cards["tiny"]["hidden_size"] > 0
+    # The server's `auto` on a CPU (deployments.serving_defaults), as for embedding models: the
+    # text reranker packed, the VL one as the core chooses (padded); the scores tests below
+    # hold the packed replica's scores to the core's padded ones.
+    assert (cards["rr"]["forward_mode"], cards["rr"]["attention_kernel"]) == (
+        "packed",
+        "per_sequence_sdpa",
+    )
+    assert cards["vlr"]["forward_mode"] == "padded"
 
 
 def test_cohere_client_v1_and_v2_get_the_cores_scores(served, tiny_text_reranker):

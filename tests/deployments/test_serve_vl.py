@@ -166,6 +166,10 @@ def test_vl_input_errors(served):
         ([{"video": ["file:///tmp/frame.png", image]}], 400, "media_source_forbidden"),
         ([{"text": "x", "image": "data:image/png;base64,%%%"}], 400, "invalid_media"),
         ([{"text": "x", "image": data_uri(b"plain bytes, not an image")}], 400, "invalid_media"),
+        # A video that does not decode: the same 400 as an image that does not (the image is
+        # refused by the ingress's header check, `invalid_media`; a video only by the replica's
+        # decoder, the core's `invalid_input`).
+        ([{"video": data_uri(b"\0\0\0\x18ftypmp42 no video", "video/mp4")}], 400, "invalid_input"),
         ([{"text": "x", "image": data_uri(b"\0" * 300_000)}], 413, "media_too_large"),
         ([{"text": "x", "audio": image}], 400, "invalid_input"),
         ([{}], 400, "invalid_input"),  # the core: an item needs text, image or video

@@ -238,3 +238,206 @@ def test_plan_refuses_keep_columns_on_text_files(tiny_text_model_dir, tmp_path):
                 keep_columns="x",
             )
         )
+
+
+@pytest.mark.slow
+def test_killed_chunked_job_then_rerun_leaves_each_chunk_once(
+    ray_cluster, tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    """A real kill: `qwen3-embed embed --chunk-tokens` as a user runs it, its process group
+    SIGKILLed once a part file is on disk and before the job ends, then the same command again.
+    Every chunk of every document is in OUTPUT exactly once, the manifest's counts are whole,
+    and a sample of chunk vectors is the core's vector of the slice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from test_pipeline_cli import ids_in
+
+    corpus = tmp_path / "long.jsonl"
+    texts = {f"doc{n:03d}": _text(n) for n in range(50)}
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts.items()))
+    expected = {
+        doc_id: chunk_text(tiny_text_embedder, text, 24, 4) for doc_id, text in texts.items()
+    }
+    total = sum(len(chunks) for chunks in expected.values())
+    assert total >= 30 * len(texts), "documents of many chunks each"
+    output = tmp_path / "out"
+    command = [str(Path(sys.executable).parent / "qwen3-embed"), "embed", str(corpus),
+               str(output), "--model", str(tiny_text_model_dir), "--chunk-tokens", "24",
+               "--chunk-overlap", "4", "--rows-per-file", "40", "--batch-rows", "16",
+               "--no-progress"]  # fmt: skip
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    driver = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a shell job would be
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not list(output.glob("part-*.parquet")):
+        assert driver.poll() is None, "the job ended before any output was written"
+        assert time.monotonic() < deadline, "no output file appeared"
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    assert json.loads((output / "_manifest.json").read_text())["status"] == "running", (
+        "the job finished before it could be interrupted"
+    )
+    # The driver's Ray workers go with it; wait (bounded) until OUTPUT stops changing.
+    settled, last, deadline = 0, None, time.monotonic() + 30
+    while settled < 4 and time.monotonic() < deadline:
+        files = sorted(path.name for path in output.rglob("part-*.parquet"))
+        settled, last = (settled + 1, last) if files == last else (0, files)
+        time.sleep(0.25)
+    assert settled == 4, "OUTPUT kept changing after the driver was killed"
+    written_before = len(ids_in(output))
+    assert 0 < written_before < total
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not (output / "_errors").exists()
+    rows = read_rows(output)
+    ids = rows.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == total
+    pairs = list(
+        zip(rows.column("doc_id").to_pylist(), rows.column("chunk_index").to_pylist(), strict=True)
+    )
+    assert len(set(pairs)) == len(pairs)
+    assert sorted(pairs) == sorted(
+        (doc_id, chunk.index) for doc_id, chunks in expected.items() for chunk in chunks
+    )
+    assert all(row_id == f"{d}#{i}" for row_id, (d, i) in zip(ids, pairs, strict=True))
+    manifest = json.loads((output / "_manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["consistent"]
+    assert (manifest["documents_in"], manifest["chunks"]) == (len(texts), total)
+    run = manifest["this_run"]
+    print("chunked driver kill:", {"written_before": written_before, **run})
+    assert run["rows_skipped"] == written_before
+    assert run["rows_embedded"] == total - written_before
+
+    by_id = {row["id"]: row for row in rows.to_pylist()}
+    sample = [  # first, middle and last chunks of every 17th document
+        f"{doc_id}#{i}"
+        for doc_id in sorted(texts)[::17]
+        for i in sorted({0, len(expected[doc_id]) // 2, len(expected[doc_id]) - 1})
+    ]
+    slices = []
+    for row_id in sample:
+        row = by_id[row_id]
+        chunk = expected[row["doc_id"]][row["chunk_index"]]
+        assert (row["char_start"], row["char_end"]) == (chunk.char_start, chunk.char_end)
+        slices.append(texts[row["doc_id"]][row["char_start"] : row["char_end"]])
+    reference = tiny_text_embedder.embed(slices).embeddings.numpy()
+    got = np.array([by_id[row_id]["embedding"] for row_id in sample], dtype=np.float32)
+    assert np.abs(got - reference).max() <= 1e-5
+
+
+def test_chunked_int8_calibrates_on_chunks_and_equals_sentence_transformers(
+    ray_cluster, corpus, tiny_text_model_dir, tiny_text_embedder, tmp_path
+):
+    """`--chunk-tokens` with `--precision int8`: the calibration sample is the chunks of the
+    first `calibration_rows` documents (not the documents whole), its ranges are recorded in
+    the manifest and the parquet metadata, and every row is sentence-transformers'
+    `quantize_embeddings` of the core's vector of its slice, with those ranges."""
+    from sentence_transformers.quantization import quantize_embeddings
+
+    path, texts, table = corpus
+    first = table.column("id").to_pylist()[:4]
+    output = tmp_path / "int8"
+    result = run_embedding_job(
+        job(
+            input=str(path),
+            output=str(output),
+            model=str(tiny_text_model_dir),
+            chunk_tokens=CHUNK,
+            chunk_overlap=OVERLAP,
+            precision="int8",
+            calibration_rows=len(first),
+        )
+    )
+    assert result.consistent and result.rows_failed == 1  # the empty document
+    sample = [
+        texts[doc_id][chunk.char_start : chunk.char_end]
+        for doc_id in first
+        for chunk in chunk_text(tiny_text_embedder, texts[doc_id], CHUNK, OVERLAP)
+    ]
+    assert len(sample) > len(first), "the first documents have several chunks"
+    manifest = result.manifest
+    ranges = np.asarray(manifest["precision"]["ranges"], dtype=np.float32)
+    chunk_vectors = tiny_text_embedder.embed(sample).embeddings.numpy()
+    assert np.abs(ranges - np.stack([chunk_vectors.min(0), chunk_vectors.max(0)])).max() <= 1e-5
+    documents = tiny_text_embedder.embed([texts[i] for i in first]).embeddings.numpy()
+    whole = np.stack([documents.min(0), documents.max(0)])
+    assert np.abs(ranges - whole).max() > 1e-3, "ranges of whole documents would differ"
+    assert manifest["calibration"] == {
+        "source": f"the {len(sample)} chunks of the first {len(first)} documents",
+        "rows": len(sample),
+    }
+
+    rows = read_rows(output)
+    schema = pq.read_schema(next(output.glob("part-*.parquet")))
+    assert schema.metadata[b"precision"] == b"int8"
+    assert np.array_equal(np.asarray(json.loads(schema.metadata[b"precision_ranges"])), ranges)
+    slices = [texts[row["doc_id"]][row["char_start"] : row["char_end"]] for row in rows.to_pylist()]
+    reference = tiny_text_embedder.embed(slices).embeddings.numpy()
+    expected = quantize_embeddings(reference, "int8", ranges=ranges).astype(int)
+    values = np.stack(rows.column("embedding").to_numpy(zero_copy_only=False)).astype(int)
+    assert values.shape == expected.shape and rows.num_rows > len(texts)
+    # The job's float32 vectors equal the core's to 1e-5: a value that close to a bucket edge
+    # may land one bucket over, nothing more.
+    assert np.abs(values - expected).max() <= 1 and (values == expected).mean() >= 0.99
+
+
+def test_jsonl_carried_value_of_another_type_is_an_error_row(
+    ray_cluster, tiny_text_model_dir, tmp_path
+):
+    """Carried JSON columns are typed from the first records (`carried.JSON_SAMPLE_RECORDS`); a
+    later record whose value that type cannot hold unchanged (a string or 1.5 in an int64
+    column, an unknown key in an object) is an `invalid_input` row naming the column and the
+    type, and every other row is embedded with its values as they were."""
+    from pipelines.carried import JSON_SAMPLE_RECORDS
+
+    records = [
+        {"id": f"r{n}", "text": f"record {n}", "year": 1900 + n, "meta": {"a": n}}
+        for n in range(JSON_SAMPLE_RECORDS + 4)
+    ]
+    late = JSON_SAMPLE_RECORDS
+    records[late]["year"] = "1999"
+    records[late + 1]["year"] = 1999.5  # Arrow alone would store 1999
+    records[late + 2]["meta"] = {"a": 1, "extra": "x"}  # Arrow alone would drop "extra"
+    records[late + 3]["year"] = 2001.0  # the same number as 2001: fits
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    output = tmp_path / "out"
+    result = run_embedding_job(
+        job(
+            input=str(path),
+            output=str(output),
+            model=str(tiny_text_model_dir),
+            id_column="id",
+            keep_columns=("year", "meta"),
+            rows_per_file=512,
+            batch_rows=128,
+        )
+    )
+    assert result.consistent and (result.rows_embedded, result.rows_failed) == (len(records) - 3, 3)
+    rows = read_rows(output)
+    assert rows.schema.field("year").type == pa.int64()
+    values = {row["id"]: (row["year"], row["meta"]) for row in rows.to_pylist()}
+    expected = {r["id"]: (int(r["year"]), r["meta"]) for i, r in enumerate(records) if i not in (late, late + 1, late + 2)}  # fmt: skip
+    assert values == expected
+    errors = pads.dataset(str(output / "_errors"), format="parquet").to_table().to_pylist()
+    found = {row["id"]: (row["code"], row["error"]) for row in errors}
+    assert set(found) == {f"r{late}", f"r{late + 1}", f"r{late + 2}"}
+    assert {code for code, _ in found.values()} == {"invalid_input"}
+    assert "carried column 'year' must hold int64 values" in found[f"r{late}"][1]
+    assert 'got string "1999"' in found[f"r{late}"][1]
+    assert "got number 1999.5" in found[f"r{late + 1}"][1]
+    assert "carried column 'meta' must hold struct<a: int64>" in found[f"r{late + 2}"][1]

@@ -54,7 +54,11 @@ def test_video_column_with_files_frames_and_bad_videos(
         {"id": "missing", "video": "clips/missing.mp4"},
         {"id": "text", "text": "text only"},
         {"id": "bad-fps", "video": "clips/a.mp4", "fps": "fast"},
+        # Images under the same rule: a missing file is `read_error`, a corrupt one `invalid_input`.
+        {"id": "missing-image", "image": "clips/missing.png"},
+        {"id": "corrupt-image", "image": "clips/corrupt.png"},
     ]
+    (videos / "clips" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is no image")
     for n, frame in enumerate(frames):
         (videos / f"frame{n}.png").write_bytes(frame)
     with open(videos / "rows.jsonl", "w") as handle:
@@ -90,7 +94,7 @@ def test_video_column_with_files_frames_and_bad_videos(
             id_column="id",
         )
     )
-    assert (result.rows_in, result.rows_embedded, result.rows_failed) == (9, 6, 3)
+    assert (result.rows_in, result.rows_embedded, result.rows_failed) == (11, 6, 5)
     assert result.consistent
     vectors, errors = outputs(output)
     clips = videos / "clips"
@@ -104,10 +108,21 @@ def test_video_column_with_files_frames_and_bad_videos(
     }
     reference = tiny_vl_embedder.embed(list(items.values())).embeddings.numpy()
     assert_close(vectors, dict(zip(items, reference, strict=True)))
-    assert set(errors) == {"corrupt", "missing", "bad-fps"}
-    assert all(code == "invalid_input" for _, code in errors.values()), errors
+    assert set(errors) == {"corrupt", "missing", "bad-fps", "missing-image", "corrupt-image"}
+    # One rule for every medium: a file that cannot be read (missing, no permission) is
+    # `read_error`, as a 404 is; one that is read but does not decode, or a bad value, is
+    # `invalid_input`.
+    codes = {row_id: code for row_id, (_, code) in errors.items()}
+    assert codes == {
+        "missing": "read_error",
+        "missing-image": "read_error",
+        "corrupt": "invalid_input",
+        "corrupt-image": "invalid_input",
+        "bad-fps": "invalid_input",
+    }
     assert "could not decode the video" in errors["corrupt"][0]
-    assert "missing.mp4" in errors["missing"][0]
+    assert "no such file" in errors["missing"][0] and "missing.mp4" in errors["missing"][0]
+    assert "no such file" in errors["missing-image"][0]
     assert "column 'fps' must hold numbers" in errors["bad-fps"][0]
 
 

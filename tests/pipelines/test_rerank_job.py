@@ -194,3 +194,22 @@ def test_rerank_dataset_lists_and_pairs(ray_cluster, tiny_text_reranker_dir, tin
         assert np.max(np.abs(np.array(row["rerank_score"]) - expected)) <= TOL
         assert list(row["rerank_order"]) == np.argsort(-expected, kind="stable")[:3].tolist()
         assert row["rerank_error"] is None
+
+    # One (query, document) pair per row: a float score per row, the core's `score_pairs`; a
+    # pair the core refuses (an empty document) has a null score and its reason, alone.
+    pairs = [(QUERIES[q], doc) for q in range(3) for doc in _candidates(q)[:3]]
+    pairs.insert(4, (QUERIES[1], ""))
+    items = [{"query": q, "documents": d, "n": n} for n, (q, d) in enumerate(pairs)]
+    out = rerank_dataset(ray.data.from_items(items).repartition(3), config).take_all()
+    assert sorted(row["n"] for row in out) == list(range(len(pairs)))
+    good = [n for n, (_, d) in enumerate(pairs) if d]
+    expected = dict(
+        zip(good, tiny_text_reranker.score_pairs([pairs[n] for n in good]), strict=True)
+    )
+    for row in out:
+        assert row["rerank_order"] is None
+        if row["n"] in expected:
+            assert row["rerank_error"] is None and isinstance(row["rerank_score"], float)
+            assert abs(row["rerank_score"] - expected[row["n"]]) <= TOL
+        else:
+            assert row["rerank_score"] is None and row["rerank_error"], row
