@@ -42,7 +42,7 @@ ROW_ERROR_CODES: dict[RowErrorCode, str] = {
     "input_too_long": "over max_length with truncation off",
     "input_too_large_for_device": "out of device memory even when embedded alone",
     "decode_limit_exceeded": "a video needs more decoding than one item may take (frames, seconds)",
-    "read_error": "an image file or reference that cannot be read",
+    "read_error": "an image or video file or reference that cannot be read (missing, no permission, a 4xx answer)",
     "media_unavailable": "a remote image still failing after every retry (transient errors)",
     "unreadable_file": "a file, or its rest, cannot be read: one row reports it",
     "empty_file": "a 0-byte file: one row reports it",
