@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
+from killed_driver import wait_for_first_part, wait_until_output_settles
 
 from pipelines import sample_corpus_path
 from pipelines.cli import add_arguments, config_from_args
@@ -167,23 +168,12 @@ def test_killed_driver_then_rerun_gives_every_id_once(cluster_env, tiny_text_mod
     driver = subprocess.Popen(
         command, env=cluster_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 240
-    while not list(output.glob("part-*.parquet")):
-        assert driver.poll() is None, "the job ended before any output was written"
-        assert time.monotonic() < deadline, "no output file appeared"
-        time.sleep(0.05)
+    wait_for_first_part(driver, output, timeout_s=240)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     manifest = json.loads((output / "_manifest.json").read_text())
     assert manifest["status"] == "running", "the job finished before it could be interrupted"
-    # The killed driver's workers go with it; wait (bounded) until OUTPUT stops changing, so that
-    # `written_before` is exactly what the rerun finds there.
-    settled, last, deadline = 0, None, time.monotonic() + 30
-    while settled < 4 and time.monotonic() < deadline:
-        files = sorted(path.name for path in output.rglob("part-*.parquet"))
-        settled, last = (settled + 1, last) if files == last else (0, files)
-        time.sleep(0.25)
-    assert settled == 4, "OUTPUT kept changing after the driver was killed"
+    wait_until_output_settles(output)
     written_before = len(ids_in(output))
     assert 0 < written_before < 2001
 

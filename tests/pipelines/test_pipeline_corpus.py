@@ -252,9 +252,9 @@ def test_killed_chunked_job_then_rerun_leaves_each_chunk_once(
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
+    from killed_driver import wait_for_first_part, wait_until_output_settles
     from test_pipeline_cli import ids_in
 
     corpus = tmp_path / "long.jsonl"
@@ -280,23 +280,13 @@ def test_killed_chunked_job_then_rerun_leaves_each_chunk_once(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group, as a shell job would be
     )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not list(output.glob("part-*.parquet")):
-        assert driver.poll() is None, "the job ended before any output was written"
-        assert time.monotonic() < deadline, "no output file appeared"
-        time.sleep(0.05)
+    wait_for_first_part(driver, output, timeout_s=240)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait(timeout=30)
     assert json.loads((output / "_manifest.json").read_text())["status"] == "running", (
         "the job finished before it could be interrupted"
     )
-    # The driver's Ray workers go with it; wait (bounded) until OUTPUT stops changing.
-    settled, last, deadline = 0, None, time.monotonic() + 30
-    while settled < 4 and time.monotonic() < deadline:
-        files = sorted(path.name for path in output.rglob("part-*.parquet"))
-        settled, last = (settled + 1, last) if files == last else (0, files)
-        time.sleep(0.25)
-    assert settled == 4, "OUTPUT kept changing after the driver was killed"
+    wait_until_output_settles(output)
     written_before = len(ids_in(output))
     assert 0 < written_before < total
 

@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
+from killed_driver import wait_for_first_part, wait_until_output_settles
 
 from pipelines.rerank_sink import explode
 from pipelines.rerank_stage import GROUP_SCHEMA, RerankSettings, rank_scores, score_groups
@@ -145,19 +145,11 @@ def test_killed_job_then_rerun_gives_each_pair_once(cluster_env, tiny_text_reran
     driver = subprocess.Popen(
         command, env=cluster_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 300
-    while not list(output.glob("part-*.parquet")):
-        assert driver.poll() is None, "the job ended before any output was written"
-        assert time.monotonic() < deadline, "no output file appeared"
-        time.sleep(0.05)
+    wait_for_first_part(driver, output, timeout_s=300)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     assert json.loads((output / "_manifest.json").read_text())["status"] == "running"
-    settled, last, deadline = 0, None, time.monotonic() + 30
-    while settled < 4 and time.monotonic() < deadline:
-        files = sorted(path.name for path in output.rglob("part-*.parquet"))
-        settled, last = (settled + 1, last) if files == last else (0, files)
-        time.sleep(0.25)
+    wait_until_output_settles(output)
     written_before = len(set(_read(output).column("query_id").to_pylist()))
     assert 0 < written_before < queries
 
