@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +31,8 @@ import pyarrow as pa
 from qwen3_embed.options import LoadOptions
 from qwen3_embed.precision import PrecisionSpec
 
-# Re-exported (`X as X`): the stage's attempts and `StageBroken` are known by these names here.
-from .failure_layers import STAGE_ATTEMPTS as STAGE_ATTEMPTS
-from .failure_layers import StageBroken as StageBroken
 from .failure_layers import (
-    attempts_then_rows,
+    FailedRows,
     embed_layers,
     items_alone_after_failure,
     prepare_layers,
@@ -96,17 +93,9 @@ class EmbedSettings:
 
 
 # ------------------------------------------------------------------------------- guard
-def run_guarded(
-    stage: str, call: Callable[[pa.Table], pa.Table], table: pa.Table, schema: pa.Schema, code: str
-) -> pa.Table:
-    """`failure_layers.attempts_then_rows` writing its error rows in `schema`."""
-    return attempts_then_rows(
-        stage,
-        call,
-        table,
-        lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
-        code,
-    )
+def failed_rows_in(schema: pa.Schema) -> FailedRows:
+    """How the failure layers write a stage's error rows: `_failed_rows` in `schema`."""
+    return lambda rows, reason, code: _failed_rows(rows, schema, reason, code)
 
 
 def _failed_rows(table: pa.Table, schema: pa.Schema, reason: str, code: str) -> pa.Table:
@@ -151,11 +140,10 @@ def _preparer(load: LoadOptions):
 def prepare_batch(table: pa.Table, settings: PrepareSettings) -> pa.Table:
     """READ_SCHEMA rows -> PREPARED_SCHEMA rows (token ids + encoded media for `ok` rows); other
     columns (the caller's, and the job's provenance, see `fragments`) travel on."""
-    schema = prepared_schema(settings.chunking)
     return prepare_layers(
         lambda block: _prepare_block(block, settings),
         table,
-        lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
+        failed_rows_in(prepared_schema(settings.chunking)),
     )
 
 
@@ -348,13 +336,12 @@ class EmbedWorker:
         self.guard.replica_ready(self.embedder.describe())
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        schema = embedded_schema(self.dim, self.precision.name)
         # Other columns travel on (`with_passthrough`), the job's provenance among them.
         return embed_layers(
             self.guard,
             self._embed_block,
             table,
-            lambda rows, reason, code: _failed_rows(rows, schema, reason, code),
+            failed_rows_in(embedded_schema(self.dim, self.precision.name)),
         )
 
     def _embed_block(self, table: pa.Table) -> pa.Table:

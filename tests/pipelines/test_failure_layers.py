@@ -115,8 +115,7 @@ def assert_vectors(table: pa.Table) -> None:
 
 # --------------------------------------------------------------------- the policy, once
 def test_policy_constants_live_in_one_place_and_the_table_states_them():
-    assert stages.STAGE_ATTEMPTS is STAGE_ATTEMPTS
-    assert stages.StageBroken is StageBroken
+    assert not hasattr(stages, "STAGE_ATTEMPTS")  # the stages use it, they do not define it
     assert ledger_module.REPLICA_CRASHES_PER_BATCH is REPLICA_CRASHES_PER_BATCH
     doc = failure_layers.__doc__
     for stated in (

@@ -25,10 +25,11 @@ import pytest
 
 from pipelines import JobConfig, run_embedding_job
 from pipelines.discovery import discover
+from pipelines.failure_layers import STAGE_ATTEMPTS, StageBroken, attempts_then_rows
 from pipelines.ledger import REPLICA_CRASHES_PER_BATCH
 from pipelines.readers import READ_ATTEMPTS, ReadSpec, read_file
 from pipelines.rows import CODE_REPLICA_CRASHED, PREPARED_SCHEMA
-from pipelines.stages import STAGE_ATTEMPTS, StageBroken, run_guarded
+from pipelines.stages import failed_rows_in
 
 SPEC = ReadSpec(id_column=None, text_column="text", image_column=None, block_rows=64)
 
@@ -161,6 +162,11 @@ def prepared(ids: list[str], statuses: list[str] | None = None) -> pa.Table:
         },
         schema=PREPARED_SCHEMA,
     )
+
+
+def run_guarded(stage: str, call, table: pa.Table, schema: pa.Schema, code: str) -> pa.Table:
+    """The stage-attempts layer, writing its error rows as the stages do."""
+    return attempts_then_rows(stage, call, table, failed_rows_in(schema), code)
 
 
 def test_guard_retries_then_isolates_the_failing_row():
