@@ -29,6 +29,18 @@ def write_mp4(
         container.mux(stream.encode())
 
 
+def smooth_clip(frames: int = 12) -> np.ndarray:
+    """(frames, 48, 64, 3) uint8 gradients drifting frame by frame: a smooth clip (noise would
+    make the encoder's job and a test's tolerance meaningless)."""
+    ramp = np.linspace(0, 255, 64, dtype=np.float32)
+    return np.stack(
+        [
+            np.stack([np.add.outer(ramp[:48] * 0.5, ramp * 0.5 + 8 * t) % 256] * 3, axis=-1)
+            for t in range(frames)
+        ]
+    ).astype(np.uint8)
+
+
 def decord_like_reader(element: dict):
     """qwen-vl-utils' decord/torchcodec reader, decoding with PyAV (this machine has neither):
     lets the official code read video files in tests."""

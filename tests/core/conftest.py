@@ -22,21 +22,14 @@ def minilm_dir() -> Path:
 def media(tmp_path_factory) -> SimpleNamespace:
     """The VL tests' media: a photo, an RGBA image, frame lists, pages and two mp4 clips (one
     8 s at 25 fps with B-frames, reached by seeking). Built once per session (PyAV on first use)."""
-    from media_support import write_mp4
+    from media_support import smooth_clip, write_mp4
     from PIL import Image
 
     directory = tmp_path_factory.mktemp("vl-media")
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (100, 150, 3), dtype=np.uint8))
     photo.save(directory / "photo.png")
-    # A smooth clip (noise would make the encoder's job and the test's tolerance meaningless).
-    ramp = np.linspace(0, 255, 64, dtype=np.float32)
-    clip = np.stack(
-        [
-            np.stack([np.add.outer(ramp[:48] * 0.5, ramp * 0.5 + 8 * t) % 256] * 3, axis=-1)
-            for t in range(12)
-        ]
-    ).astype(np.uint8)
+    clip = smooth_clip()
     write_mp4(directory / "clip.mp4", clip, fps=4)
     # 8 s at 25 fps with a keyframe every 25 frames and B-frames: its 8 sampled frames are
     # reached by seeking (see video.py), and must be exactly the frames a decode from the start

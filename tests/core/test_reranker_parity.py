@@ -142,21 +142,14 @@ def official_vl(tiny_vl_reranker_dir):
 
 @pytest.fixture(scope="module")
 def vl_media(tmp_path_factory):
-    from media_support import write_mp4
+    from media_support import smooth_clip, write_mp4
     from PIL import Image
 
     directory = tmp_path_factory.mktemp("rerank-media")
     rng = np.random.default_rng(1)
     photo = Image.fromarray(rng.integers(0, 256, (100, 150, 3), dtype=np.uint8))
     photo.save(directory / "photo.png")
-    ramp = np.linspace(0, 255, 64, dtype=np.float32)
-    clip = np.stack(
-        [
-            np.stack([np.add.outer(ramp[:48] * 0.5, ramp * 0.5 + 8 * t) % 256] * 3, axis=-1)
-            for t in range(12)
-        ]
-    ).astype(np.uint8)
-    write_mp4(directory / "clip.mp4", clip, fps=4)
+    write_mp4(directory / "clip.mp4", smooth_clip(), fps=4)
     pages = [Image.fromarray(rng.integers(0, 256, (90, 64, 3), dtype=np.uint8)) for _ in range(3)]
     frames = [Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)) for _ in range(5)]
     return {
