@@ -29,6 +29,7 @@ import numpy as np
 from ray import serve
 
 from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
+from .batched_replica import BatchedReplica
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
 from .prepare_pool import (
@@ -69,7 +70,7 @@ class _Done:
     batch_inputs: int
 
 
-class ModelServer:
+class ModelServer(BatchedReplica):
     def __init__(self, model: ModelConfig, limits: RequestLimits, media: MediaPolicy) -> None:
         # Imported here: torch and transformers load only in model replicas, never in the ingress
         # or the driver that builds the application.
@@ -167,24 +168,6 @@ class ModelServer:
             attention_kernel=self.embedder.attention_kernel,
         )
 
-    def stats(self) -> dict[str, Any]:
-        """Observed batching of this replica (the same numbers feed the batch metrics) and the
-        live settings of its queue."""
-        limits = self._batcher.limits
-        return {
-            "batches": self._batches,
-            "describe_calls": self._describe_calls,
-            "recent_batch_requests": list(self._recent_batch_requests),
-            "max_batch_size": limits.max_batch_requests,
-            "batch_wait_timeout_s": limits.max_wait_s,
-            "max_batch_tokens": limits.max_batch_tokens,
-            "max_queued_tokens": limits.max_queued_tokens,
-            "queued_requests": self._batcher.queued_requests,
-            "queued_tokens": self._batcher.queued_tokens,
-            "reserved_token_bound": self._batcher.reserved_token_bound,
-            "tokens_per_s": self._queue_sizer.tokens_per_s,
-        }
-
     # ------------------------------------------------------------------- serve
     async def embed(self, job: EmbedJob) -> EmbedReply | EmbedFailure:
         from qwen3_embed import DimensionError
@@ -230,14 +213,6 @@ class ModelServer:
             prepare_s=prepare_s,
             forward_s=batch.run_s,
             model_s=time.monotonic() - arrived,
-        )
-
-    def _queue_full(self, error: QueueFull) -> EmbedFailure:
-        return EmbedFailure(
-            429,
-            f"{error}; retry after {self.config.retry_after_s:g}s",
-            "queue_full",
-            retry_after_s=self.config.retry_after_s,
         )
 
     def _admission_token_bound(self, job: EmbedJob, truncated: bool = True) -> int:

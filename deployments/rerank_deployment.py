@@ -29,6 +29,7 @@ from ray import serve
 
 from .api_answers import api_answer
 from .batch_queue import ContinuousBatcher, QueueFull, QueueLimits
+from .batched_replica import BatchedReplica
 from .config import BatchingConfig, MediaPolicy, ModelConfig, RequestLimits
 from .metrics import ModelMetrics
 from .prepare_pool import MEDIA_PREPARE_THREADS, TEXT_PREPARE_THREADS, Abandoned, PreparerPool
@@ -63,7 +64,7 @@ class _Done:
     batch_pairs: int  # pairs in the whole batch
 
 
-class RerankServer:
+class RerankServer(BatchedReplica):
     def __init__(self, model: ModelConfig, limits: RequestLimits, media: MediaPolicy) -> None:
         # Imported here: torch and transformers load only in model replicas.
         from transformers.utils import logging as transformers_logging
@@ -155,22 +156,6 @@ class RerankServer:
             task="rerank",
         )
 
-    def stats(self) -> dict[str, Any]:
-        limits = self._batcher.limits
-        return {
-            "batches": self._batches,
-            "describe_calls": self._describe_calls,
-            "recent_batch_requests": list(self._recent_batch_requests),
-            "max_batch_size": limits.max_batch_requests,
-            "batch_wait_timeout_s": limits.max_wait_s,
-            "max_batch_tokens": limits.max_batch_tokens,
-            "max_queued_tokens": limits.max_queued_tokens,
-            "queued_requests": self._batcher.queued_requests,
-            "queued_tokens": self._batcher.queued_tokens,
-            "reserved_token_bound": self._batcher.reserved_token_bound,
-            "tokens_per_s": self._queue_sizer.tokens_per_s,
-        }
-
     # ------------------------------------------------------------------- serve
     async def rerank(self, job: RerankJob) -> RerankReply | EmbedFailure:
         arrived = time.monotonic()
@@ -208,14 +193,6 @@ class RerankServer:
             prepare_s=prepare_s,
             forward_s=batch.run_s,
             model_s=time.monotonic() - arrived,
-        )
-
-    def _queue_full(self, error: QueueFull) -> EmbedFailure:
-        return EmbedFailure(
-            429,
-            f"{error}; retry after {self.config.retry_after_s:g}s",
-            "queue_full",
-            retry_after_s=self.config.retry_after_s,
         )
 
     def _admission_token_bound(self, job: RerankJob) -> int:
