@@ -51,9 +51,9 @@ def test_every_project_error_is_a_qwen3_embed_error_with_a_code():
 
 def test_errors_keep_their_standard_library_bases():
     from deployments.media_fetch import FetchRefused
+    from pipelines.failure_layers import StageBroken
     from pipelines.resume import OutputMismatchError
     from pipelines.sink import StaleWriterError
-    from pipelines.stages import StageBroken
     from qwen3_embed.errors import MissingExtraError
 
     assert issubclass(InputError, ValueError) and issubclass(DimensionError, ValueError)
