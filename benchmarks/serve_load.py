@@ -1,7 +1,8 @@
 """Benchmark 3: online serving under 1, 8 and 64 concurrent clients (one text per request) and
 sequential 16-text requests, for this app (the `qwen3-embed serve` command, run in a subprocess
-exactly as users run it, in three layouts: the default (colocated ingress, Ray's proxy),
-`--split-ingress`, and `--http-proxy haproxy`) and infinity (`infinity_emb v2`, in its own virtual environment), next to the core's own latency
+exactly as users run it, in three layouts: the default (colocated ingress, HAProxy on Linux),
+`--split-ingress`, and `--http-proxy ray`, Ray's Python proxy) and infinity (`infinity_emb v2`,
+in its own virtual environment), next to the core's own latency
 and batched throughput. Same model directory (sentence-transformers format), same texts, same
 HTTP client (httpx on loopback), one server at a time, all in one run.
 
@@ -51,10 +52,10 @@ FORWARD_MODE = os.environ.get("QWEN3_EMBED_BENCH_FORWARD_MODE", "auto")
 BATCH_TEXTS = 16
 SERVED_NAME = "bench"
 MAX_LENGTH = 512
-DEFAULT = "qwen3-embed serve"  # one model: colocated ingress, Ray's proxy
+DEFAULT = "qwen3-embed serve"  # one model: colocated ingress, HAProxy (auto, on Linux)
 SPLIT = "qwen3-embed serve --split-ingress"
-HAPROXY = "qwen3-embed serve --http-proxy haproxy"
-APP_LAYOUTS = (DEFAULT, SPLIT, HAPROXY)
+RAY_PROXY = "qwen3-embed serve --http-proxy ray"  # colocated, Ray's Python proxy
+APP_LAYOUTS = (DEFAULT, SPLIT, RAY_PROXY)
 
 
 def _free_port() -> int:
@@ -200,7 +201,7 @@ def _this_app(
     quick: bool,
     reference,
     colocate: bool = True,
-    http_proxy: str = "ray",
+    http_proxy: str = "auto",
 ):
     """`qwen3-embed serve` run as users run it: the command in a subprocess, with the private Ray
     (and its Serve settings, deployments/ray_env.py) that it starts itself."""
@@ -309,7 +310,7 @@ def run(device: torch.device, quick: bool) -> dict:
             ("infinity", _infinity),
             (DEFAULT, _this_app),
             (SPLIT, functools.partial(_this_app, colocate=False)),
-            (HAPROXY, functools.partial(_this_app, http_proxy="haproxy")),
+            (RAY_PROXY, functools.partial(_this_app, http_proxy="ray")),
         ):
             log(f"{name}:")
             try:

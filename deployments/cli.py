@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from .config import (
     ServeAppConfig,
     ServerConfig,
 )
-from .ray_env import apply_environment, serve_environment
+from .ray_env import apply_environment, resolve_http_proxy, serve_environment
 
 logger = logging.getLogger("qwen3_embed.serve")
 
@@ -466,6 +467,13 @@ def _serve_run_reconnect_notice_dropped() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # HAProxy's launcher script (`haproxy_launch`) lives as long as the command: Ray runs it again
+    # on each HAProxy reload.
+    with tempfile.TemporaryDirectory(prefix="qwen3-embed-serve-") as launcher_dir:
+        return _run(args, Path(launcher_dir))
+
+
+def _run(args: argparse.Namespace, launcher_dir: Path) -> int:
     try:
         server = server_config_from_args(args)
         address = server.address or os.environ.get("RAY_ADDRESS")
@@ -477,9 +485,14 @@ def run(args: argparse.Namespace) -> int:
                 "(--address or $RAY_ADDRESS) enables it with RAY_SERVE_ENABLE_HA_PROXY=1 in "
                 "the environment of `ray start` on every node"
             )
+        http_proxy = resolve_http_proxy(server.http_proxy, private=not address)
         # Before `from ray import serve` below, which reads Serve's settings from the environment.
         private_ray_env = (
-            {} if address else apply_environment(serve_environment(server.http_proxy, server.host))
+            {}
+            if address
+            else apply_environment(
+                serve_environment(http_proxy, server.host, launcher_dir=launcher_dir)
+            )
         )
     except (ValueError, OSError) as error:  # InvalidConfigError is a ValueError
         print(f"qwen3-embed serve: {error}", file=sys.stderr)
@@ -536,7 +549,11 @@ def run(args: argparse.Namespace) -> int:
             for task, route in (("embed", "/v1/embeddings"), ("rerank", "/v1/rerank"))
             if any(model.task == task for model in config.models)
         )
-        print(f"qwen3-embed: serving {names} at {routes} (Ctrl-C to stop)", flush=True)
+        proxy = http_proxy if not address else "the cluster's"
+        print(
+            f"qwen3-embed: serving {names} at {routes} ({proxy} proxy; Ctrl-C to stop)",
+            flush=True,
+        )
         while not stop.wait(0.5):
             pass
         print("qwen3-embed: shutting down", flush=True)

@@ -350,13 +350,15 @@ class ServerConfig(ReadableConfig):
     route_prefix: str = Field("/", description="URL prefix of the app")
     request_timeout_s: float = Field(60.0, description="end-to-end HTTP timeout of the Serve proxy")
     http_proxy: HttpProxy = Field(
-        "ray",
-        description="what answers HTTP on --port: `ray`, Ray Serve's Python proxy actor; "
-        "`haproxy`, Ray 2.60's HAProxy mode (experimental in Ray): HAProxy forwards straight to "
-        "the ingress replicas' own HTTP servers, a few ms less per request. Only for the private "
-        "Ray started here (a cluster sets RAY_SERVE_ENABLE_HA_PROXY=1 at `ray start`). In that "
-        "mode a request in flight on an ingress replica that dies gets a bare 500 or a closed "
-        "connection, and Ctrl-C takes ~35 s (Ray drains the replicas)",
+        "auto",
+        description="what answers HTTP on --port: `auto` (default), HAProxy for the private Ray "
+        "started here where Ray ships its binary (Linux), else Ray's proxy; `haproxy`, Ray "
+        "2.60's HAProxy mode (experimental in Ray): HAProxy forwards straight to the ingress "
+        "replicas' own HTTP servers, ~10 ms less per request than `ray`, Ray Serve's Python "
+        "proxy actor. HAProxy only for the private Ray started here (a cluster sets "
+        "RAY_SERVE_ENABLE_HA_PROXY=1 at `ray start`). Under HAProxy a request in flight on an "
+        "ingress replica that dies gets a bare 500 or a closed connection (the openai client "
+        "retries both)",
     )
     address: str | None = Field(
         None,

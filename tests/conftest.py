@@ -81,16 +81,27 @@ def tiny_text_embedder(tiny_text_model_dir):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for the whole session (2 CPUs, loopback only)."""
+def ray_cluster(tmp_path_factory):
+    """One local Ray cluster for the whole session (2 CPUs, loopback only), with the environment
+    `qwen3-embed serve` gives its private Ray: the in-process Serve tests then run behind the
+    HTTP proxy users get by default (HAProxy on Linux). QWEN3_EMBED_TEST_HTTP_PROXY=ray runs
+    them behind Ray's Python proxy instead."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            logging_level="WARNING",
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
-        )
+        from deployments.ray_env import apply_environment, resolve_http_proxy, serve_environment
+
+        requested = os.environ.get("QWEN3_EMBED_TEST_HTTP_PROXY", "auto")
+        launcher_dir = tmp_path_factory.mktemp("haproxy-launcher")
+        proxy = resolve_http_proxy(requested, private=True)  # type: ignore[arg-type]
+        saved = dict(os.environ)
+        # Only Ray's processes get it (they copy the environment at ray.init): the `qwen3-embed
+        # serve` commands the tests start must not inherit this cluster's HAProxy ports.
+        apply_environment(serve_environment(proxy, "127.0.0.1", launcher_dir=launcher_dir))
+        try:
+            _init_ray(ray)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     yield ray
     try:
         from ray import serve
@@ -99,6 +110,15 @@ def ray_cluster():
     except Exception:
         pass
     ray.shutdown()
+
+
+def _init_ray(ray) -> None:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="WARNING",
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+    )
 
 
 @pytest.fixture(scope="session")

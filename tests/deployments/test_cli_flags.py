@@ -209,7 +209,7 @@ def test_the_app_config_refuses_in_the_common_style():
         (
             lambda: ServerConfig(http_proxy="nginx"),
             "invalid serve command config: http_proxy='nginx' is invalid; valid values are: "
-            "ray, haproxy",
+            "auto, ray, haproxy",
         ),
     ]
     for build, message in cases:

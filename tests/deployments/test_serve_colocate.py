@@ -116,8 +116,9 @@ def test_colocated_replica_killed_with_requests_in_flight(
     ray_cluster, tiny_text_model_dir, tiny_text_embedder
 ):
     """The documented trade-off, measured: requests in flight on a colocated replica that dies
-    get the proxy's own error (no OpenAI body: there is no ingress left to write one), at once;
-    requests sent during the outage wait for the replacement; then correct answers again."""
+    get the proxy's own error (no OpenAI body: there is no ingress left to write one) at once, or
+    (HAProxy, the default proxy) a connection closed with no answer; requests sent during the
+    outage wait for the replacement; then correct answers again."""
     import os
     import signal
     import time
@@ -141,12 +142,16 @@ def test_colocated_replica_killed_with_requests_in_flight(
         async def scenario():
             async with httpx.AsyncClient(base_url=base, timeout=90) as http:
 
-                async def call(text: str) -> tuple[httpx.Response, float]:
+                async def call(text: str) -> tuple[httpx.Response | str, float]:
                     started = time.monotonic()
-                    response = await http.post("/v1/embeddings", json={"input": [text]})
+                    try:
+                        response = await http.post("/v1/embeddings", json={"input": [text]})
+                    except httpx.RemoteProtocolError as error:  # closed with no answer
+                        return type(error).__name__, time.monotonic() - started
                     return response, time.monotonic() - started
 
-                assert (await call("warm"))[0].status_code == 200
+                warm = (await call("warm"))[0]
+                assert isinstance(warm, httpx.Response) and warm.status_code == 200
                 in_flight = [asyncio.ensure_future(call(f"in flight {i}")) for i in range(8)]
                 deadline = time.monotonic() + 20
                 while await replica.get_num_ongoing_requests.remote() < 8:
@@ -163,15 +168,18 @@ def test_colocated_replica_killed_with_requests_in_flight(
         first, first_s, second = asyncio.run(scenario())
     finally:
         serve.delete(app)
-    statuses = sorted(response.status_code for response, _ in first)
+    statuses = sorted(str(getattr(response, "status_code", response)) for response, _ in first)
     print(
         f"\n[colocate kill] in flight: {statuses}, answered within {first_s:.2f} s; "
-        f"outage: {[(r.status_code, round(s, 1)) for r, s in second]}"
+        f"outage: {[(getattr(r, 'status_code', r), round(s, 1)) for r, s in second]}"
     )
-    # The proxy's own answer for a replica that died under the request (Ray Serve: 500).
-    assert set(statuses) <= {200, 500} and 500 in statuses, statuses
+    # The proxy's own answer for a replica that died under the request (Ray's proxy and HAProxy:
+    # a bare 500), or HAProxy's closed connection; the openai client retries both.
+    assert set(statuses) <= {"200", "500", "RemoteProtocolError"}, statuses
+    assert "500" in statuses or "RemoteProtocolError" in statuses, statuses
     assert first_s < 30  # answered at once, not at a timeout
     for index, (response, _) in enumerate(second):
+        assert isinstance(response, httpx.Response), response
         assert response.status_code == 200, response.text
         row = np.asarray(response.json()["data"][0]["embedding"], np.float32)
         expected = tiny_text_embedder.embed([f"outage {index}"]).embeddings.numpy()[0]
