@@ -12,6 +12,10 @@ atomic part files named by their ids (`layout`), the ledger that bounds replica 
 `sink.StaleWriterError`) and at the end with counts read back from OUTPUT's files, and the
 count check. Resume is by query: a query with rows in a part file is done whole (see
 `rerank_sink`), so a rerun after a kill scores exactly the queries that are not.
+
+A query or document cell is a text or (VL) an item object (see `rerank_cells`); when a column
+holds items the read adds Ray Data's `path` column (`include_paths`), so that relative image and
+video paths resolve against the folder of the table file holding the row.
 """
 
 from __future__ import annotations

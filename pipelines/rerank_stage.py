@@ -1,13 +1,15 @@
 """Reranking on Ray Data: the replica stage of `qwen3-embed rerank` and `rerank_dataset`.
 
 The unit of work is a *query group*: one query and its candidate documents (a row of the
-list form, or the pairs of one query gathered by the job). A replica (`RerankWorker`, one
+list form, or the pairs of one query gathered by the job); its cells are texts or items (VL:
+canonical JSON, flagged; `rerank_cells` turns them back into the core's items, fetching their
+remote media, and a cell that cannot be read fails its pair). A replica (`RerankWorker`, one
 `qwen3_embed.Reranker` each) takes a block of groups, prepares every pair with the core's
 `prepare_pairs` (which never raises for a bad pair: a bad pair is an error row, its neighbours
 are scored), scores them in one `rerank_prepared` call (the core batches them by tokens) and
 ranks each group's scores:
 
-    GROUP_SCHEMA  (id, query, document_ids[], documents[], status)
+    GROUP_SCHEMA  (id, query, document_ids[], documents[], status, query_item, document_items[])
       -> SCORED_SCHEMA  (id, status, document_ids[], scores[], ranks[], kept[], errors[], ...)
 
 Out comes one row per group (so Ray Data never splits a query between write tasks), its

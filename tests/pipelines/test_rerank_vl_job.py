@@ -112,6 +112,47 @@ def test_cells_are_texts_or_canonical_items():
     assert cell_value(None, "/t") == (None, False)
 
 
+def test_remote_references_are_fetched_in_the_replica(s3, tiny_vl_reranker):
+    """s3:// references (a table's relative path, resolved against its s3:// folder) are fetched
+    with the job's storage options; a missing object fails its pair alone (`read_error`), and a
+    query whose image is missing fails every pair of its group."""
+    from pipelines.rerank_stage import RerankSettings, score_groups
+    from pipelines.rows import GROUP_SCHEMA
+    from qwen3_embed.options import LoadOptions
+
+    client, options = s3
+    red = png((220, 30, 30))
+    client.put_object(Bucket="corpus", Key="tables/imgs/red.png", Body=red)
+    folder = table_folder("s3://", "corpus/tables/part.jsonl")
+    cells = [
+        cell_value({"image": ["imgs/red.png"]}, folder),
+        cell_value({"image": ["imgs/gone.png"]}, folder),
+        cell_value("a text", folder),
+    ]
+    missing_query, _ = cell_value({"image": ["imgs/gone.png"], "text": "q"}, folder)
+    groups = pa.Table.from_pylist(
+        [
+            {"id": "q", "query": "red?", "query_item": False, "document_ids": ["a", "b", "c"],
+             "documents": [c for c, _ in cells], "document_items": [i for _, i in cells],
+             "status": "ok", "num_pairs": 3},
+            {"id": "q2", "query": missing_query, "query_item": True, "document_ids": ["x"],
+             "documents": ["text"], "status": "ok", "num_pairs": 1},
+        ],
+        schema=GROUP_SCHEMA,
+    )  # fmt: skip
+    settings = RerankSettings(
+        LoadOptions(model="unused"), None, True, None, None, tuple(options.items())
+    )
+    first, second = score_groups(groups, tiny_vl_reranker, settings).to_pylist()
+    expected = tiny_vl_reranker.score_pairs([("red?", {"image": [red]}), ("red?", "a text")])
+    assert first["codes"] == [None, "read_error", None], first
+    assert "document: cannot read media" in first["errors"][1]
+    assert abs(first["scores"][0] - expected[0]) <= TOL
+    assert abs(first["scores"][2] - expected[1]) <= TOL
+    assert second["status"] == "error" and second["codes"] == ["read_error"], second
+    assert second["errors"][0].startswith("query: cannot read media")
+
+
 # --------------------------------------------------------------------------- the job
 PAIRS_QUERIES = {
     "text": {"text": "which picture is red?"},  # a text query, written as an object
