@@ -178,7 +178,8 @@ class CellReader:
         if is_relative(value):
             raise _Relative(
                 f"{value!r} is a relative path and no table folder is known to resolve it "
-                "against (rerank_dataset takes absolute paths or URLs)"
+                "against (rerank_dataset, or a job whose first input file holds no objects in "
+                "this column): give an absolute path or a URL"
             )
         cached = self._fetched.get(value)
         if cached is None:
