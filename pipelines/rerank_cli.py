@@ -17,7 +17,8 @@ from qwen3_embed.options import LoadOptions, ReplicaOptions, add_flags
 from .cli import EXIT_INCONSISTENT, EXIT_OK, EXIT_REFUSED, _parse_storage_options
 
 DESCRIPTION = (
-    "Score (query, document) pairs of a table (parquet, jsonl, csv) with a Qwen3 reranker into "
+    "Score (query, document) pairs of a table (parquet, jsonl, csv) with a Qwen3 reranker (text "
+    "pairs; Qwen3-VL: also images and video, given as objects) into "
     "OUTPUT (parquet: query_id, document_id, score, rank, num_tokens; plus _errors/ and "
     "_manifest.json). A row holds one pair, or a query and a list of candidates. Rerun the same "
     "command to resume. Attaches to $RAY_ADDRESS / --address, else starts a local Ray cluster."
@@ -72,9 +73,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 # Help without importing Ray (RerankJobConfig's descriptions, kept short here).
 _HELP = {
-    "query_column": "column holding the query text (default: query)",
-    "document_column": "column holding the candidate: one text per row, or a list of texts "
-    "per row (default: document)",
+    "query_column": "column holding the query: a text, or (VL) an object with text, image, "
+    "video, fps, max_frames (default: query)",
+    "document_column": "column holding the candidate: one text or object per row, or a list of "
+    "them per row (default: document)",
     "query_id_column": "column of query ids (default: query_id when present, else derived from "
     "the query text)",
     "document_id_column": "column of document ids (default: document_id or doc_id when present, "

@@ -24,25 +24,30 @@ class RerankJobConfig(LoadFields, ReplicaFields, ReadableConfig):
         description="table files (parquet, jsonl, csv), folders or globs, local or URLs"
     )
     output: str = Field(pattern=r"\S", description="folder that receives the parquet dataset")
-    query_column: str = Field("query", min_length=1, description="column holding the query text")
+    query_column: str = Field(
+        "query",
+        min_length=1,
+        description="column holding the query: a text, or (VL) an item object with text, image, "
+        "video, fps, max_frames (see docs/rerank.md)",
+    )
     document_column: str = Field(
         "document",
         min_length=1,
-        description="column holding the candidate: one text per row (a (query, document) pair), "
-        "or a list of texts per row (a query and its candidates)",
+        description="column holding the candidate: one text or item per row (a (query, document) "
+        "pair), or a list of them per row (a query and its candidates)",
     )
     query_id_column: str | None = Field(
         None,
         min_length=1,
         description="column holding query ids; default `query_id` when the input has it, else "
-        "ids derived from the query text (and, for list rows, its candidates)",
+        "ids derived from the query (and, for list rows, its candidates)",
     )
     document_id_column: str | None = Field(
         None,
         min_length=1,
         description="column holding document ids (for list rows: a list beside the candidates); "
         "default `document_id` (or `doc_id`) when the input has it, else the candidate's "
-        "position in its list (list rows) or an id derived from the document text (pairs)",
+        "position in its list (list rows) or an id derived from the document (pairs)",
     )
     instruction: str | None = Field(
         None, description="the reranker's task instruction; default: the model's own"
@@ -71,7 +76,9 @@ class RerankJobConfig(LoadFields, ReplicaFields, ReadableConfig):
         description="queries per output file (at least; see docs/rerank.md)",
     )
     storage_options: tuple[tuple[str, Any], ...] = Field(
-        (), description="options for non-local filesystems (as for `qwen3-embed embed`)"
+        (),
+        description="options for non-local filesystems, inputs and items' media alike (as for "
+        "`qwen3-embed embed`)",
     )
     ray_address: str | None = Field(None, description="Ray cluster to attach to")
     num_cpus: int | None = Field(None, ge=1, strict=True, description="CPUs of a local cluster")

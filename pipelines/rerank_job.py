@@ -12,6 +12,10 @@ atomic part files named by their ids (`layout`), the ledger that bounds replica 
 `sink.StaleWriterError`) and at the end with counts read back from OUTPUT's files, and the
 count check. Resume is by query: a query with rows in a part file is done whole (see
 `rerank_sink`), so a rerun after a kill scores exactly the queries that are not.
+
+A query or document cell is a text or (VL) an item object (see `rerank_cells`); when a column
+holds items the read adds Ray Data's `path` column (`include_paths`), so that relative image and
+video paths resolve against the folder of the table file holding the row.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .identity import model_path
 from .layout import ERRORS_DIR, TMP_DIR
 from .ledger import start_ledger
 from .manifest import common_block, write_manifest
+from .rerank_cells import PATH_COLUMN, holds_items
 from .rerank_config import TABLE_FORMATS, RerankJobConfig
 from .rerank_groups import pairs_to_group, to_groups, with_query_key
 from .rerank_output import (
@@ -64,6 +69,9 @@ class RerankPlan:
     query_ids: str | None  # column of query ids, or None (derived)
     document_ids: str | None  # column of document ids, or None (derived)
     previous: dict[str, Any] | None = None
+    # The query or document column holds item objects (VL): the read carries each row's file
+    # (Ray Data's `path` column) so that relative references resolve against its folder.
+    items: bool = False
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -123,13 +131,21 @@ def plan_rerank_job(config: RerankJobConfig) -> RerankPlan:
         )
     kind = schema.field(config.document_column).type
     listed = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    items = any(
+        holds_items(schema.field(c).type) for c in (config.query_column, config.document_column)
+    )
+    if items and PATH_COLUMN in schema.names:
+        raise ValueError(
+            f"the input has a column named {PATH_COLUMN!r}, which the job needs for the file of "
+            "each row when a column holds items (relative image / video paths); rename it"
+        )
     query_ids = config.query_id_column or ("query_id" if "query_id" in schema.names else None)
     document_ids = config.document_id_column or next(
         (name for name in ("document_id", "doc_id") if name in schema.names), None
     )
     output = resolve(config.output, storage)
     plan = RerankPlan(
-        config, model, inputs, output, preparer.family, listed, query_ids, document_ids
+        config, model, inputs, output, preparer.family, listed, query_ids, document_ids, items=items
     )
     return dataclasses.replace(plan, previous=check_rerank_output(output, plan.identity))
 
@@ -140,16 +156,19 @@ def _read(plan: RerankPlan) -> Any:
     config = plan.config
     columns = [config.query_column, config.document_column]
     columns += [c for c in (plan.query_ids, plan.document_ids) if c is not None]
+    # Items: each row's file, for its relative references (Ray Data's `path` column).
+    with_paths = {"include_paths": True} if plan.items else {}
     datasets = []
     for fmt in plan.inputs.formats():
         paths = [f.path for f in plan.inputs.files if f.format == fmt]
+        fs = plan.inputs.fs
         if fmt == "parquet":
-            ds = ray.data.read_parquet(paths, filesystem=plan.inputs.fs, columns=columns)
+            ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns, **with_paths)
         elif fmt == "jsonl":
-            ds = ray.data.read_json(paths, filesystem=plan.inputs.fs)  # pyarrow: JSON lines
+            ds = ray.data.read_json(paths, filesystem=fs, **with_paths)  # pyarrow: JSON lines
         else:
-            ds = ray.data.read_csv(paths, filesystem=plan.inputs.fs)
-        datasets.append(ds.select_columns(columns))
+            ds = ray.data.read_csv(paths, filesystem=fs, **with_paths)
+        datasets.append(ds.select_columns([*columns, PATH_COLUMN] if plan.items else columns))
     return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
@@ -203,7 +222,14 @@ def run_rerank_job(config: RerankJobConfig | RerankPlan) -> dict[str, Any]:
         )
     ledger, ledger_name = start_ledger(run_id)
     load = dataclasses.replace(config.load_options(), model=plan.model)
-    settings = RerankSettings(load, config.instruction, config.truncate, config.top_n, ledger_name)
+    settings = RerankSettings(
+        load,
+        config.instruction,
+        config.truncate,
+        config.top_n,
+        ledger_name,
+        config.storage_options,
+    )
     dataset = dataset.map_batches(
         RerankWorker,
         fn_constructor_kwargs={"settings": settings},

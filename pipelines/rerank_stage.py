@@ -1,13 +1,15 @@
 """Reranking on Ray Data: the replica stage of `qwen3-embed rerank` and `rerank_dataset`.
 
 The unit of work is a *query group*: one query and its candidate documents (a row of the
-list form, or the pairs of one query gathered by the job). A replica (`RerankWorker`, one
+list form, or the pairs of one query gathered by the job); its cells are texts or items (VL:
+canonical JSON, flagged; `rerank_cells` turns them back into the core's items, fetching their
+remote media, and a cell that cannot be read fails its pair). A replica (`RerankWorker`, one
 `qwen3_embed.Reranker` each) takes a block of groups, prepares every pair with the core's
 `prepare_pairs` (which never raises for a bad pair: a bad pair is an error row, its neighbours
 are scored), scores them in one `rerank_prepared` call (the core batches them by tokens) and
 ranks each group's scores:
 
-    GROUP_SCHEMA  (id, query, document_ids[], documents[], status)
+    GROUP_SCHEMA  (id, query, document_ids[], documents[], status, query_item, document_items[])
       -> SCORED_SCHEMA  (id, status, document_ids[], scores[], ranks[], kept[], errors[], ...)
 
 Out comes one row per group (so Ray Data never splits a query between write tasks), its
@@ -26,13 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from qwen3_embed.options import LoadOptions
 from qwen3_embed_layers.config_base import LoadFields, ReadableConfig, ReplicaFields
 
+from .config import storage_option_pairs
 from .failure_layers import rerank_layers
 from .ledger import CrashGuard
+from .rerank_cells import CellProblem, CellReader, cell_value
 from .rows import GROUP_SCHEMA, SCORED_SCHEMA, STATUS_ERROR, STATUS_OK
 
 if TYPE_CHECKING:
@@ -60,6 +64,8 @@ class RerankSettings:
     truncate: bool
     top_n: int | None
     ledger: str | None = None  # the run's ledger actor (see `ledger`); None outside a job
+    # For fetching the remote images / videos of item cells (s3://, gs://, ...; see rerank_cells).
+    storage_options: tuple[tuple[str, Any], ...] = ()
 
 
 def rank_scores(scores: np.ndarray) -> np.ndarray:
@@ -75,24 +81,44 @@ def score_groups(groups: pa.Table, reranker: Any, settings: RerankSettings) -> p
     from qwen3_embed import InputError
 
     rows = groups.to_pylist()
-    pairs: list[tuple[str, str]] = []
+    cells = CellReader(dict(settings.storage_options), fetch_media=reranker.family == "vl")
+    pairs: list[tuple[Any, Any]] = []
     where: list[tuple[int, int]] = []  # (group, candidate) of each pair
+    # Pairs whose cells could not become core values (a media file missing, a fetch failing).
+    failures: dict[int, tuple[str, str]] = {}
     for g, row in enumerate(rows):
         if row["status"] != STATUS_OK:
             continue
+        try:
+            query = cells.core_value(row["query"], row.get("query_item"), "query")
+        except CellProblem as problem:
+            query = problem
+        flags = row.get("document_items") or []
         for c, document in enumerate(row["documents"] or []):
-            pairs.append((row["query"], document))
             where.append((g, c))
-    prepared = (
-        reranker.prepare_pairs(pairs, settings.instruction, settings.truncate) if pairs else []
-    )
-    good = [i for i, item in enumerate(prepared) if not isinstance(item, InputError)]
+            try:
+                if isinstance(query, CellProblem):
+                    raise query
+                flag = flags[c] if c < len(flags) else False
+                pairs.append((query, cells.core_value(document, flag, "document")))
+            except CellProblem as problem:
+                failures[len(where) - 1] = (problem.reason, problem.code)
+                pairs.append(None)
+    asked = [i for i, pair in enumerate(pairs) if pair is not None]
+    prepared: list[Any] = [None] * len(pairs)
+    if asked:
+        results = reranker.prepare_pairs(
+            [pairs[i] for i in asked], settings.instruction, settings.truncate
+        )
+        for i, result in zip(asked, results, strict=True):
+            prepared[i] = result
+    good = [i for i in asked if not isinstance(prepared[i], InputError)]
     scores = np.zeros(len(pairs), dtype=np.float32)
-    failures: dict[int, tuple[str, str]] = {
-        i: (item.reason, item.code)
-        for i, item in enumerate(prepared)
-        if isinstance(item, InputError)
-    }
+    failures.update(
+        (i, (prepared[i].reason, prepared[i].code))
+        for i in asked
+        if isinstance(prepared[i], InputError)
+    )
     if good:
         # A pair too large for the device even alone is its own error; the core scores the rest.
         output = reranker.rerank_prepared([prepared[i] for i in good], errors="collect")
@@ -186,12 +212,14 @@ class RerankStageConfig(LoadFields, ReplicaFields, ReadableConfig):
 
     what = "rerank stage config"
 
-    query_column: str = Field("query", min_length=1, description="column holding the query text")
+    query_column: str = Field(
+        "query", min_length=1, description="column holding the query (a text or an item)"
+    )
     document_column: str = Field(
         "documents",
         min_length=1,
-        description="column holding the candidates: a list of texts per row (a query and its "
-        "candidates), or one text per row (a (query, document) pair)",
+        description="column holding the candidates: a list of texts or items per row (a query "
+        "and its candidates), or one text or item per row (a (query, document) pair)",
     )
     instruction: str | None = Field(None, description="task instruction; default: the model's")
     top_n: int | None = Field(
@@ -206,6 +234,14 @@ class RerankStageConfig(LoadFields, ReplicaFields, ReadableConfig):
         "rerank_order", min_length=1, description="list rows: candidate indices, best first"
     )
     error_column: str = Field("rerank_error", min_length=1, description="why a row has no score")
+    storage_options: tuple[tuple[str, Any], ...] = Field(
+        (), description="for items' remote images and videos (s3://, gs://, ...)"
+    )
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> tuple[tuple[str, Any], ...]:
+        return storage_option_pairs(value)
 
     @model_validator(mode="after")
     def _columns(self) -> RerankStageConfig:
@@ -225,7 +261,9 @@ class _DatasetReranker:
 
         self.config = config
         load = config.load_options()
-        self.settings = RerankSettings(load, config.instruction, config.truncate, None)
+        self.settings = RerankSettings(
+            load, config.instruction, config.truncate, None, None, config.storage_options
+        )
         self.reranker = Reranker.from_options(load)
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -236,14 +274,19 @@ class _DatasetReranker:
             table.schema.field(config.document_column).type
         ) or pa.types.is_large_list(table.schema.field(config.document_column).type)
         candidates = [list(d or []) if listed else [d] for d in documents]
+        # Texts or items (see `rerank_cells`); no table folder: references must be absolute.
+        query_cells = [cell_value(query, None) for query in queries]
+        document_cells = [[cell_value(d, None) for d in docs] for docs in candidates]
         groups = pa.table(
             {
                 "id": [str(i) for i in range(table.num_rows)],
-                "query": queries,
+                "query": [text for text, _ in query_cells],
                 "document_ids": [[str(c) for c in range(len(docs))] for docs in candidates],
-                "documents": candidates,
+                "documents": [[text for text, _ in cells] for cells in document_cells],
                 "status": [STATUS_OK if docs else STATUS_ERROR for docs in candidates],
                 "num_pairs": [len(docs) for docs in candidates],
+                "query_item": [item for _, item in query_cells],
+                "document_items": [[item for _, item in cells] for cells in document_cells],
             },
             schema=GROUP_SCHEMA,
         )
@@ -273,9 +316,14 @@ def rerank_dataset(dataset: Dataset, config: RerankStageConfig) -> Dataset:
     """`dataset` with every row reranked: its own columns, then `score_column`, `order_column`
     and `error_column`. A row whose `document_column` holds a list is a query and its candidates:
     a list of scores (aligned with the candidates) and the candidates' indices best first (cut to
-    `top_n`). A row holding one text is a (query, document) pair: its score (order null). A bad
-    pair has a null score and its reason in `error_column`; every row comes out exactly once.
-    Lazy, like any Ray Data transform; the checkpoint's tokenizer is checked here (no weights)."""
+    `top_n`). A row holding one text or item is a (query, document) pair: its score (order null).
+    A query or document is a text, or (a Qwen3-VL reranker) an item: a struct / dict with the
+    core's keys `text`, `image`, `video`, `fps`, `max_frames`, its images and videos given as
+    bytes or ABSOLUTE references (a path, `file://`, `s3://`, `gs://` or any fsspec URL, http(s),
+    a data URI): a Dataset has no table folder, so a relative path is that pair's error. Remote
+    references are fetched with bounded retries (`storage_options`). A bad pair has a null score
+    and its reason in `error_column`; every row comes out exactly once. Lazy, like any Ray Data
+    transform; the checkpoint's tokenizer is checked here (no weights)."""
     from ray.data import ActorPoolStrategy
 
     from qwen3_embed import RerankPreparer

@@ -205,6 +205,10 @@ GROUP_SCHEMA = pa.schema(
         pa.field("documents", pa.list_(pa.string())),
         pa.field("status", pa.string(), nullable=False),
         pa.field("num_pairs", pa.int32(), nullable=False),
+        # Which cells are items (VL: canonical JSON, see `rerank_cells`) rather than texts: the
+        # query's flag, and one per document; null (a text-only group) means texts.
+        pa.field("query_item", pa.bool_()),
+        pa.field("document_items", pa.list_(pa.bool_())),
     ]
 )
 # One row per query group (never split across write tasks, so a query's rows are written by

@@ -361,6 +361,8 @@ def groups(ids: list[str], statuses: list[str] | None = None) -> pa.Table:
             "documents": [["one", "two"]] * len(ids),
             "status": statuses,
             "num_pairs": pa.array([2] * len(ids), pa.int32()),
+            "query_item": [None] * len(ids),
+            "document_items": [None] * len(ids),
         },
         schema=GROUP_SCHEMA,
     )
