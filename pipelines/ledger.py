@@ -107,7 +107,9 @@ def start_ledger(run_id: str) -> tuple[Any, str]:
 class CrashGuard:
     """Runs a replica's batches through the ledger (see the module docstring)."""
 
-    def __init__(self, ledger_name: str | None, ledger: Any = None):
+    def __init__(self, ledger_name: str | None, ledger: Any = None, work: str = "embedding"):
+        # What the replica does, for the reason of a written-off row ("embedding", "reranking").
+        self.work = work
         self.ledger = ledger
         self.remote = ledger is None and ledger_name is not None
         if self.remote:
@@ -151,12 +153,13 @@ class CrashGuard:
         if crashed < REPLICA_CRASHES_PER_BATCH:
             out = call(table)
         elif table.num_rows == 1:
-            out = failed_rows(table, _reason(crashed), CODE_REPLICA_CRASHED)
+            out = failed_rows(table, _reason(crashed, self.work), CODE_REPLICA_CRASHED)
         else:
             logger.warning(
-                "a batch of %d rows was in progress when %d replicas died; embedding it row by row",
+                "a batch of %d rows was in progress when %d replicas died; %s it row by row",
                 table.num_rows,
                 crashed,
+                self.work,
             )
             # A failed row lacks the flag columns an embedded row has (`rows.REUSED_COLUMN`):
             # concatenated by name, nulls filling in, as Ray concatenates blocks.
@@ -183,7 +186,7 @@ class CrashGuard:
                 row.column("id")[0].as_py(),
                 crashed,
             )
-            out = failed_rows(row, _reason(crashed), CODE_REPLICA_CRASHED)
+            out = failed_rows(row, _reason(crashed, self.work), CODE_REPLICA_CRASHED)
         else:
             out = call(row)
         self._call("finish", key, wait=False)
@@ -203,8 +206,10 @@ def _digest(ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _reason(crashed: int) -> str:
+def _reason(crashed: int, work: str = "embedding") -> str:
+    doing = {"embedding": "this row was being embedded", "reranking": "this query was being scored"}
     return (
-        f"the embedding replica died {crashed} times while this row was being embedded alone "
-        "(after its batch had taken down as many); written off rather than costing more replicas"
+        f"the {work} replica died {crashed} times while {doing.get(work, 'this row was worked on')} "
+        "alone (after its batch had taken down as many); written off rather than costing more "
+        "replicas"
     )

@@ -172,7 +172,7 @@ class RerankWorker:
         transformers_logging.disable_progress_bar()
         self.settings = settings
         self.reranker = Reranker.from_options(settings.load, task="rerank")
-        self.guard = CrashGuard(settings.ledger)
+        self.guard = CrashGuard(settings.ledger, work="reranking")
         self.guard.replica_ready()
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -370,7 +370,7 @@ def groups(ids: list[str], statuses: list[str] | None = None) -> pa.Table:
 
 def test_the_rerank_replica_has_the_crash_bound_and_no_stage_attempts():
     ledger = Ledger()
-    guard = CrashGuard(None, ledger)
+    guard = CrashGuard(None, ledger, work="reranking")  # as RerankWorker makes it
     scored: list[list[str]] = []
 
     def score(block: pa.Table) -> pa.Table:
@@ -389,6 +389,10 @@ def test_the_rerank_replica_has_the_crash_bound_and_no_stage_attempts():
         "killer",
         "error",
         ["replica_crashed", "replica_crashed"],  # every pair of the group, written off
+    )
+    assert killer["error"].startswith(
+        f"the reranking replica died {REPLICA_CRASHES_PER_BATCH} times while this query was "
+        "being scored alone"
     )
     # No layer 2 here: an exception leaves the replica's call at once (and fails the job).
     scored.clear()
