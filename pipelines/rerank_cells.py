@@ -28,6 +28,8 @@ import posixpath
 from collections.abc import Mapping
 from typing import Any
 
+from qwen3_embed.errors import Qwen3EmbedError
+
 from .media_fetch import FetchFailed, fetch_reference
 from .rows import CODE_INVALID_INPUT, CODE_MEDIA_UNAVAILABLE, CODE_READ_ERROR, RowErrorCode
 
@@ -118,8 +120,10 @@ def cell_value(cell: Any, folder: str | None) -> tuple[str | None, bool]:
     return json.dumps(item, sort_keys=True, ensure_ascii=False, default=str), True
 
 
-class CellProblem(Exception):
+class CellProblem(Qwen3EmbedError):
     """A cell that cannot become a core value: its pair's error (reason and row error code)."""
+
+    code = CODE_INVALID_INPUT
 
     def __init__(self, reason: str, code: RowErrorCode):
         super().__init__(reason)
@@ -195,5 +199,7 @@ class CellReader:
         return cached
 
 
-class _Relative(Exception):
-    pass
+class _Relative(Qwen3EmbedError):
+    """A relative media path with no table folder to resolve it against."""
+
+    code = CODE_INVALID_INPUT

@@ -93,15 +93,20 @@ def ray_cluster(tmp_path_factory):
         requested = os.environ.get("QWEN3_EMBED_TEST_HTTP_PROXY", "auto")
         launcher_dir = tmp_path_factory.mktemp("haproxy-launcher")
         proxy = resolve_http_proxy(requested, private=True)  # type: ignore[arg-type]
-        saved = dict(os.environ)
+        wanted = serve_environment(proxy, "127.0.0.1", launcher_dir=launcher_dir)
+        saved = {name: os.environ.get(name) for name in wanted}
         # Only Ray's processes get it (they copy the environment at ray.init): the `qwen3-embed
-        # serve` commands the tests start must not inherit this cluster's HAProxy ports.
-        apply_environment(serve_environment(proxy, "127.0.0.1", launcher_dir=launcher_dir))
+        # serve` commands the tests start must not inherit this cluster's HAProxy ports. Only
+        # these variables are put back: ray.init sets others (its token auth) that stay.
+        apply_environment(wanted)
         try:
             _init_ray(ray)
         finally:
-            os.environ.clear()
-            os.environ.update(saved)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     yield ray
     try:
         from ray import serve
