@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import socket
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
@@ -77,8 +78,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def free_port() -> int:
-    """A TCP port free on this machine now (the OS picks it)."""
+# Where `free_port` draws the ports a private Ray is told to use before anything binds them
+# (HAProxy's stats, metrics and fallback ports, bound seconds later when Serve starts): below the
+# kernel's ephemeral range (32768-60999 on Linux), which bind(0) and outgoing connections draw
+# from, so that no process (Ray's own dozens of them, another server starting beside this one)
+# is handed one of them in the meantime; above Ray's worker ports (10002-19999) and below its
+# replicas' direct-ingress ports (from 30000).
+RESERVED_PORTS = range(20000, 30000)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(attempts: int = 200) -> int:
+    """A TCP port free on this machine now, from `RESERVED_PORTS` (drawn at random, so that two
+    servers starting at once rarely draw the same); the OS's choice if none is found."""
+    for _ in range(attempts):
+        port = random.choice(RESERVED_PORTS)
+        if _is_free(port):
+            return port
     with socket.socket() as probe:
         probe.bind(("", 0))
         return probe.getsockname()[1]
@@ -166,6 +190,7 @@ __all__ = [
     "LATENCY_SWITCHES",
     "LOOPBACK_NODE",
     "PRIVATE_HAPROXY_DRAIN",
+    "RESERVED_PORTS",
     "HttpProxy",
     "apply_environment",
     "free_port",

@@ -20,10 +20,13 @@ from typing import Any
 from PIL import Image
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_port() -> int:
+    """A free port outside the kernel's ephemeral range (`deployments.ray_env.free_port`): the
+    test sessions CI runs side by side start Ray clusters whose processes bind ephemeral ports
+    while a test's server is starting."""
+    from deployments.ray_env import free_port as reserved_free_port
+
+    return reserved_free_port()
 
 
 def png_bytes(

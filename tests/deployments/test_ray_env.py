@@ -3,6 +3,8 @@ host, free ports for HAProxy, the user's own values win."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -14,6 +16,7 @@ def test_serve_environment_per_http_proxy(tmp_path):
         LATENCY_SWITCHES,
         LOOPBACK_NODE,
         PRIVATE_HAPROXY_DRAIN,
+        RESERVED_PORTS,
         serve_environment,
     )
 
@@ -43,6 +46,10 @@ def test_serve_environment_per_http_proxy(tmp_path):
         serve_environment("haproxy", launcher_dir=tmp_path)[name] for name in HAPROXY_PORT_VARIABLES
     ]
     assert all(port.isdigit() and port not in {"8500", "8404", "9101"} for port in chosen)
+    # Below the kernel's ephemeral range: no process is handed one before HAProxy binds it.
+    assert all(int(port) in RESERVED_PORTS for port in chosen), chosen
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert RESERVED_PORTS.stop <= low
     with pytest.raises(ValueError, match="http proxy must be ray or haproxy"):
         serve_environment("nginx")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs the HAProxy binary"):
