@@ -21,12 +21,12 @@ from PIL import Image
 
 
 def free_port() -> int:
-    """A free port outside the kernel's ephemeral range (`deployments.ray_env.free_port`): the
-    test sessions CI runs side by side start Ray clusters whose processes bind ephemeral ports
-    while a test's server is starting."""
-    from deployments.ray_env import free_port as reserved_free_port
-
-    return reserved_free_port()
+    """A port the OS picks (the kernel's ephemeral range): never one of the ports a private Ray
+    is told to use before it binds them (`deployments.ray_env.RESERVED_PORTS`, below that range),
+    which another test session's HAProxy may bind at any time."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def png_bytes(
