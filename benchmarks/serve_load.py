@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,9 +58,11 @@ APP_LAYOUTS = (DEFAULT, SPLIT, RAY_PROXY)
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """Below the kernel's ephemeral range: Ray's own processes may not take it before the
+    server binds it (deployments.ray_env.free_port)."""
+    from deployments.ray_env import free_port
+
+    return free_port()
 
 
 def _timings(header: str | None) -> dict[str, float] | None:

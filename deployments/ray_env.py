@@ -81,9 +81,10 @@ def is_loopback(host: str) -> bool:
 # Where `free_port` draws the ports a private Ray is told to use before anything binds them
 # (HAProxy's stats, metrics and fallback ports, bound seconds later when Serve starts): below the
 # kernel's ephemeral range (32768-60999 on Linux), which bind(0) and outgoing connections draw
-# from, so that no process (Ray's own dozens of them, another server starting beside this one)
-# is handed one of them in the meantime; above Ray's worker ports (10002-19999) and below its
-# replicas' direct-ingress ports (from 30000).
+# from, so that no process is handed one of them in the meantime (a port bind(0) gave and that
+# was released goes soon to the next bind(0): in CI, a Serve ProxyActor's gRPC server took an
+# HTTP port chosen that way); above Ray's worker ports (10002-19999) and below its replicas'
+# direct-ingress ports (from 30000).
 RESERVED_PORTS = range(20000, 30000)
 
 

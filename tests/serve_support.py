@@ -21,12 +21,13 @@ from PIL import Image
 
 
 def free_port() -> int:
-    """A port the OS picks (the kernel's ephemeral range): never one of the ports a private Ray
-    is told to use before it binds them (`deployments.ray_env.RESERVED_PORTS`, below that range),
-    which another test session's HAProxy may bind at any time."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port for a server a test starts, from below the kernel's ephemeral range
+    (`deployments.ray_env.free_port`): a port the OS picked (bind 0) and released is soon handed
+    to the next process that binds port 0, and Ray starts dozens of them before its proxy binds
+    the port (seen in CI: a Serve ProxyActor's gRPC server took the tests' HTTP port)."""
+    from deployments.ray_env import free_port as reserved_free_port
+
+    return reserved_free_port()
 
 
 def png_bytes(
