@@ -156,7 +156,7 @@ def serve_environment(
         wanted.update(LOOPBACK_NODE)
     if http_proxy == "haproxy":
         if launcher_dir is None:
-            raise TypeError("serve_environment needs launcher_dir for HAProxy mode")
+            raise ValueError("serve_environment needs launcher_dir for HAProxy mode")
         binary = haproxy_binary()
         if binary is None:
             raise ValueError(

@@ -52,7 +52,7 @@ def test_serve_environment_per_http_proxy(tmp_path):
     assert RESERVED_PORTS.stop <= low
     with pytest.raises(ValueError, match="http proxy must be ray or haproxy"):
         serve_environment("nginx")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="needs launcher_dir"):
+    with pytest.raises(ValueError, match="needs launcher_dir"):
         serve_environment("haproxy")  # nowhere to write its launcher
 
 
